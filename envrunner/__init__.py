@@ -1,0 +1,102 @@
+"""envrunner: call functions that run in other Python environments.
+
+Environments are declared in a YAML manifest (``environments.yaml``); each task is pinned to one
+and runs in a long-lived worker interpreter of it, built and started on first use::
+
+    import envrunner
+
+    @envrunner.task(env="torch")
+    def train(x): ...
+
+    weights = train(data)
+
+Importing envrunner is cheap: the broker, zmq and yaml load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._runtime import __version__
+from ._runtime.errors import (
+    BuildError,
+    DecodeError,
+    EncodeError,
+    EnvrunnerError,
+    InterpreterNotFoundError,
+    ManifestError,
+    ManifestNotFoundError,
+    Problem,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+    RunnerClosedError,
+    SerializationError,
+    TaskTimeoutError,
+    UnknownEnvironmentError,
+    WorkerCrashed,
+    WorkerStartError,
+)
+
+if TYPE_CHECKING:
+    from ._api import CallFuture, Runner, Task, call, current_environment, task
+    from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
+
+__all__ = [
+    "BuildError",
+    "CallFuture",
+    "DecodeError",
+    "EncodeError",
+    "EnvSpec",
+    "EnvrunnerError",
+    "InterpreterNotFoundError",
+    "Manifest",
+    "ManifestError",
+    "ManifestNotFoundError",
+    "Problem",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteTraceback",
+    "Runner",
+    "RunnerClosedError",
+    "SerializationError",
+    "Task",
+    "TaskTimeoutError",
+    "UnknownEnvironmentError",
+    "WorkerCrashed",
+    "WorkerStartError",
+    "__version__",
+    "call",
+    "current_environment",
+    "find_manifest",
+    "load_manifest",
+    "task",
+]
+
+_LAZY = {
+    "CallFuture": "_api",
+    "Runner": "_api",
+    "Task": "_api",
+    "call": "_api",
+    "current_environment": "_api",
+    "task": "_api",
+    "EnvSpec": "_manifest",
+    "Manifest": "_manifest",
+    "find_manifest": "_manifest",
+    "load_manifest": "_manifest",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'envrunner' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,625 @@
+"""What users write: ``@task``, ``call``, ``Runner`` and the futures they get back.
+
+May import: the standard library, and every caller-side ``envrunner`` module below it.
+Importing this module is cheap: the broker (and zmq) load when the first call is submitted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
+from ._runtime.code import describe, encode_function
+from ._runtime.codec import Decoder, Encoder, type_name
+from ._runtime.errors import DecodeError, EncodeError, EnvrunnerError, RunnerClosedError
+
+if TYPE_CHECKING:
+    from ._broker import Broker, Prepared
+    from ._environments import Resolved
+    from ._progress import Progress
+
+__all__ = ["CallFuture", "Runner", "Task", "call", "current_environment", "current_runner", "task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+_UNSET: Any = object()
+
+
+class CallFuture(Future[T]):
+    """A ``concurrent.futures.Future`` for one call; its value is decoded when first asked for.
+
+    Decoding in the thread that asks keeps large results off the broker's thread, and lets a
+    result that cannot be loaded here fail only the code that wanted it.
+    """
+
+    def __init__(self, env: str, name: str) -> None:
+        super().__init__()
+        self.env = env
+        self.name = name
+        self._decode_lock = threading.Lock()
+        self._value: Any = _UNSET
+        self._decode_error: BaseException | None = None
+
+    def result(self, timeout: float | None = None) -> T:
+        value: T = self._decoded(super().result(timeout))
+        return value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        error = super().exception(timeout)
+        if error is not None:
+            return error
+        try:
+            self._decoded(super().result(0))
+        except BaseException as exc:
+            return exc
+        return None
+
+    def _decoded(self, raw: Any) -> Any:
+        from ._broker import RawResult
+
+        if not isinstance(raw, RawResult):
+            return self._value if raw is _UNSET else raw
+        with self._decode_lock:
+            if self._value is _UNSET and self._decode_error is None:
+                try:
+                    self._value = Decoder(where="the caller").decode(raw.payload, raw.buffers)
+                except DecodeError as exc:
+                    module = exc.module
+                    fix = f"install {module} where you call from" if module else "check both sides"
+                    self._decode_error = DecodeError(
+                        f"cannot load the result of {self.name} from environment {self.env!r}: "
+                        f"{exc}. Return plain data instead (lists, dicts, numpy arrays; for a "
+                        f"tensor, tensor.numpy()), or {fix}",
+                        module=module,
+                        env=self.env,
+                    )
+                with self._condition:
+                    self._result = _UNSET  # the raw frames are no longer needed
+        if self._decode_error is not None:
+            raise self._decode_error
+        return self._value
+
+    def __repr__(self) -> str:
+        state = self._state.lower()
+        return f"<CallFuture {self.name} env={self.env!r} {state}>"
+
+
+class Task(Generic[P, R]):
+    """A function pinned to an environment: calling it runs it in a worker of that environment.
+
+    Made by :func:`task`; behaves like the function (name, docstring, signature) and adds
+    :meth:`submit` and :meth:`map`.
+    """
+
+    def __init__(
+        self, fn: Callable[P, R], env: str | None = None, timeout: float | None = None
+    ) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.env = env
+        self.timeout = timeout
+        self.__envrunner_fn__ = fn
+        self._code: dict[bool, bytes] = {}
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in its environment and return its result (or raise its error)."""
+        return self.submit(*args, **kwargs).result()
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Start the call and return a ``concurrent.futures.Future`` for its result.
+
+        Raises:
+            EncodeError: An argument cannot be sent (the message names it).
+            UnknownEnvironmentError: The task's environment is not in the manifest.
+        """
+        runner = current_runner()
+        return runner._submit(self._env_in(runner), self, args, kwargs, self.timeout)
+
+    def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> Iterator[R]:
+        """Like ``Executor.map``: results in order, up to the environment's ``workers`` at once.
+
+        Args:
+            *iterables: Argument iterables, zipped.
+            timeout: Seconds from this call until every result must be in.
+        """
+        runner = current_runner()
+        return runner.map(self._env_in(runner), self, *iterables, timeout=timeout)
+
+    def _env_in(self, runner: Runner) -> str:
+        if self.env is not None:
+            return self.env
+        names = list(runner.manifest.environments)
+        if len(names) == 1:
+            return names[0]
+        raise EnvrunnerError(
+            f"task {describe(self.fn)} names no environment and {runner.manifest.path} "
+            f"declares {len(names)} ({', '.join(names)}): write "
+            f'@envrunner.task(env="{names[0] if names else "NAME"}")'
+        )
+
+    def __repr__(self) -> str:
+        return f"<Task {describe(self.fn)} env={self.env!r}>"
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *, env: str | None = None, timeout: float | None = None
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    env: str | None = None,
+    timeout: float | None = None,
+) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """Pin a function to an environment of the manifest.
+
+    Works bare (``@task``, when the manifest declares a single environment) and with options::
+
+        @envrunner.task(env="torch", timeout=600)
+        def train(x): ...
+
+    Args:
+        fn: The function (when used bare).
+        env: The environment's name in the manifest.
+        timeout: Seconds a call may run before its worker is killed and it fails with
+            ``TaskTimeoutError``; default: the environment's ``timeout:``, else none.
+
+    Returns:
+        A :class:`Task`.
+    """
+
+    def decorate(function: Callable[P, R]) -> Task[P, R]:
+        return Task(function, env=env, timeout=timeout)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def call(env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)`` in a worker of ``env`` and return its result.
+
+    Raises:
+        Whatever ``fn`` raised (its remote traceback attached as ``__cause__``), or an
+        ``EnvrunnerError`` that says what went wrong around it.
+    """
+    return current_runner().call(env, fn, *args, **kwargs)
+
+
+def current_environment() -> str | None:
+    """The environment this code runs in: its name inside a worker, None in the caller."""
+    from . import _runtime
+
+    return _runtime.WORKER_ENV
+
+
+# --------------------------------------------------------------------------- the runner
+
+_runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+_active: list[Runner] = []
+_default: Runner | None = None
+_global_lock = threading.RLock()
+
+
+def current_runner() -> Runner:
+    """The innermost ``with Runner(...)`` block's runner, else the default one.
+
+    The default runner is made on first use from the discovered manifest
+    (``ENVRUNNER_MANIFEST``, else ``environments.yaml`` here or in a parent folder) and shut
+    down when the interpreter exits.
+    """
+    global _default
+    with _global_lock:
+        if _active:
+            return _active[-1]
+        if _default is None or _default._closed:
+            _default = Runner()
+        return _default
+
+
+class Runner:
+    """Owns the broker and the workers of one manifest's environments.
+
+    Use it as a context manager to scope workers to a block (tasks called inside use it), or
+    let the default runner serve tasks and shut down at exit.
+
+    Args:
+        manifest: A manifest path, a loaded :class:`Manifest`, or None to discover one.
+        idle_timeout: Seconds an idle worker lives before it exits (None: until shutdown);
+            an environment's ``idle_timeout:`` wins.
+        start_timeout: Seconds a new worker has to come up.
+        progress: Show build progress on stderr (None: a status line on a terminal, log lines
+            otherwise; False: nothing).
+
+    Raises:
+        ManifestError: The manifest is missing or invalid (every problem listed).
+    """
+
+    def __init__(
+        self,
+        manifest: str | os.PathLike[str] | Manifest | None = None,
+        *,
+        idle_timeout: float | None = 300.0,
+        start_timeout: float = 60.0,
+        progress: bool | None = None,
+    ) -> None:
+        if isinstance(manifest, Manifest):
+            self.manifest = manifest
+        else:
+            self.manifest = load_manifest(find_manifest(manifest))
+        self.idle_timeout = idle_timeout
+        self.start_timeout = start_timeout
+        self._progress_setting = progress
+        self._lock = threading.RLock()
+        self._closed = False
+        self._broker: Broker | None = None
+        self._resolved: dict[str, Resolved] = {}
+        self._ids = itertools.count(1)
+        self._runtime: Path | None = None
+        self._rundir: Path | None = None
+        _runners.add(self)
+
+    # ------------------------------------------------------------------ public
+
+    def call(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in a worker of ``env``; return its result."""
+        return self.submit(env, fn, *args, **kwargs).result()
+
+    def submit(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Start ``fn(*args, **kwargs)`` in a worker of ``env``; return its future.
+
+        Raises:
+            RunnerClosedError: The runner was shut down.
+            UnknownEnvironmentError: ``env`` is not in the manifest.
+            EncodeError: ``fn`` or an argument cannot be sent (the message names which).
+        """
+        timeout = getattr(fn, "timeout", None) if isinstance(fn, Task) else None
+        return self._submit(env, fn, args, kwargs, timeout)
+
+    def map(
+        self,
+        env: str,
+        fn: Callable[..., T],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+    ) -> Iterator[T]:
+        """Run ``fn`` over zipped ``iterables`` in ``env``; yield results in order.
+
+        Up to twice the environment's ``workers`` calls are in flight at once, so the workers
+        never wait and a long iterable is never submitted all at once.
+        """
+        spec = self.manifest[env]
+        window = max(2, 2 * spec.workers)
+        end = None if timeout is None else time.monotonic() + timeout
+        arguments = zip(*iterables)  # noqa: B905 - like map(): the shortest wins
+        futures: deque[Future[T]] = deque()
+
+        def fill() -> None:
+            while len(futures) < window:
+                try:
+                    args = next(arguments)
+                except StopIteration:
+                    return
+                futures.append(self.submit(env, fn, *args))
+
+        fill()
+
+        def results() -> Iterator[T]:
+            try:
+                while futures:
+                    future = futures.popleft()
+                    remaining = None if end is None else max(0.0, end - time.monotonic())
+                    value = future.result(remaining)
+                    fill()
+                    yield value
+            finally:
+                for future in futures:
+                    future.cancel()
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the workers and the broker; no process and no socket file stays behind.
+
+        Args:
+            wait: Block until running (and, unless cancelled, queued) calls have finished and
+                every worker has exited.
+            cancel_futures: Cancel queued calls and stop running ones (their futures raise
+                ``CancelledError``).
+        """
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            broker = self._broker
+        if broker is None:
+            return
+        if not already or cancel_futures:
+            broker.shutdown(cancel_futures)
+        if wait:
+            broker.closed.wait()
+            broker.join()
+
+    def __enter__(self) -> Runner:
+        with _global_lock:
+            _active.append(self)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        with _global_lock:
+            if self in _active:
+                _active.remove(self)
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._broker else "idle")
+        counts = self._broker.snapshot() if self._broker else {"pools": 0, "workers": 0}
+        return (
+            f"<Runner manifest={str(self.manifest.path)!r} pools={counts['pools']} "
+            f"workers={counts['workers']} {state}>"
+        )
+
+    def worker_pids(self, env: str | None = None) -> list[int]:
+        """Pids of the live workers (of one environment, or all)."""
+        return self._broker.worker_pids(env) if self._broker else []
+
+    @property
+    def rundir(self) -> Path | None:
+        """The private folder of this runner's sockets (None until the first call)."""
+        return self._rundir
+
+    # ------------------------------------------------------------------ internals
+
+    def _submit(
+        self,
+        env: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Future[Any]:
+        from ._broker import PendingCall
+
+        if self._closed:
+            raise RunnerClosedError(
+                f"{self!r} was shut down; make a new Runner (or leave the with block later)"
+            )
+        spec = self.manifest[env]
+        version = self._resolve(spec).interpreter.version
+        same = version[:2] == tuple(sys.version_info[:2])
+        name = describe(fn) + "()"
+        code = self._code(fn, same, env, version)
+        payload, buffers = self._encode_arguments(fn, name, env, args, kwargs, same)
+        future: CallFuture[Any] = CallFuture(env, name)
+        pending = PendingCall(
+            call_id=next(self._ids),
+            env=env,
+            name=name,
+            code=code,
+            payload=payload,
+            buffers=buffers,
+            timeout=timeout if timeout is not None else spec.timeout,
+            future=future,
+        )
+        self._ensure_broker().submit(pending)
+        return future
+
+    def _code(
+        self, fn: Callable[..., Any], same: bool, env: str, version: tuple[int, ...]
+    ) -> bytes:
+        cache = fn._code if isinstance(fn, Task) else None
+        if cache is not None and same in cache:
+            return cache[same]
+        target = f"environment {env!r} (Python {'.'.join(map(str, version[:2]))})"
+        code = encode_function(fn, same, target)
+        if cache is not None:
+            cache[same] = code
+        return code
+
+    def _encode_arguments(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        env: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        same: bool,
+    ) -> tuple[bytes, list[Any]]:
+        try:
+            return Encoder(by_value=same).encode([list(args), kwargs])
+        except EncodeError:
+            pass
+        parameters = _parameter_names(fn)
+        labelled: list[tuple[str, Any]] = []
+        for index, value in enumerate(args):
+            label = f"argument {index + 1}"
+            if index < len(parameters):
+                label += f" ({parameters[index]})"
+            labelled.append((label, value))
+        labelled += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+        for label, value in labelled:
+            try:
+                Encoder(by_value=same).encode(value)
+            except EncodeError as exc:
+                raise EncodeError(
+                    f"{label} of {name}, a {type_name(value)}, cannot be sent to environment "
+                    f"{env!r}: {exc}",
+                    what=label,
+                ) from exc
+        raise EncodeError(f"the arguments of {name} cannot be sent to environment {env!r}")
+
+    def _resolve(self, spec: EnvSpec) -> Resolved:
+        resolved = self._resolved.get(spec.name)
+        if resolved is None:
+            from ._environments import resolve
+
+            with self._lock:
+                resolved = self._resolved.get(spec.name)
+                if resolved is None:
+                    resolved = resolve(spec)
+                    self._resolved[spec.name] = resolved
+        return resolved
+
+    def _progress(self) -> Progress:
+        from ._progress import auto_progress
+
+        return auto_progress(self._progress_setting)
+
+    def _prepare(self, env: str, cancel: threading.Event) -> Prepared:
+        """Build (or find) ``env`` and say how to start its workers; runs in its own thread."""
+        from ._broker import Prepared
+        from ._environments import build, overlay
+        from ._process import compile_runtime
+
+        spec = self.manifest[env]
+        resolved = self._resolve(spec)
+        interpreter = resolved.interpreter
+        append: tuple[str, ...] = ()
+        if resolved.key is None:
+            append = (str(overlay(interpreter, self._progress())),)
+            virtual_env = Path(interpreter.prefix) if interpreter.is_venv else None
+        else:
+            build(
+                resolved,
+                progress=self._progress(),
+                cancel=cancel,
+                manifest_path=self.manifest.path,
+            )
+            virtual_env = resolved.path
+        compile_runtime(self._runtime_root(), resolved.python, interpreter.cache_tag)
+        return Prepared(
+            name=env,
+            python=resolved.python,
+            version=interpreter.version,
+            bin_dir=resolved.bin_dir,
+            virtual_env=virtual_env,
+            append_paths=append,
+            environ=dict(spec.env),
+        )
+
+    def _runtime_root(self, _prepared: Any = None) -> Path:
+        if self._runtime is None:
+            from ._process import runtime_root
+
+            self._runtime = runtime_root()
+        return self._runtime
+
+    def _ensure_broker(self) -> Broker:
+        broker = self._broker
+        if broker is not None:
+            return broker
+        with self._lock:
+            if self._broker is None:
+                if self._closed:
+                    raise RunnerClosedError(f"{self!r} was shut down")
+                from ._broker import Broker
+                from ._process import caller_project_paths
+
+                self._runtime_root()
+                self._rundir = _make_rundir()
+                pools = {
+                    spec.name: (
+                        spec.workers,
+                        spec.idle_timeout if spec.idle_timeout is not None else self.idle_timeout,
+                    )
+                    for spec in self.manifest
+                }
+                broker = Broker(
+                    pools,
+                    self._prepare,
+                    self._runtime_root,
+                    caller_project_paths(),
+                    start_timeout=self.start_timeout,
+                    rundir=self._rundir,
+                )
+                broker.start()
+                self._broker = broker
+            return self._broker
+
+
+def _parameter_names(fn: Callable[..., Any]) -> list[str]:
+    import inspect
+
+    try:
+        signature = inspect.signature(getattr(fn, "__envrunner_fn__", fn))
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+_RUNDIR_PREFIX = "envrunner-"
+
+
+def _make_rundir() -> Path:
+    """A private (0700) folder for this runner's sockets; stale ones of dead runners go first."""
+    base = Path(tempfile.gettempdir())
+    _remove_stale_rundirs(base)
+    path = Path(tempfile.mkdtemp(prefix=f"{_RUNDIR_PREFIX}{os.getpid()}-", dir=base))
+    os.chmod(path, 0o700)
+    return path
+
+
+def _remove_stale_rundirs(base: Path) -> None:
+    try:
+        entries = list(base.glob(f"{_RUNDIR_PREFIX}*-*"))
+    except OSError:
+        return
+    for entry in entries:
+        pid_text = entry.name[len(_RUNDIR_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for runner in list(_runners):
+        try:
+            runner.shutdown(wait=True)
+        except Exception:
+            pass
+
+
+def _forget_after_fork() -> None:
+    """A forked child has no broker thread: it must not use its parent's runners."""
+    global _default
+    _default = None
+    _active.clear()
+    for runner in list(_runners):
+        runner._closed = True
+        runner._broker = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

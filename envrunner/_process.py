@@ -1,0 +1,290 @@
+"""Start a worker process, give it what it needs, and take it down.
+
+May import: the standard library, filelock, ``envrunner._home``, ``envrunner._runtime``.
+
+A worker is ``python -m envrunner.worker`` run by its environment's interpreter, in a new session
+(so a Ctrl-C in the caller's terminal reaches the caller alone), with:
+
+- its working folder set to the sealed runtime copy, so that ``envrunner`` on its import path is
+  that copy and never a caller-side ``envrunner`` (the worker moves to the caller's folder once the
+  broker welcomes it);
+- the session key on an inherited pipe whose write end the caller keeps: when the caller dies,
+  the pipe closes and the worker exits (no orphans, whatever killed the caller);
+- stdout and stderr as pipes that the broker reads line by line;
+- the caller's environment variables minus what would leak the caller's Python into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from . import _home
+from ._runtime.errors import describe_exit
+
+__all__ = [
+    "LaunchRequest",
+    "Launcher",
+    "LocalLauncher",
+    "WorkerProcess",
+    "caller_project_paths",
+    "compile_runtime",
+    "describe_exit",
+    "runtime_root",
+    "worker_environ",
+]
+
+#: Variables that would make a worker load the caller's Python instead of its own.
+LEAKY_VARIABLES = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "__PYVENV_LAUNCHER__",
+    "PYTHONSTARTUP",
+)
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything needed to start one worker."""
+
+    env: str
+    python: Path
+    address: str
+    worker_id: str
+    key: bytes
+    environ: Mapping[str, str]
+    runtime_root: Path
+
+
+@dataclass
+class WorkerProcess:
+    """A started worker process and the caller's ends of its pipes."""
+
+    popen: subprocess.Popen[bytes]
+    key_fd: int
+    stdout_fd: int
+    stderr_fd: int
+    pidfd: int = -1
+    closed: bool = field(default=False)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        """The exit status if the process has ended (negative: killed by that signal)."""
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        """SIGKILL the worker (native code cannot be interrupted any other way)."""
+        if self.popen.returncode is None:
+            try:
+                self.popen.kill()
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        if self.popen.returncode is None:
+            try:
+                self.popen.terminate()
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        """Close the caller's ends of every pipe (the key pipe's close tells the worker to go)."""
+        if self.closed:
+            return
+        self.closed = True
+        for fd in (self.key_fd, self.stdout_fd, self.stderr_fd, self.pidfd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+class Launcher(Protocol):
+    """Starts workers; remote launchers are new classes, not new branches."""
+
+    def launch(self, request: LaunchRequest) -> WorkerProcess: ...
+
+
+class LocalLauncher:
+    """Starts workers as child processes on this machine."""
+
+    def launch(self, request: LaunchRequest) -> WorkerProcess:
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, request.key)
+            popen = subprocess.Popen(
+                [
+                    str(request.python),
+                    "-m",
+                    "envrunner.worker",
+                    "--connect",
+                    request.address,
+                    "--id",
+                    request.worker_id,
+                    "--key-fd",
+                    str(read_fd),
+                    "--env",
+                    request.env,
+                ],
+                cwd=str(request.runtime_root),
+                env=dict(request.environ),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(read_fd,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        assert popen.stdout is not None and popen.stderr is not None
+        stdout_fd = os.dup(popen.stdout.fileno())
+        stderr_fd = os.dup(popen.stderr.fileno())
+        popen.stdout.close()
+        popen.stderr.close()
+        for fd in (stdout_fd, stderr_fd):
+            os.set_blocking(fd, False)
+        pidfd = -1
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(popen.pid)
+            except OSError:
+                pidfd = -1
+        return WorkerProcess(popen, write_fd, stdout_fd, stderr_fd, pidfd)
+
+
+def worker_environ(
+    base: Mapping[str, str],
+    bin_dir: Path | None,
+    virtual_env: Path | None,
+    extra: Mapping[str, str],
+) -> dict[str, str]:
+    """A worker's environment variables.
+
+    The caller's, minus what would leak the caller's Python into the worker (``PYTHONPATH``,
+    ``PYTHONHOME``, ``VIRTUAL_ENV``, the caller's virtualenv on ``PATH``), plus the environment's
+    own ``bin`` first on ``PATH`` and the manifest's ``env`` last.
+    """
+    environ = {k: v for k, v in base.items() if k not in LEAKY_VARIABLES}
+    caller_bins = {str(Path(sys.prefix) / "bin")} if sys.prefix != sys.base_prefix else set()
+    caller_venv = base.get("VIRTUAL_ENV")
+    if caller_venv:
+        caller_bins.add(str(Path(caller_venv) / "bin"))
+    path = [p for p in environ.get("PATH", "").split(os.pathsep) if p and p not in caller_bins]
+    if bin_dir is not None:
+        path.insert(0, str(bin_dir))
+    environ["PATH"] = os.pathsep.join(path)
+    if virtual_env is not None:
+        environ["VIRTUAL_ENV"] = str(virtual_env)
+    environ.update(extra)
+    return environ
+
+
+def caller_project_paths() -> list[str]:
+    """The caller's import path minus its Python's own folders: the user's project folders.
+
+    These go on the worker's import path so that tasks defined in the user's modules import
+    there; the caller's site-packages never do (they would leak the caller's packages).
+    """
+    import site
+    import sysconfig
+
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
+    excluded = set()
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            excluded.add(os.path.realpath(sysconfig.get_paths()[name]))
+        except KeyError:
+            pass
+    try:
+        excluded.update(os.path.realpath(p) for p in site.getsitepackages())
+        excluded.add(os.path.realpath(site.getusersitepackages()))
+    except AttributeError:
+        pass
+    out: list[str] = []
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if path in excluded or not os.path.isdir(path):
+            continue
+        if any(path == p or path.startswith(p + os.sep) for p in prefixes):
+            continue
+        if "site-packages" in Path(path).parts or "dist-packages" in Path(path).parts:
+            continue
+        if path not in out:
+            out.append(path)
+    cwd = os.path.realpath(os.getcwd())
+    if cwd not in out:
+        out.append(cwd)
+    return out
+
+
+# --------------------------------------------------------------------------- runtime copy
+
+_RUNTIME_SOURCE = Path(__file__).parent / "_runtime"
+_FACE = "face.py"
+
+
+def _runtime_files() -> list[tuple[str, Path]]:
+    """(path inside the copy, source file) for every file of the sealed runtime."""
+    files = [("envrunner/__init__.py", _RUNTIME_SOURCE / _FACE)]
+    files.append(("envrunner/worker.py", Path(__file__).parent / "worker.py"))
+    for source in sorted(_RUNTIME_SOURCE.glob("*.py")):
+        files.append((f"envrunner/_runtime/{source.name}", source))
+    return files
+
+
+def runtime_root() -> Path:
+    """The sealed runtime copy that workers import ``envrunner`` from, made once per content."""
+    files = _runtime_files()
+    digest = hashlib.sha256()
+    for name, source in files:
+        digest.update(name.encode() + b"\0" + source.read_bytes() + b"\0")
+    root = _home.home() / "runtime" / digest.hexdigest()[:16]
+    if (root / ".complete").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
+    try:
+        for name, source in files:
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        (staging / ".complete").write_text("")
+        try:
+            staging.rename(root)
+        except OSError:  # another process made it first: theirs is as good
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def compile_runtime(root: Path, python: Path, cache_tag: str) -> None:
+    """Compile the runtime copy's bytecode for one interpreter, once.
+
+    Workers then start without compiling it, even where ``PYTHONDONTWRITEBYTECODE`` is set.
+    """
+    marker = root / f".compiled-{cache_tag}"
+    if marker.exists():
+        return
+    subprocess.run(
+        [str(python), "-I", "-m", "compileall", "-q", str(root / "envrunner")],
+        capture_output=True,
+        check=False,
+    )
+    marker.write_text("")

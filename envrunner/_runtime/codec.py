@@ -1,0 +1,428 @@
+"""Values between environments: msgpack with extension types, buffers out of band.
+
+Plain data (None, bool, int, float, str, bytes, list, dict) is msgpack; what msgpack lacks travels
+as an extension type whose payload is again msgpack, so every type round-trips exactly and loads
+under any Python and numpy version:
+
+====  ==============================================================
+code  payload
+====  ==============================================================
+1     tuple: the items
+2     set: the items
+3     frozenset: the items
+4     complex: [real, imag]
+5     int beyond 64 bits: its decimal text
+10    datetime: [y, m, d, H, M, S, us, fold, tz]
+11    date: [y, m, d]
+12    time: [H, M, S, us, fold, tz]
+13    timedelta: [days, seconds, microseconds]
+14    Decimal: its text
+15    UUID: its 16 bytes
+16    pathlib path: [class name, text]
+20    numpy array: [dtype, shape, order, buffer index]
+21    numpy scalar: [dtype, raw bytes]
+30    pickle: [type name, pickle bytes, first buffer index, buffer count]
+31    cloudpickle (same Python minor version only): as 30
+====  ==============================================================
+
+``tz`` is None, ``["offset", seconds, name]`` or ``["zone", key]`` (a ``zoneinfo`` key).
+A dtype is ``dtype.str`` (``"<f8"``) or, for structured dtypes, ``dtype.descr``.
+
+Every array buffer travels in a frame of its own after the message body, so it is never copied
+into it. Anything else goes by pickle (protocol 5, its buffers out of band too), or by cloudpickle
+when both ends run the same Python minor version.
+
+This module is part of the sealed worker runtime: standard library, msgpack, cloudpickle
+(imported on first use) and numpy (only if the value or the process already has it).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import pathlib
+import pickle
+import sys
+import uuid
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+import msgpack
+
+from .errors import DecodeError, EncodeError
+
+__all__ = ["Decoder", "Encoder", "type_name"]
+
+TUPLE, SET, FROZENSET, COMPLEX, BIGINT = 1, 2, 3, 4, 5
+DATETIME, DATE, TIME, TIMEDELTA, DECIMAL, UUID, PATH = 10, 11, 12, 13, 14, 15, 16
+NDARRAY, NPSCALAR = 20, 21
+PICKLE, CLOUDPICKLE = 30, 31
+
+_PATH_TYPES = {
+    cls.__name__: cls
+    for cls in (
+        pathlib.PurePath,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.Path,
+        pathlib.PosixPath,
+    )
+}
+
+
+def type_name(obj: Any) -> str:
+    """``module.QualName`` of ``obj``'s type, for messages."""
+    cls = type(obj)
+    module = getattr(cls, "__module__", "") or ""
+    qualname = getattr(cls, "__qualname__", cls.__name__)
+    return qualname if module == "builtins" else f"{module}.{qualname}"
+
+
+class Encoder:
+    """Turns a value into a msgpack body plus out-of-band buffers.
+
+    Args:
+        by_value: Allow cloudpickle for what plain pickle cannot send (classes and functions
+            defined in ``__main__``, lambdas). Only true when the receiver runs the same Python
+            minor version: by-value code from another version crashes the reader.
+        pickle_protocol: The pickle protocol both ends agreed on.
+    """
+
+    def __init__(self, by_value: bool = True, pickle_protocol: int = 5) -> None:
+        self.by_value = by_value
+        self.pickle_protocol = pickle_protocol
+        self._buffers: List[Any] = []
+
+    def encode(self, obj: Any) -> Tuple[bytes, List[Any]]:
+        """Encode ``obj``.
+
+        Returns:
+            The body and the list of buffers (bytes-like, 1-D) to send after it.
+
+        Raises:
+            EncodeError: Some part of ``obj`` cannot be sent; the message names its type.
+        """
+        self._buffers = []
+        try:
+            body = self._pack(obj)
+        except EncodeError:
+            raise
+        except Exception as exc:
+            raise EncodeError(f"cannot encode a {type_name(obj)}: {exc}") from exc
+        buffers, self._buffers = self._buffers, []
+        return body, buffers
+
+    # ------------------------------------------------------------------ internals
+
+    def _pack(self, obj: Any) -> bytes:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            obj,
+            default=self._default,
+            use_bin_type=True,
+            strict_types=True,
+            unicode_errors="surrogatepass",
+        )
+
+    def _buffer(self, data: Any) -> int:
+        self._buffers.append(data)
+        return len(self._buffers) - 1
+
+    def _default(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls is tuple:
+            return msgpack.ExtType(TUPLE, self._pack(list(obj)))
+        if cls is set:
+            return msgpack.ExtType(SET, self._pack(list(obj)))
+        if cls is frozenset:
+            return msgpack.ExtType(FROZENSET, self._pack(list(obj)))
+        if cls is complex:
+            return msgpack.ExtType(COMPLEX, self._pack([obj.real, obj.imag]))
+        if cls is int:  # only reached for ints beyond 64 bits
+            return msgpack.ExtType(BIGINT, str(obj).encode("ascii"))
+        if cls is _dt.datetime:
+            fields = [obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second]
+            fields += [obj.microsecond, obj.fold, _tz_out(obj.tzinfo, obj)]
+            if fields[-1] is not _UNPORTABLE:
+                return msgpack.ExtType(DATETIME, self._pack(fields))
+        elif cls is _dt.date:
+            return msgpack.ExtType(DATE, self._pack([obj.year, obj.month, obj.day]))
+        elif cls is _dt.time:
+            fields = [obj.hour, obj.minute, obj.second, obj.microsecond, obj.fold]
+            fields.append(_tz_out(obj.tzinfo, None))
+            if fields[-1] is not _UNPORTABLE:
+                return msgpack.ExtType(TIME, self._pack(fields))
+        elif cls is _dt.timedelta:
+            return msgpack.ExtType(TIMEDELTA, self._pack([obj.days, obj.seconds, obj.microseconds]))
+        elif cls is decimal.Decimal:
+            return msgpack.ExtType(DECIMAL, str(obj).encode("ascii"))
+        elif cls is uuid.UUID:
+            return msgpack.ExtType(UUID, obj.bytes)
+        elif cls.__name__ in _PATH_TYPES and _PATH_TYPES[cls.__name__] is cls:
+            return msgpack.ExtType(PATH, self._pack([cls.__name__, str(obj)]))
+        else:
+            np = sys.modules.get("numpy")
+            if np is not None:
+                packed = self._numpy(np, obj)
+                if packed is not None:
+                    return packed
+        return self._pickle(obj)
+
+    def _numpy(self, np: Any, obj: Any) -> Optional[msgpack.ExtType]:
+        if isinstance(obj, np.ndarray) and type(obj) is np.ndarray:
+            dtype = obj.dtype
+            if dtype.hasobject:
+                return None  # object arrays hold Python objects: only pickle can carry them
+            if obj.flags.c_contiguous:
+                order, data = "C", obj
+            elif obj.flags.f_contiguous:
+                order, data = "F", obj.T
+            else:
+                order, data = "C", np.ascontiguousarray(obj)
+            raw = data.reshape(-1).view(np.uint8) if data.size else b""
+            header = [_dtype_out(dtype), list(obj.shape), order, self._buffer(raw)]
+            return msgpack.ExtType(NDARRAY, self._pack(header))
+        if isinstance(obj, np.generic) and not obj.dtype.hasobject:
+            return msgpack.ExtType(NPSCALAR, self._pack([_dtype_out(obj.dtype), obj.tobytes()]))
+        return None
+
+    def _pickle(self, obj: Any) -> msgpack.ExtType:
+        first = len(self._buffers)
+
+        def keep(buffer: pickle.PickleBuffer) -> Optional[bool]:
+            try:
+                self._buffer(buffer.raw())
+            except BufferError:  # not contiguous: let pickle copy it in band
+                return True
+            return None
+
+        if self.by_value:
+            import cloudpickle
+
+            code, dump = CLOUDPICKLE, cloudpickle.dumps
+        else:
+            module = getattr(type(obj), "__module__", "")
+            if module == "__main__":
+                raise EncodeError(
+                    f"a {type_name(obj)} cannot travel to a worker on another Python version: "
+                    f"its class is defined in __main__, which the worker cannot import; "
+                    f"move {type(obj).__qualname__} into a module next to your script",
+                    what=type_name(obj),
+                )
+            code, dump = PICKLE, pickle.dumps
+        try:
+            data = dump(obj, protocol=self.pickle_protocol, buffer_callback=keep)
+        except Exception as exc:
+            del self._buffers[first:]
+            raise EncodeError(
+                f"a {type_name(obj)} cannot be sent: {type(exc).__name__}: {exc}",
+                what=type_name(obj),
+            ) from exc
+        count = len(self._buffers) - first
+        return msgpack.ExtType(code, self._pack([type_name(obj), data, first, count]))
+
+
+class _Unportable:
+    pass
+
+
+_UNPORTABLE = _Unportable()
+
+
+def _tz_out(tz: Optional[_dt.tzinfo], when: Optional[_dt.datetime]) -> Any:
+    if tz is None:
+        return None
+    if type(tz) is _dt.timezone:
+        offset = tz.utcoffset(None)
+        name = tz.tzname(None)
+        default = _dt.timezone(offset).tzname(None)
+        return ["offset", offset.total_seconds(), None if name == default else name]
+    key = getattr(tz, "key", None)
+    if type(tz).__module__ == "zoneinfo" and isinstance(key, str):
+        return ["zone", key]
+    return _UNPORTABLE
+
+
+def _tz_in(value: Any) -> Optional[_dt.tzinfo]:
+    if value is None:
+        return None
+    kind = value[0]
+    if kind == "offset":
+        offset = _dt.timedelta(seconds=value[1])
+        return _dt.timezone(offset, value[2]) if value[2] is not None else _dt.timezone(offset)
+    import zoneinfo
+
+    return zoneinfo.ZoneInfo(value[1])
+
+
+def _dtype_out(dtype: Any) -> Any:
+    if dtype.fields is not None or dtype.subdtype is not None:
+        return [list(item) for item in dtype.descr]
+    return dtype.str
+
+
+def _dtype_in(np: Any, spec: Any) -> Any:
+    if isinstance(spec, str):
+        return np.dtype(spec)
+    return np.dtype([tuple(_listify_shape(item)) for item in spec])
+
+
+def _listify_shape(item: List[Any]) -> List[Any]:
+    # descr entries are (name, type) or (name, type, shape); nested fields are lists of lists.
+    out = list(item)
+    if len(out) >= 2 and isinstance(out[1], list):
+        out[1] = [tuple(_listify_shape(x)) for x in out[1]]
+    if len(out) == 3 and isinstance(out[2], list):
+        out[2] = tuple(out[2])
+    return out
+
+
+class Decoder:
+    """Turns a body and its buffers back into a value.
+
+    Args:
+        where: Where the value lands, for messages (``"environment 'torch'"``,
+            ``"the caller"``).
+        writable_arrays: Copy arrays out of read-only frames so that they can be written to.
+    """
+
+    def __init__(self, where: str = "this interpreter", writable_arrays: bool = True) -> None:
+        self.where = where
+        self.writable_arrays = writable_arrays
+        self._buffers: Sequence[Any] = ()
+
+    def decode(self, body: Any, buffers: Sequence[Any] = ()) -> Any:
+        """Decode a body produced by :class:`Encoder`.
+
+        Raises:
+            DecodeError: The value needs something this interpreter lacks (numpy, a module).
+        """
+        self._buffers = buffers
+        try:
+            return self._unpack(body)
+        finally:
+            self._buffers = ()
+
+    def _unpack(self, data: Any) -> Any:
+        return msgpack.unpackb(
+            data,
+            ext_hook=self._ext,
+            raw=False,
+            strict_map_key=False,
+            unicode_errors="surrogatepass",
+        )
+
+    def _ext(self, code: int, data: bytes) -> Any:
+        handler = self._handlers.get(code)
+        if handler is None:
+            raise DecodeError(
+                f"unknown value type (extension {code}) received in {self.where}: "
+                "the two sides run different envrunner versions"
+            )
+        return handler(self, data)
+
+    def _tuple(self, data: bytes) -> Any:
+        return tuple(self._unpack(data))
+
+    def _set(self, data: bytes) -> Any:
+        return set(self._unpack(data))
+
+    def _frozenset(self, data: bytes) -> Any:
+        return frozenset(self._unpack(data))
+
+    def _complex(self, data: bytes) -> Any:
+        real, imag = self._unpack(data)
+        return complex(real, imag)
+
+    def _bigint(self, data: bytes) -> Any:
+        return int(data.decode("ascii"))
+
+    def _datetime(self, data: bytes) -> Any:
+        y, mo, d, h, mi, s, us, fold, tz = self._unpack(data)
+        return _dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_tz_in(tz), fold=fold)
+
+    def _date(self, data: bytes) -> Any:
+        return _dt.date(*self._unpack(data))
+
+    def _time(self, data: bytes) -> Any:
+        h, mi, s, us, fold, tz = self._unpack(data)
+        return _dt.time(h, mi, s, us, tzinfo=_tz_in(tz), fold=fold)
+
+    def _timedelta(self, data: bytes) -> Any:
+        days, seconds, micro = self._unpack(data)
+        return _dt.timedelta(days=days, seconds=seconds, microseconds=micro)
+
+    def _decimal(self, data: bytes) -> Any:
+        return decimal.Decimal(data.decode("ascii"))
+
+    def _uuid(self, data: bytes) -> Any:
+        return uuid.UUID(bytes=bytes(data))
+
+    def _path(self, data: bytes) -> Any:
+        name, text = self._unpack(data)
+        return _PATH_TYPES[name](text)
+
+    def _numpy_module(self, what: str) -> Any:
+        try:
+            import numpy
+        except ImportError:
+            raise DecodeError(
+                f"received a numpy {what}, but numpy is not installed in {self.where}; "
+                "add numpy to its requirements, or send a list instead (array.tolist())",
+                module="numpy",
+            ) from None
+        return numpy
+
+    def _ndarray(self, data: bytes) -> Any:
+        np = self._numpy_module("array")
+        dtype_spec, shape, order, index = self._unpack(data)
+        dtype = _dtype_in(np, dtype_spec)
+        raw = self._buffers[index]
+        stored = shape[::-1] if order == "F" else shape
+        if dtype.itemsize == 0 or not len(raw):
+            array = np.empty(stored, dtype=dtype)
+        else:
+            array = np.frombuffer(raw, dtype=dtype).reshape(stored)
+        if order == "F":
+            array = array.T
+        if self.writable_arrays and not array.flags.writeable:
+            array = array.copy(order="K")
+        return array
+
+    def _npscalar(self, data: bytes) -> Any:
+        np = self._numpy_module("scalar")
+        dtype_spec, raw = self._unpack(data)
+        return np.frombuffer(raw, dtype=_dtype_in(np, dtype_spec))[0]
+
+    def _pickled(self, data: bytes) -> Any:
+        name, payload, first, count = self._unpack(data)
+        buffers = self._buffers[first : first + count]
+        try:
+            return pickle.loads(payload, buffers=buffers)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or str(exc)
+            raise DecodeError(
+                f"a {name} needs module {missing!r}, which is not installed in {self.where}",
+                module=missing,
+            ) from exc
+        except Exception as exc:
+            raise DecodeError(
+                f"cannot load a {name} in {self.where}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    _handlers: ClassVar[Dict[int, Callable[[Decoder, bytes], Any]]] = {
+        TUPLE: _tuple,
+        SET: _set,
+        FROZENSET: _frozenset,
+        COMPLEX: _complex,
+        BIGINT: _bigint,
+        DATETIME: _datetime,
+        DATE: _date,
+        TIME: _time,
+        TIMEDELTA: _timedelta,
+        DECIMAL: _decimal,
+        UUID: _uuid,
+        PATH: _path,
+        NDARRAY: _ndarray,
+        NPSCALAR: _npscalar,
+        PICKLE: _pickled,
+        CLOUDPICKLE: _pickled,
+    }

@@ -1,0 +1,245 @@
+"""The wire protocol between the broker and its workers: message types, frames, signatures.
+
+::
+
+    caller process                                         worker process (one per slot)
+    ┌────────────────────────────┐   ipc://<rundir>/broker   ┌───────────────────────────┐
+    │ broker thread: ROUTER      │◄──────────────────────────│ DEALER, identity = id     │
+    │                            │  HELLO (versions, pid)    │                           │
+    │                            │──────────────────────────►│                           │
+    │                            │  WELCOME (cwd, sys.path)  │                           │
+    │                            │──────────────────────────►│ runs calls one at a time  │
+    │                            │  CALL (code, args)        │                           │
+    │                            │◄──────────────────────────│                           │
+    │                            │  RESULT (value | error)   │                           │
+    │                            │──────────────────────────►│                           │
+    │                            │  SHUTDOWN                 │                           │
+    └────────────────────────────┘                           └───────────────────────────┘
+
+Every message is a list of frames (the ROUTER adds the peer's identity in front)::
+
+    [signature, header, buffer, buffer, ...]
+
+- ``header`` is msgpack: ``[PROTOCOL_VERSION, tag, sequence, field, field, ...]`` with the fields
+  of the message type in declaration order; ``bytes`` fields hold codec bodies.
+- ``buffer`` frames carry large data (array contents) without copying it into the header.
+- ``signature`` is HMAC-SHA256 under the session key over the length-prefixed header and
+  buffers. A receiver checks it before decoding anything, and refuses a sequence number that is
+  not larger than the last one it accepted from that sender (replays).
+
+This module is pure (no sockets, no processes) and part of the sealed worker runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+
+import msgpack
+
+from .errors import ProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Call",
+    "Hello",
+    "Message",
+    "Result",
+    "Shutdown",
+    "Signer",
+    "Verifier",
+    "Welcome",
+    "pack",
+    "unpack",
+]
+
+PROTOCOL_VERSION = 1
+KEY_BYTES = 32
+SIGNATURE_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every message; ``TAG`` identifies the type on the wire."""
+
+    TAG: ClassVar[int] = 0
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Worker to broker, first: who the worker is and what it runs."""
+
+    TAG: ClassVar[int] = 1
+    worker_id: str
+    pid: int
+    python: Tuple[int, int, int]
+    implementation: str
+    platform: str
+    versions: Dict[str, str]
+    pickle_protocol: int
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """Broker to worker, in answer to Hello: where to run and what to import from."""
+
+    TAG: ClassVar[int] = 2
+    env: str
+    cwd: str
+    sys_path: List[str]
+    caller_python: Tuple[int, int, int]
+    pickle_protocol: int
+    options: Dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Call(Message):
+    """Broker to worker: run ``code`` on the arguments in ``payload``."""
+
+    TAG: ClassVar[int] = 3
+    call_id: int
+    name: str
+    code: bytes
+    payload: bytes
+    buffers: Sequence[Any] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    """Worker to broker: the outcome of a call; ``ok`` false means ``payload`` is an error."""
+
+    TAG: ClassVar[int] = 4
+    call_id: int
+    ok: bool
+    payload: bytes
+    buffers: Sequence[Any] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True)
+class Shutdown(Message):
+    """Broker to worker: finish nothing more and exit."""
+
+    TAG: ClassVar[int] = 5
+
+
+_TYPES: Dict[int, Type[Message]] = {
+    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown)
+}
+_FIELDS: Dict[Type[Message], Tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls) if f.name != "buffers") for cls in _TYPES.values()
+}
+_HAS_BUFFERS = {cls for cls in _TYPES.values() if "buffers" in {f.name for f in fields(cls)}}
+
+
+def _nbytes(frame: Any) -> int:
+    return memoryview(frame).nbytes
+
+
+class Signer:
+    """Signs outgoing messages with the session key and numbers them."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"session key must be {KEY_BYTES} bytes")
+        self._key = key
+        self._sequence = itertools.count(1)
+
+    def next_sequence(self) -> int:
+        return next(self._sequence)
+
+    def sign(self, frames: Sequence[Any]) -> bytes:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for frame in frames:
+            mac.update(_nbytes(frame).to_bytes(8, "little"))
+            mac.update(frame)
+        return mac.digest()
+
+
+class Verifier:
+    """Checks signatures and refuses replayed sequence numbers, per sender."""
+
+    def __init__(self, key: bytes) -> None:
+        self._signer = Signer(key)
+        self._last: Dict[bytes, int] = {}
+        self.rejected = 0
+
+    def verify(self, sender: bytes, frames: Sequence[Any]) -> Optional[Tuple[int, int, List[Any]]]:
+        """Verify ``[signature, header, *buffers]`` from ``sender``.
+
+        Returns:
+            ``(tag, sequence, fields)`` of a valid message, or None (counted in ``rejected``).
+        """
+        if len(frames) < 2 or _nbytes(frames[0]) != SIGNATURE_BYTES:
+            self.rejected += 1
+            return None
+        expected = self._signer.sign(frames[1:])
+        if not hmac.compare_digest(expected, bytes(frames[0])):
+            self.rejected += 1
+            return None
+        try:
+            header = msgpack.unpackb(frames[1], raw=False, use_list=True)
+            version, tag, sequence = header[0], header[1], header[2]
+        except Exception:
+            self.rejected += 1
+            return None
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"peer speaks envrunner protocol {version}, this side {PROTOCOL_VERSION}: "
+                "upgrade envrunner so that both sides match"
+            )
+        if not isinstance(sequence, int) or sequence <= self._last.get(sender, 0):
+            self.rejected += 1
+            return None
+        self._last[sender] = sequence
+        return tag, sequence, header[3:]
+
+    def forget(self, sender: bytes) -> None:
+        """Drop what is remembered about a sender that is gone."""
+        self._last.pop(sender, None)
+
+
+def pack(message: Message, signer: Signer) -> List[Any]:
+    """Turn a message into signed frames ``[signature, header, *buffers]``."""
+    cls = type(message)
+    header = msgpack.packb(
+        [PROTOCOL_VERSION, cls.TAG, signer.next_sequence()]
+        + [getattr(message, name) for name in _FIELDS[cls]],
+        use_bin_type=True,
+    )
+    buffers = list(getattr(message, "buffers", ()))
+    body = [header, *buffers]
+    return [signer.sign(body), *body]
+
+
+def unpack(sender: bytes, frames: Sequence[Any], verifier: Verifier) -> Optional[Message]:
+    """Verify and decode frames from ``sender``; None for anything invalid (it is counted).
+
+    Raises:
+        ProtocolError: A validly signed message from a peer that speaks another version.
+    """
+    checked = verifier.verify(sender, frames)
+    if checked is None:
+        return None
+    tag, _sequence, values = checked
+    cls = _TYPES.get(tag)
+    if cls is None or len(values) != len(_FIELDS[cls]):
+        verifier.rejected += 1
+        return None
+    kwargs = dict(zip(_FIELDS[cls], values))
+    if cls in _HAS_BUFFERS:
+        kwargs["buffers"] = frames[2:]
+    elif len(frames) > 2:
+        verifier.rejected += 1
+        return None
+    if cls is Hello:
+        kwargs["python"] = tuple(kwargs["python"])
+    elif cls is Welcome:
+        kwargs["caller_python"] = tuple(kwargs["caller_python"])
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        verifier.rejected += 1
+        return None

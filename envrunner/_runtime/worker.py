@@ -1,0 +1,275 @@
+"""The worker: a long-lived interpreter of one environment that runs calls one at a time.
+
+::
+
+    broker (caller process)            worker main thread                 watchdog thread
+    ───────────────────────            ──────────────────                 ───────────────
+    spawns `python -m envrunner.worker`
+      with the session key on an  ───► read key from the inherited pipe ─► blocks reading the
+      inherited pipe, keeps the        connect DEALER, send HELLO          same pipe; EOF means
+      write end open                                                       the caller is gone:
+                                  ◄─── HELLO                               os._exit at once
+    WELCOME (cwd, sys.path) ──────────► chdir, extend sys.path
+    CALL ─────────────────────────────► load function (cached), decode args, run,
+                                        flush stdout/stderr, encode result
+                                  ◄─── RESULT (value, or the error with its traceback)
+    SHUTDOWN ─────────────────────────► exit 0
+
+stdout and stderr are pipes the broker reads line by line; they are flushed before every RESULT
+so that a call's output reaches the caller before its result does. faulthandler writes native
+crash tracebacks to stderr, which the broker quotes when it reports the crash.
+
+Run as ``python -m envrunner.worker --connect ADDR --id ID --key-fd FD --env NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import os
+import sys
+import threading
+import traceback
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from . import __version__
+from .code import load_function
+from .codec import Decoder, Encoder, type_name
+from .errors import EncodeError
+from .protocol import (
+    KEY_BYTES,
+    PROTOCOL_VERSION,
+    Call,
+    Hello,
+    Result,
+    Shutdown,
+    Signer,
+    Verifier,
+    Welcome,
+    pack,
+    unpack,
+)
+
+EXIT_PARENT_GONE = 75  # the caller went away: nothing left to serve
+EXIT_NO_WELCOME = 76  # the broker never answered the hello
+WELCOME_TIMEOUT_MS = 60_000
+FUNCTION_CACHE_SIZE = 256
+
+
+def _read_key(fd: int) -> bytes:
+    key = b""
+    while len(key) < KEY_BYTES:
+        chunk = os.read(fd, KEY_BYTES - len(key))
+        if not chunk:
+            os._exit(EXIT_PARENT_GONE)
+        key += chunk
+    return key
+
+
+def _watch_parent(fd: int) -> None:
+    """Exit the moment the caller's end of the key pipe closes (the caller died or left)."""
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+        os._exit(EXIT_PARENT_GONE)
+
+    threading.Thread(target=watch, name="envrunner-parent-watch", daemon=True).start()
+
+
+def _versions() -> Dict[str, str]:
+    import msgpack
+    import zmq
+
+    versions = {
+        "envrunner": __version__,
+        "protocol": str(PROTOCOL_VERSION),
+        "python": sys.version.split()[0],
+        "msgpack": ".".join(str(x) for x in msgpack.version),
+        "pyzmq": zmq.__version__,
+    }
+    try:
+        from importlib.metadata import version
+
+        versions["cloudpickle"] = version("cloudpickle")
+    except Exception:
+        versions["cloudpickle"] = ""
+    return versions
+
+
+class Worker:
+    """One worker process's state: its socket, signing keys and cache of loaded functions."""
+
+    def __init__(self, socket: Any, key: bytes, worker_id: str, env: str) -> None:
+        self.socket = socket
+        self.signer = Signer(key)
+        self.verifier = Verifier(key)
+        self.worker_id = worker_id
+        self.env = env
+        self.functions: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+        self.by_value = True
+        self.pickle_protocol = 5
+        self.decoder = Decoder(where=f"environment {env!r}")
+
+    def send(self, message: Any) -> None:
+        self.socket.send_multipart(pack(message, self.signer), copy=False)
+
+    def receive(self) -> Any:
+        while True:
+            frames = self.socket.recv_multipart(copy=False)
+            message = unpack(b"broker", [f.buffer for f in frames], self.verifier)
+            if message is not None:
+                return message
+
+    def hello(self) -> Welcome:
+        import pickle
+        import platform
+
+        self.send(
+            Hello(
+                worker_id=self.worker_id,
+                pid=os.getpid(),
+                python=tuple(sys.version_info[:3]),  # type: ignore[arg-type]
+                implementation=sys.implementation.name,
+                platform=platform.platform(),
+                versions=_versions(),
+                pickle_protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        )
+        if not self.socket.poll(WELCOME_TIMEOUT_MS):
+            os._exit(EXIT_NO_WELCOME)
+        welcome = self.receive()
+        if not isinstance(welcome, Welcome):
+            os._exit(EXIT_NO_WELCOME)
+        return welcome
+
+    def settle(self, welcome: Welcome) -> None:
+        """Take the caller's working folder and project folders, as the welcome says."""
+        sys.modules[__package__ or "envrunner._runtime"].WORKER_ENV = welcome.env  # type: ignore[attr-defined]
+        self.env = welcome.env
+        self.by_value = tuple(welcome.caller_python[:2]) == tuple(sys.version_info[:2])
+        self.pickle_protocol = welcome.pickle_protocol
+        try:
+            os.chdir(welcome.cwd)
+        except OSError as exc:
+            print(f"envrunner worker: cannot enter {welcome.cwd}: {exc}", file=sys.stderr)
+        position = 1 if sys.path else 0
+        sys.path[position:position] = [p for p in welcome.sys_path if p not in sys.path]
+        sys.path.extend(p for p in welcome.options.get("append_path", ()) if p not in sys.path)
+
+    def serve(self) -> int:
+        while True:
+            message = self.receive()
+            if isinstance(message, Call):
+                self.send(self.run(message))
+            elif isinstance(message, Shutdown):
+                return 0
+
+    def function(self, code: bytes) -> Callable[..., Any]:
+        fn = self.functions.get(code)
+        if fn is None:
+            fn = load_function(code, self.env)
+            self.functions[code] = fn
+            if len(self.functions) > FUNCTION_CACHE_SIZE:
+                self.functions.popitem(last=False)
+        else:
+            self.functions.move_to_end(code)
+        return fn
+
+    def run(self, call: Call) -> Result:
+        name = call.name
+        try:
+            fn = self.function(call.code)
+            args, kwargs = self.decoder.decode(call.payload, call.buffers)
+        except BaseException as exc:
+            return self.failure(call, exc, skip_frames=0)
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            return self.failure(call, exc, skip_frames=1)
+        finally:
+            del args, kwargs
+        try:
+            body, buffers = Encoder(self.by_value, self.pickle_protocol).encode(value)
+        except EncodeError as exc:
+            error = EncodeError(
+                f"the result of {name} in environment {self.env!r} (a {type_name(value)}) "
+                f"cannot be sent back: {exc}. Return plain data instead (lists, dicts, numpy "
+                "arrays)",
+                what="result",
+            )
+            return self.failure(call, error, skip_frames=None)
+        _flush()
+        return Result(call_id=call.call_id, ok=True, payload=body, buffers=buffers)
+
+    def failure(self, call: Call, exc: BaseException, skip_frames: Optional[int]) -> Result:
+        """An error answer: type, message, traceback text, and the exception if it travels."""
+        tb = exc.__traceback__
+        for _ in range(skip_frames or 0):
+            if tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+        lines = traceback.format_exception(type(exc), exc, tb if skip_frames is not None else None)
+        header = f"Traceback from environment {self.env!r} (worker pid {os.getpid()}):\n"
+        text = header + "".join(lines[1:] if lines[:1] == [_TB_HEAD] else lines)
+        try:
+            message = str(exc)
+        except Exception:
+            message = f"<unprintable {type(exc).__name__}>"
+        error_body: Optional[bytes] = None
+        if isinstance(exc, Exception):  # SystemExit and the like must not end the caller
+            try:
+                error_body, error_buffers = Encoder(self.by_value, self.pickle_protocol).encode(exc)
+            except Exception:
+                error_body, error_buffers = None, []
+            if error_buffers:
+                error_body = None
+        body, _ = Encoder(False).encode([type_name(exc), message, text, error_body])
+        _flush()
+        return Result(call_id=call.call_id, ok=False, payload=body)
+
+
+_TB_HEAD = "Traceback (most recent call last):\n"
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m envrunner.worker")
+    parser.add_argument("--connect", required=True)
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--key-fd", type=int, required=True)
+    parser.add_argument("--env", required=True)
+    args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]
+
+    faulthandler.enable(all_threads=True)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+    key = _read_key(args.key_fd)
+    _watch_parent(args.key_fd)
+
+    import zmq
+
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.IDENTITY, args.id.encode())
+    socket.setsockopt(zmq.LINGER, 1000)
+    socket.connect(args.connect)
+    worker = Worker(socket, key, args.id, args.env)
+    worker.settle(worker.hello())
+    code = worker.serve()
+    socket.close()
+    context.term()
+    return code

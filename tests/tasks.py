@@ -1,0 +1,159 @@
+"""Tasks the tests send by reference: workers import this module (tests/ is on their path).
+
+It imports nothing a worker lacks: the standard library and envrunner (the worker-side face).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import envrunner
+
+
+class TaskError(Exception):
+    """A user-defined exception both sides can import."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message, code)
+        self.code = code
+
+
+def identify() -> dict[str, Any]:
+    import six
+
+    return {
+        "env": envrunner.current_environment(),
+        "python": list(sys.version_info[:3]),
+        "six": six.__version__,
+        "pid": os.getpid(),
+        "executable": sys.executable,
+    }
+
+
+def echo(*args: Any, **kwargs: Any) -> Any:
+    return args, kwargs
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def numpy_version() -> str:
+    import numpy
+
+    return numpy.__version__
+
+
+def array_stats(array: Any) -> dict[str, Any]:
+    import numpy
+
+    return {
+        "numpy": numpy.__version__,
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "sum": float(array.sum()),
+        "writeable": bool(array.flags.writeable),
+    }
+
+
+def make_array(n: int) -> Any:
+    import numpy
+
+    return numpy.arange(n, dtype=numpy.float64).reshape(-1, 2)
+
+
+def fail_builtin(message: str) -> None:
+    raise ValueError(message)
+
+
+def fail_custom(message: str, code: int) -> None:
+    raise TaskError(message, code)
+
+
+def fail_unimportable() -> None:
+    """Raise an exception whose type exists only in the worker."""
+    import types
+
+    module = types.ModuleType("only_in_worker")
+    exec("class Boom(Exception):\n    pass\n", module.__dict__)
+    sys.modules["only_in_worker"] = module
+    raise module.Boom("kaboom")
+
+
+def shout(lines: list[str], stream: str = "out") -> int:
+    target = sys.stdout if stream == "out" else sys.stderr
+    for line in lines:
+        print(line, file=target)
+    return len(lines)
+
+
+def rendezvous(folder: str, me: str, other: str, timeout: float = 30.0) -> str:
+    """Write my marker, wait for the other's: both only return if they ran at the same time."""
+    Path(folder, me).write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not Path(folder, other).exists():
+        if time.monotonic() > deadline:
+            return "alone"
+        time.sleep(0.01)
+    return "together"
+
+
+def environment_variable(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def can_import(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def envrunner_face() -> dict[str, Any]:
+    """What `import envrunner` gives inside a worker."""
+    return {
+        "file": envrunner.__file__,
+        "has_runner": hasattr(envrunner, "Runner"),
+        "caller_modules": sorted(
+            name for name in sys.modules if name in ("envrunner._api", "envrunner._broker")
+        ),
+        "sys_path_head": sys.path[:3],
+        "cwd": os.getcwd(),
+    }
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def unpicklable_result() -> Any:
+    import threading
+
+    return threading.Lock()
+
+
+@envrunner.task(env="same")
+def decorated_same(x: int) -> tuple[int, str | None]:
+    return x * 2, envrunner.current_environment()
+
+
+@envrunner.task(env="other")
+def decorated_other(x: int) -> tuple[int, str | None]:
+    return x * 3, envrunner.current_environment()
+
+
+@envrunner.task(env="same")
+def calls_other_env() -> Any:
+    return decorated_other(1)

@@ -1,0 +1,402 @@
+"""The runtime, end to end: real environments, real worker processes, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+import tasks
+
+import envrunner
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll a state with a deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- calls
+
+
+def test_call_runs_in_the_environment_interpreter(runner: envrunner.Runner, env: str) -> None:
+    info = runner.call(env, tasks.identify)
+    assert info["env"] == env
+    expected_six = "1.16.0" if env == "same" else "1.15.0"
+    assert info["six"] == expected_six
+    assert info["pid"] != os.getpid()
+    if env == "other":
+        assert info["python"][:2] != list(sys.version_info[:2])
+    else:
+        assert info["python"][:2] == list(sys.version_info[:2])
+
+
+def test_conflicting_versions_are_loaded_at_once_in_one_script(runner: envrunner.Runner) -> None:
+    same = runner.submit("same", tasks.identify)
+    other = runner.submit("other", tasks.identify)
+    assert {same.result()["six"], other.result()["six"]} == {"1.16.0", "1.15.0"}
+    numpys = runner.call("same", tasks.numpy_version), runner.call("other", tasks.numpy_version)
+    assert numpys[0].startswith("2.") and numpys[1].startswith("1.")
+
+
+def test_plain_values_round_trip_exactly(runner: envrunner.Runner, env: str) -> None:
+    values = (None, True, 7, -(2**80), 1.5, "ß", b"\x00bytes", [1, [2]], (3, (4,)), {1: "int key"})
+    sets = {1, 2}, frozenset({"a"})
+    args, kwargs = runner.call(env, tasks.echo, *values, *sets, named={"k": (1, 2)})
+    assert args == (*values, *sets)
+    assert [type(a) for a in args] == [type(v) for v in (*values, *sets)]
+    assert kwargs == {"named": {"k": (1, 2)}}
+
+
+def test_numpy_arrays_cross_numpy_major_versions(runner: envrunner.Runner, env: str) -> None:
+    array = numpy.arange(12, dtype=numpy.int32).reshape(3, 4)
+    stats = runner.call(env, tasks.array_stats, array[:, ::2])  # not contiguous
+    assert stats["shape"] == [3, 2] and stats["dtype"] == "int32"
+    assert stats["sum"] == float(array[:, ::2].sum())
+    assert stats["writeable"] is True
+    back = runner.call(env, tasks.make_array, 6)
+    assert isinstance(back, numpy.ndarray)
+    numpy.testing.assert_array_equal(back, numpy.arange(6.0).reshape(3, 2))
+    assert back.flags.writeable
+
+
+def test_submit_returns_a_real_future(runner: envrunner.Runner, env: str) -> None:
+    futures = [runner.submit(env, tasks.add, i, b=1) for i in range(10)]
+    assert all(isinstance(f, concurrent.futures.Future) for f in futures)
+    done, _ = concurrent.futures.wait(futures, timeout=60)
+    assert len(done) == 10
+    ordered = sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=60))
+    assert ordered == list(range(1, 11))
+
+
+def test_futures_work_with_asyncio(runner: envrunner.Runner) -> None:
+    async def main() -> list[int]:
+        futures = [asyncio.wrap_future(runner.submit("same", tasks.add, i, 1)) for i in range(4)]
+        return list(await asyncio.gather(*futures))
+
+    assert asyncio.run(main()) == [1, 2, 3, 4]
+
+
+def test_map_yields_results_in_order(runner: envrunner.Runner, env: str) -> None:
+    results = list(runner.map(env, tasks.add, range(20), range(20)))
+    assert results == [2 * i for i in range(20)]
+
+
+def test_tasks_pinned_by_decorator_use_the_active_runner(runner: envrunner.Runner) -> None:
+    assert tasks.decorated_same(4) == (8, "same")
+    assert tasks.decorated_other.submit(5).result() == (15, "other")
+    assert list(tasks.decorated_same.map([1, 2, 3])) == [(2, "same"), (4, "same"), (6, "same")]
+    assert isinstance(tasks.decorated_same, envrunner.Task)
+    assert tasks.decorated_same.__name__ == "decorated_same"
+
+
+def test_a_worker_cannot_call_into_another_environment(runner: envrunner.Runner) -> None:
+    with pytest.raises(RuntimeError, match="cannot call into another environment"):
+        tasks.calls_other_env()
+
+
+def test_calls_to_two_environments_run_at_the_same_time(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    first = runner.submit("same", tasks.rendezvous, str(tmp_path), "a", "b")
+    second = runner.submit("other", tasks.rendezvous, str(tmp_path), "b", "a")
+    assert (first.result(60), second.result(60)) == ("together", "together")
+
+
+def test_an_environment_with_two_workers_runs_two_calls_at_once(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    first = runner.submit("same", tasks.rendezvous, str(tmp_path), "a", "b")
+    second = runner.submit("same", tasks.rendezvous, str(tmp_path), "b", "a")
+    assert (first.result(60), second.result(60)) == ("together", "together")
+    pids = {Path(tmp_path, name).read_text() for name in "ab"}
+    assert len(pids) == 2
+
+
+def test_one_worker_environment_runs_calls_one_at_a_time(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    first = runner.submit("other", tasks.rendezvous, str(tmp_path), "a", "b", 1.0)
+    second = runner.submit("other", tasks.rendezvous, str(tmp_path), "b", "a", 1.0)
+    assert first.result(60) == "alone"  # b could not start before a gave up
+    assert second.result(60) == "together"
+
+
+def test_many_threads_may_call_at_once(runner: envrunner.Runner, env: str) -> None:
+    def work(offset: int) -> list[int]:
+        return [runner.call(env, tasks.add, offset, i) for i in range(15)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(0, 800, 100)))
+    assert results == [[offset + i for i in range(15)] for offset in range(0, 800, 100)]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_builtin_exceptions_are_raised_as_themselves_with_the_remote_traceback(
+    runner: envrunner.Runner, env: str
+) -> None:
+    with pytest.raises(ValueError, match="bad input") as caught:
+        runner.call(env, tasks.fail_builtin, "bad input")
+    cause = caught.value.__cause__
+    assert isinstance(cause, envrunner.RemoteTraceback)
+    assert f"Traceback from environment {env!r}" in str(cause)
+    assert "tasks.py" in str(cause) and "in fail_builtin" in str(cause)
+    assert "raise ValueError(message)" in str(cause)
+
+
+def test_user_defined_exceptions_keep_their_type_and_attributes(
+    runner: envrunner.Runner, env: str
+) -> None:
+    with pytest.raises(tasks.TaskError) as caught:
+        runner.call(env, tasks.fail_custom, "custom", 42)
+    assert caught.value.code == 42
+
+
+def test_an_exception_the_caller_cannot_load_becomes_remote_error(
+    runner: envrunner.Runner, env: str
+) -> None:
+    with pytest.raises(envrunner.RemoteError) as caught:
+        runner.call(env, tasks.fail_unimportable)
+    assert caught.value.type_name == "only_in_worker.Boom"
+    assert caught.value.message == "kaboom"
+    assert f"in environment {env!r}" in str(caught.value)
+    assert "fail_unimportable" in str(caught.value.__cause__)
+
+
+def test_an_argument_that_cannot_be_sent_is_named(runner: envrunner.Runner, env: str) -> None:
+    with pytest.raises(envrunner.EncodeError, match=r"argument 2 \(b\) of tasks.add\(\)"):
+        runner.call(env, tasks.add, 1, threading.Lock())
+
+
+def test_a_result_that_cannot_be_sent_back_says_so(runner: envrunner.Runner, env: str) -> None:
+    with pytest.raises(envrunner.EncodeError, match=r"the result of tasks\.unpicklable_result"):
+        runner.call(env, tasks.unpicklable_result)
+    assert runner.call(env, tasks.add, 1, 1) == 2  # the worker lives on
+
+
+def test_an_unknown_environment_suggests_the_closest(runner: envrunner.Runner) -> None:
+    with pytest.raises(envrunner.UnknownEnvironmentError, match="did you mean 'same'"):
+        runner.call("sam", tasks.add, 1, 1)
+
+
+def test_a_crash_fails_only_the_running_call(runner: envrunner.Runner) -> None:
+    crash = runner.submit("other", tasks.exit_hard, 3)
+    queued = runner.submit("other", tasks.add, 2, 3)
+    with pytest.raises(envrunner.WorkerCrashed, match="exit code 3") as caught:
+        crash.result(60)
+    assert caught.value.env == "other" and caught.value.returncode == 3
+    assert queued.result(60) == 5
+
+
+def test_a_timeout_kills_the_worker_and_the_next_call_gets_a_new_one(
+    runner: envrunner.Runner,
+) -> None:
+    before = runner.call("other", tasks.identify)["pid"]
+    slow = envrunner.task(env="other", timeout=0.5)(tasks.sleep)
+    with pytest.raises(envrunner.TaskTimeoutError) as caught:
+        slow(30)
+    assert isinstance(caught.value, TimeoutError)
+    wait_for(lambda: pid_gone(before), what="the timed-out worker to die")
+    assert runner.call("other", tasks.identify)["pid"] != before
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_worker_output_reaches_the_caller_prefixed_and_before_the_result(
+    runner: envrunner.Runner, env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert runner.call(env, tasks.shout, ["first line", "second line"]) == 2
+    assert runner.call(env, tasks.shout, ["to stderr"], "err") == 1
+    captured = capsys.readouterr()
+    assert f"[{env}] first line\n[{env}] second line\n" in captured.out
+    assert f"[{env}] to stderr\n" in captured.err
+
+
+# --------------------------------------------------------------------------- the worker's world
+
+
+def test_manifest_variables_reach_the_worker_and_the_callers_python_does_not(
+    runner: envrunner.Runner,
+) -> None:
+    assert runner.call("same", tasks.environment_variable, "ENVRUNNER_TEST_FLAG") == (
+        "from-manifest"
+    )
+    assert runner.call("same", tasks.environment_variable, "PYTHONPATH") is None
+    assert runner.call("same", tasks.environment_variable, "VIRTUAL_ENV") is not None
+    # pytest is installed where the tests run, never in the environments
+    assert runner.call("same", tasks.can_import, "pytest") is False
+    assert runner.call("same", tasks.can_import, "yaml") is False
+
+
+def test_import_envrunner_in_a_worker_gives_the_sealed_face(
+    runner: envrunner.Runner, env: str
+) -> None:
+    face = runner.call(env, tasks.envrunner_face)
+    assert face["has_runner"] is False
+    assert face["caller_modules"] == []
+    assert "runtime" in face["file"]
+    assert face["cwd"] == os.getcwd()
+
+
+# --------------------------------------------------------------------------- functions of __main__
+
+SCRIPT = """\
+import sys
+import envrunner
+
+SCALE = 10
+NAMES = ("a", "b")
+
+def helper(x):
+    return x * SCALE
+
+@envrunner.task(env=sys.argv[1])
+def compute(x, label="x"):
+    import sys as worker_sys
+    version = list(worker_sys.version_info[:2])
+    return helper(x), label, NAMES, version, envrunner.current_environment()
+
+def make_closure(offset):
+    def inner(x):
+        return x + offset
+    return inner
+
+if __name__ == "__main__":
+    env = sys.argv[1]
+    print("RESULT", compute(4, label="y"))
+    print("LAMBDA", envrunner.call(env, lambda x: x ** 2, 7))
+    try:
+        print("CLOSURE", envrunner.call(env, make_closure(5), 1))
+    except envrunner.EncodeError as exc:
+        print("CLOSURE-ERROR", exc)
+    try:
+        compute(1, label=object)
+    except Exception as exc:
+        print("ERROR", type(exc).__name__)
+"""
+
+
+def run_script(tmp_path: Path, manifest_path: Path, env: str) -> str:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    environ = dict(os.environ, ENVRUNNER_MANIFEST=str(manifest_path))
+    result = subprocess.run(
+        [sys.executable, str(script), env],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_functions_of_main_run_in_the_same_python_by_value(
+    tmp_path: Path, manifest_path: Path
+) -> None:
+    out = run_script(tmp_path, manifest_path, "same")
+    minor = list(sys.version_info[:2])
+    assert f"RESULT (40, 'y', ('a', 'b'), {minor}, 'same')" in out
+    assert "LAMBDA 49" in out
+    assert "CLOSURE 6" in out
+
+
+def test_functions_of_main_run_in_another_python_by_source(
+    tmp_path: Path, manifest_path: Path
+) -> None:
+    out = run_script(tmp_path, manifest_path, "other")
+    assert "RESULT (40, 'y', ('a', 'b'), [3, 9], 'other')" in out
+    assert "LAMBDA 49" in out
+    assert "CLOSURE-ERROR" in out and "closure over the local variables offset" in out
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_shutdown_leaves_no_process_and_no_socket_file(manifest_path: Path) -> None:
+    with envrunner.Runner(manifest_path, progress=False) as scoped:
+        pids = {
+            scoped.call("same", tasks.identify)["pid"],
+            scoped.call("other", tasks.identify)["pid"],
+        }
+        rundir = scoped.rundir
+        assert rundir is not None and (rundir / "broker").exists()
+        assert oct(rundir.stat().st_mode & 0o777) == "0o700"
+        assert set(scoped.worker_pids()) == pids
+    assert all(pid_gone(pid) for pid in pids)
+    assert not rundir.exists()
+    with pytest.raises(envrunner.RunnerClosedError):
+        scoped.call("same", tasks.add, 1, 2)
+
+
+def test_shutdown_waits_for_running_calls(manifest_path: Path) -> None:
+    scoped = envrunner.Runner(manifest_path, progress=False)
+    future = scoped.submit("same", tasks.sleep, 0.5)
+    assert scoped.call("same", tasks.add, 1, 1) == 2  # the pool is up
+    scoped.shutdown(wait=True)
+    assert future.done() and future.result() == 0.5
+
+
+def test_shutdown_can_cancel_queued_and_running_calls(manifest_path: Path) -> None:
+    scoped = envrunner.Runner(manifest_path, progress=False)
+    running = scoped.submit("other", tasks.sleep, 60)
+    queued = scoped.submit("other", tasks.sleep, 60)
+    wait_for(lambda: running.running(), what="the first call to start")
+    pids = scoped.worker_pids()
+    scoped.shutdown(wait=True, cancel_futures=True)
+    assert queued.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        running.result(5)
+    assert all(pid_gone(pid) for pid in pids)
+
+
+def test_idle_workers_exit_after_the_idle_timeout(manifest_path: Path) -> None:
+    with envrunner.Runner(manifest_path, idle_timeout=0.3, progress=False) as scoped:
+        pid = scoped.call("same", tasks.identify)["pid"]
+        wait_for(lambda: pid_gone(pid) and not scoped.worker_pids(), what="the idle worker to exit")
+        assert scoped.call("same", tasks.identify)["pid"] != pid
+
+
+def test_a_queued_call_can_be_cancelled(runner: envrunner.Runner) -> None:
+    blocker = runner.submit("other", tasks.sleep, 0.3)
+    queued = runner.submit("other", tasks.add, 1, 1)
+    assert queued.cancel()
+    assert blocker.result(60) == 0.3
+    assert queued.cancelled()
+    assert runner.call("other", tasks.add, 2, 2) == 4
+
+
+def test_repr_shows_state(runner: envrunner.Runner) -> None:
+    runner.call("same", tasks.add, 1, 1)
+    text = repr(runner)
+    assert text.startswith("<Runner manifest=") and "running" in text
+    future = runner.submit("same", tasks.add, 1, 1)
+    future.result()
+    assert "tasks.add()" in repr(future) and "finished" in repr(future)
