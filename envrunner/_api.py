@@ -22,14 +22,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
-from ._runtime.code import describe, encode_function
-from ._runtime.codec import Decoder, Encoder, type_name
 from ._runtime.errors import DecodeError, EncodeError, EnvrunnerError, RunnerClosedError
 
 if TYPE_CHECKING:
     from ._broker import Broker, Prepared
     from ._environments import Resolved
+    from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
 
 __all__ = ["CallFuture", "Runner", "Task", "call", "current_environment", "current_runner", "task"]
@@ -72,6 +70,7 @@ class CallFuture(Future[T]):
 
     def _decoded(self, raw: Any) -> Any:
         from ._broker import RawResult
+        from ._runtime.codec import Decoder
 
         if not isinstance(raw, RawResult):
             return self._value if raw is _UNSET else raw
@@ -142,6 +141,8 @@ class Task(Generic[P, R]):
         return runner.map(self._env_in(runner), self, *iterables, timeout=timeout)
 
     def _env_in(self, runner: Runner) -> str:
+        from ._runtime.code import describe
+
         if self.env is not None:
             return self.env
         names = list(runner.manifest.environments)
@@ -154,7 +155,8 @@ class Task(Generic[P, R]):
         )
 
     def __repr__(self) -> str:
-        return f"<Task {describe(self.fn)} env={self.env!r}>"
+        name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
+        return f"<Task {name} env={self.env!r}>"
 
 
 @overload
@@ -264,6 +266,8 @@ class Runner:
         start_timeout: float = 60.0,
         progress: bool | None = None,
     ) -> None:
+        from ._manifest import Manifest, find_manifest, load_manifest
+
         if isinstance(manifest, Manifest):
             self.manifest = manifest
         else:
@@ -400,6 +404,7 @@ class Runner:
         timeout: float | None,
     ) -> Future[Any]:
         from ._broker import PendingCall
+        from ._runtime.code import describe
 
         if self._closed:
             raise RunnerClosedError(
@@ -431,6 +436,8 @@ class Runner:
         cache = fn._code if isinstance(fn, Task) else None
         if cache is not None and same in cache:
             return cache[same]
+        from ._runtime.code import encode_function
+
         target = f"environment {env!r} (Python {'.'.join(map(str, version[:2]))})"
         code = encode_function(fn, same, target)
         if cache is not None:
@@ -446,6 +453,8 @@ class Runner:
         kwargs: dict[str, Any],
         same: bool,
     ) -> tuple[bytes, list[Any]]:
+        from ._runtime.codec import Encoder, type_name
+
         try:
             return Encoder(by_value=same).encode([list(args), kwargs])
         except EncodeError:

@@ -444,6 +444,7 @@ class Broker:
                 os.environ, prepared.bin_dir, prepared.virtual_env, prepared.environ
             ),
             runtime_root=self._runtime_root(prepared),
+            append_paths=prepared.append_paths,
         )
         try:
             process = self._launcher.launch(request)
@@ -526,7 +527,7 @@ class Broker:
             return
         pool = self._pools[worker.env]
         assert pool.prepared is not None
-        options: dict[str, Any] = {"append_path": list(pool.prepared.append_paths)}
+        options: dict[str, Any] = {}
         self._send(
             worker,
             Welcome(

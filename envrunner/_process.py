@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +63,7 @@ class LaunchRequest:
     key: bytes
     environ: Mapping[str, str]
     runtime_root: Path
+    append_paths: Sequence[str] = ()
 
 
 @dataclass
@@ -138,6 +139,7 @@ class LocalLauncher:
                     str(read_fd),
                     "--env",
                     request.env,
+                    *(arg for path in request.append_paths for arg in ("--append-path", path)),
                 ],
                 cwd=str(request.runtime_root),
                 env=dict(request.environ),

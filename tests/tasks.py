@@ -34,6 +34,10 @@ def identify() -> dict[str, Any]:
     }
 
 
+def prefix() -> str:
+    return sys.prefix
+
+
 def echo(*args: Any, **kwargs: Any) -> Any:
     return args, kwargs
 
@@ -157,3 +161,7 @@ def decorated_other(x: int) -> tuple[int, str | None]:
 @envrunner.task(env="same")
 def calls_other_env() -> Any:
     return decorated_other(1)
+
+
+def loaded_top_level_modules() -> list[str]:
+    return sorted({name.split(".")[0] for name in sys.modules})

@@ -159,7 +159,6 @@ class Worker:
             print(f"envrunner worker: cannot enter {welcome.cwd}: {exc}", file=sys.stderr)
         position = 1 if sys.path else 0
         sys.path[position:position] = [p for p in welcome.sys_path if p not in sys.path]
-        sys.path.extend(p for p in welcome.options.get("append_path", ()) if p not in sys.path)
 
     def serve(self) -> int:
         while True:
@@ -249,6 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--id", required=True)
     parser.add_argument("--key-fd", type=int, required=True)
     parser.add_argument("--env", required=True)
+    parser.add_argument("--append-path", action="append", default=[])  # applied by the entry
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]
 
