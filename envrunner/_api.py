@@ -80,11 +80,11 @@ class CallFuture(Future[T]):
                     self._value = Decoder(where="the caller").decode(raw.payload, raw.buffers)
                 except DecodeError as exc:
                     module = exc.module
-                    fix = f"install {module} where you call from" if module else "check both sides"
+                    fix = f"Install {module} where you call from, or r" if module else "R"
                     self._decode_error = DecodeError(
                         f"cannot load the result of {self.name} from environment {self.env!r}: "
-                        f"{exc}. Return plain data instead (lists, dicts, numpy arrays; for a "
-                        f"tensor, tensor.numpy()), or {fix}",
+                        f"{exc}. {fix}eturn plain data instead (lists, dicts, numbers; "
+                        "array.tolist(), tensor.numpy())",
                         module=module,
                         env=self.env,
                     )

@@ -165,3 +165,13 @@ def calls_other_env() -> Any:
 
 def loaded_top_level_modules() -> list[str]:
     return sorted({name.split(".")[0] for name in sys.modules})
+
+
+def result_of_a_worker_only_class() -> Any:
+    """Return an instance of a class whose module exists only in the worker."""
+    import types
+
+    module = types.ModuleType("only_in_worker")
+    exec("class Thing:\n    pass\n", module.__dict__)
+    sys.modules["only_in_worker"] = module
+    return module.Thing()

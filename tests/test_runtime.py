@@ -400,3 +400,21 @@ def test_repr_shows_state(runner: envrunner.Runner) -> None:
     future = runner.submit("same", tasks.add, 1, 1)
     future.result()
     assert "tasks.add()" in repr(future) and "finished" in repr(future)
+
+
+def test_a_result_the_caller_cannot_load_names_the_module_and_the_fix(
+    runner: envrunner.Runner, env: str
+) -> None:
+    with pytest.raises(envrunner.DecodeError) as caught:
+        runner.call(env, tasks.result_of_a_worker_only_class)
+    message = str(caught.value)
+    assert (
+        f"cannot load the result of tasks.result_of_a_worker_only_class() from environment {env!r}"
+        in message
+    )
+    assert (
+        "only_in_worker.Thing needs module 'only_in_worker', which is not installed in the caller"
+        in message
+    )
+    assert "Install only_in_worker where you call from" in message
+    assert caught.value.module == "only_in_worker"

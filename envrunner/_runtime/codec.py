@@ -365,8 +365,7 @@ class Decoder:
             import numpy
         except ImportError:
             raise DecodeError(
-                f"received a numpy {what}, but numpy is not installed in {self.where}; "
-                "add numpy to its requirements, or send a list instead (array.tolist())",
+                f"received a numpy {what}, but numpy is not installed in {self.where}",
                 module="numpy",
             ) from None
         return numpy
@@ -400,7 +399,7 @@ class Decoder:
         except ModuleNotFoundError as exc:
             missing = exc.name or str(exc)
             raise DecodeError(
-                f"a {name} needs module {missing!r}, which is not installed in {self.where}",
+                f"{name} needs module {missing!r}, which is not installed in {self.where}",
                 module=missing,
             ) from exc
         except Exception as exc:

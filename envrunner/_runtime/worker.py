@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from . import __version__
 from .code import load_function
 from .codec import Decoder, Encoder, type_name
-from .errors import EncodeError
+from .errors import DecodeError, EncodeError
 from .protocol import (
     KEY_BYTES,
     PROTOCOL_VERSION,
@@ -183,7 +183,18 @@ class Worker:
         name = call.name
         try:
             fn = self.function(call.code)
+        except BaseException as exc:
+            return self.failure(call, exc, skip_frames=0)
+        try:
             args, kwargs = self.decoder.decode(call.payload, call.buffers)
+        except DecodeError as exc:
+            error = DecodeError(
+                f"cannot load the arguments of {name} in environment {self.env!r}: {exc}"
+                + (f"; add {exc.module} to the environment's requirements" if exc.module else ""),
+                module=exc.module,
+                env=self.env,
+            )
+            return self.failure(call, error, skip_frames=None)
         except BaseException as exc:
             return self.failure(call, exc, skip_frames=0)
         try:
