@@ -512,7 +512,13 @@ class Broker:
             try:
                 message = unpack(identity, [f.buffer for f in frames[1:]], self._verifier)
             except ProtocolError as exc:
-                self._kill(worker, str(exc))
+                # Another version of the runtime: every new worker would say the same.
+                self._kill(worker, "protocol")
+                pool = self._pools[worker.env]
+                pool.start_failures = START_FAILURE_LIMIT
+                self._after_start_failure(
+                    pool, WorkerStartError(worker.env, worker.pid, str(exc), worker.tail)
+                )
                 continue
             if message is None:
                 log.warning("dropped an invalid message from %r", worker)

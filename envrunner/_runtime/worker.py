@@ -206,13 +206,13 @@ class Worker:
         try:
             body, buffers = Encoder(self.by_value, self.pickle_protocol).encode(value)
         except EncodeError as exc:
-            error = EncodeError(
+            unsendable = EncodeError(
                 f"the result of {name} in environment {self.env!r} (a {type_name(value)}) "
                 f"cannot be sent back: {exc}. Return plain data instead (lists, dicts, numpy "
                 "arrays)",
                 what="result",
             )
-            return self.failure(call, error, skip_frames=None)
+            return self.failure(call, unsendable, skip_frames=None)
         _flush()
         return Result(call_id=call.call_id, ok=True, payload=body, buffers=buffers)
 
