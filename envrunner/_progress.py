@@ -72,36 +72,49 @@ class LogProgress:
 
 
 class TerminalProgress:
-    """One status line per build, rewritten in place: step, elapsed time, current package."""
+    """A status line rewritten in place: step, elapsed seconds (ticking), current package."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
         self._lock = threading.Lock()
-        self._steps: dict[str, tuple[str, float]] = {}
+        self._steps: dict[str, tuple[str, float, str]] = {}
+        self._ticking = threading.Event()
 
-    def _status(self, env: str, detail: str) -> None:
+    def _status(self, env: str) -> None:
         stream = self.stream or sys.stderr
-        text, started = self._steps.get(env, ("", time.monotonic()))
+        text, started, detail = self._steps.get(env, ("", time.monotonic(), ""))
         line = f"envrunner: {env}: {text} ({time.monotonic() - started:.0f}s) {detail}"
         with self._lock:
             stream.write("\r\x1b[2K" + line[:200])
             stream.flush()
 
+    def _tick(self) -> None:
+        while self._steps and not self._ticking.wait(1.0):
+            for env in list(self._steps):
+                self._status(env)
+
     def step(self, env: str, text: str) -> None:
-        self._steps[env] = (text, time.monotonic())
-        self._status(env, "")
+        self._steps[env] = (text, time.monotonic(), "")
+        self._status(env)
+        if len(self._steps) == 1:
+            self._ticking.clear()
+            threading.Thread(target=self._tick, name="envrunner-progress", daemon=True).start()
 
     def output(self, env: str, line: str) -> None:
         match = _PACKAGE.search(line)
-        if match:
-            self._status(env, match.group(1))
+        if match and env in self._steps:
+            text, started, _ = self._steps[env]
+            self._steps[env] = (text, started, match.group(1))
+            self._status(env)
 
     def done(self, env: str, text: str) -> None:
         stream = self.stream or sys.stderr
+        self._steps.pop(env, None)
+        if not self._steps:
+            self._ticking.set()
         with self._lock:
             stream.write(f"\r\x1b[2Kenvrunner: {env}: {text}\n")
             stream.flush()
-        self._steps.pop(env, None)
 
 
 def auto_progress(enabled: bool | None = None) -> Progress:

@@ -418,3 +418,21 @@ def test_a_result_the_caller_cannot_load_names_the_module_and_the_fix(
     )
     assert "Install only_in_worker where you call from" in message
     assert caught.value.module == "only_in_worker"
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def test_a_runner_leaves_no_file_descriptor_thread_or_child_behind(manifest_path: Path) -> None:
+    with envrunner.Runner(manifest_path, progress=False) as warm:  # builds are done before
+        warm.call("same", tasks.add, 1, 1)
+        warm.call("other", tasks.add, 1, 1)
+    fds, threads = open_fds(), set(threading.enumerate())
+    with envrunner.Runner(manifest_path, progress=False) as scoped:
+        assert scoped.call("same", tasks.add, 1, 2) == 3
+        assert scoped.call("other", tasks.add, 1, 2) == 3
+        pids = scoped.worker_pids()
+    assert all(pid_gone(pid) for pid in pids)
+    assert open_fds() <= fds
+    wait_for(lambda: set(threading.enumerate()) <= threads, what="the runner's threads to end")
