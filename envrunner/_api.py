@@ -114,7 +114,7 @@ class Task(Generic[P, R]):
         self.env = env
         self.timeout = timeout
         self.__envrunner_fn__ = fn
-        self._code: dict[bool, bytes] = {}
+        self._code: dict[tuple[bool, bool], bytes] = {}  # by (same Python, by reference)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in its environment and return its result (or raise its error)."""
@@ -402,6 +402,7 @@ class Runner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None,
+        by_reference: bool = True,
     ) -> Future[Any]:
         from ._broker import PendingCall
         from ._runtime.code import describe
@@ -414,7 +415,7 @@ class Runner:
         version = self._resolve(spec).interpreter.version
         same = version[:2] == tuple(sys.version_info[:2])
         name = describe(fn) + "()"
-        code = self._code(fn, same, env, version)
+        code = self._code(fn, same, env, version, by_reference)
         payload, buffers = self._encode_arguments(fn, name, env, args, kwargs, same)
         future: CallFuture[Any] = CallFuture(env, name)
         pending = PendingCall(
@@ -431,17 +432,22 @@ class Runner:
         return future
 
     def _code(
-        self, fn: Callable[..., Any], same: bool, env: str, version: tuple[int, ...]
+        self,
+        fn: Callable[..., Any],
+        same: bool,
+        env: str,
+        version: tuple[int, ...],
+        by_reference: bool,
     ) -> bytes:
         cache = fn._code if isinstance(fn, Task) else None
-        if cache is not None and same in cache:
-            return cache[same]
+        if cache is not None and (same, by_reference) in cache:
+            return cache[same, by_reference]
         from ._runtime.code import encode_function
 
         target = f"environment {env!r} (Python {'.'.join(map(str, version[:2]))})"
-        code = encode_function(fn, same, target)
+        code = encode_function(fn, same, target, by_reference)
         if cache is not None:
-            cache[same] = code
+            cache[same, by_reference] = code
         return code
 
     def _encode_arguments(

@@ -436,3 +436,23 @@ def test_a_runner_leaves_no_file_descriptor_thread_or_child_behind(manifest_path
     assert all(pid_gone(pid) for pid in pids)
     assert open_fds() <= fds
     wait_for(lambda: set(threading.enumerate()) <= threads, what="the runner's threads to end")
+
+
+def module_function_using_a_sibling(x: int) -> int:
+    return _sibling(x)
+
+
+def _sibling(x: int) -> int:
+    return x + 100
+
+
+def test_a_module_function_can_travel_by_value_or_source_when_asked(
+    runner: envrunner.Runner, env: str
+) -> None:
+    """This test module imports pytest, which workers lack: by reference it could not load."""
+    future = runner._submit(
+        env, module_function_using_a_sibling, (1,), {}, None, by_reference=False
+    )
+    assert future.result(60) == 101
+    with pytest.raises(envrunner.DecodeError, match="No module named 'pytest'"):
+        runner.call(env, module_function_using_a_sibling, 1)

@@ -26,6 +26,7 @@ import linecache
 import pickle
 import sys
 import textwrap
+import threading
 import types
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
@@ -55,20 +56,25 @@ def describe(fn: Any) -> str:
 # --------------------------------------------------------------------------- caller side
 
 
-def encode_function(fn: Any, same_python: bool, target: str = "") -> bytes:
+def encode_function(
+    fn: Any, same_python: bool, target: str = "", by_reference: bool = True
+) -> bytes:
     """Encode a callable for a worker.
 
     Args:
         fn: The function (or an envrunner task, or any callable).
         same_python: Whether the worker runs the caller's Python minor version.
         target: What the worker is, for messages (``"environment 'legacy' (Python 3.9)"``).
+        by_reference: Send importable functions by reference. False sends a module's function
+            (and what it uses from its own module) by value or source, for a module the worker
+            cannot import, such as a test module that imports pytest.
 
     Raises:
         EncodeError: The function cannot travel; the message says what to change.
     """
     fn = unwrap(fn)
     reference = _reference(fn)
-    if reference is not None:
+    if reference is not None and (by_reference or not isinstance(fn, types.FunctionType)):
         return _packb(["ref", reference[0], reference[1]])
     if not isinstance(fn, types.FunctionType):
         try:
@@ -83,7 +89,10 @@ def encode_function(fn: Any, same_python: bool, target: str = "") -> bytes:
         import cloudpickle
 
         try:
-            data = cloudpickle.dumps(fn, protocol=5)
+            if reference is not None:
+                data = _dumps_module_by_value(fn)
+            else:
+                data = cloudpickle.dumps(fn, protocol=5)
         except Exception as exc:
             raise EncodeError(
                 f"{describe(fn)} cannot be sent by value: {type(exc).__name__}: {exc}",
@@ -91,6 +100,22 @@ def encode_function(fn: Any, same_python: bool, target: str = "") -> bytes:
             ) from exc
         return _packb(["value", data])
     return _SourceBundle(fn, target).encode()
+
+
+_BY_VALUE_LOCK = threading.Lock()
+
+
+def _dumps_module_by_value(fn: types.FunctionType) -> bytes:
+    """cloudpickle a module's function by value, with what it uses from that module."""
+    import cloudpickle
+
+    module = sys.modules[fn.__module__]
+    with _BY_VALUE_LOCK:
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            return cloudpickle.dumps(fn, protocol=5)  # type: ignore[no-any-return]
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def _packb(value: Any) -> bytes:
@@ -118,10 +143,15 @@ def _reference(fn: Any) -> Optional[Tuple[str, str]]:
 
 
 class _SourceBundle:
-    """The source of a ``__main__`` function and of what it uses, for another Python version."""
+    """The source of a ``__main__`` function and of what it uses, for another Python version.
+
+    What the function uses from its own module (``__main__``, or the module of a function sent
+    with ``by_reference=False``) goes as source too; from other modules, by reference.
+    """
 
     def __init__(self, fn: types.FunctionType, target: str) -> None:
         self.fn = fn
+        self.home = fn.__module__
         self.target = target or "a worker on another Python version"
         self.entries: List[List[Any]] = []  # ["def", name, source, filename] | ["module", ...]
         self.data: Dict[str, Any] = {}
@@ -170,7 +200,7 @@ class _SourceBundle:
             self.entries.append(["attr", name, "envrunner", public])
             return
         plain = unwrap(value)
-        if getattr(plain, "__module__", None) == "__main__" and isinstance(
+        if getattr(plain, "__module__", None) == self.home and isinstance(
             plain, (types.FunctionType, type)
         ):
             self.seen.discard(name)
@@ -204,17 +234,22 @@ def _namespace(obj: Any) -> Dict[str, Any]:
     return vars(module) if module is not None else {}
 
 
+#: Packages whose decorators only annotate a function (envrunner's tasks, pytest's marks):
+#: dropped from source sent to a worker, where they may not even be installed.
+_ANNOTATING_PACKAGES = ("envrunner", "pytest", "_pytest")
+
+
 def _is_envrunner_decorator(node: ast.expr, namespace: Dict[str, Any]) -> bool:
-    """Whether a decorator is envrunner's own (``@envrunner.task(...)``, ``@task``)."""
+    """Whether a decorator only annotates (``@envrunner.task(...)``, ``@pytest.mark.x``)."""
     root = node.func if isinstance(node, ast.Call) else node
     while isinstance(root, ast.Attribute):
         root = root.value
     if not isinstance(root, ast.Name):
         return False
     value = namespace.get(root.id)
-    if isinstance(value, types.ModuleType):
-        return value.__name__ == "envrunner"
-    return (getattr(value, "__module__", "") or "").startswith("envrunner")
+    module = value.__name__ if isinstance(value, types.ModuleType) else None
+    module = module or getattr(value, "__module__", None) or ""
+    return module.split(".")[0] in _ANNOTATING_PACKAGES
 
 
 def _envrunner_public_name(value: Any) -> Optional[str]:
