@@ -384,6 +384,25 @@ class Runner:
             f"workers={counts['workers']} {state}>"
         )
 
+    def prepare(self, *envs: str) -> None:
+        """Build (or find) environments now, before any call needs them (all by default).
+
+        Raises:
+            UnknownEnvironmentError: A name is not in the manifest.
+            InterpreterNotFoundError: No interpreter matches an environment's ``python:``.
+            BuildError: A build failed (the others named are still attempted first).
+        """
+        names = list(envs) or list(self.manifest.environments)
+        specs = [self.manifest[name] for name in names]
+        failure: BaseException | None = None
+        for spec in specs:
+            try:
+                self._build(spec, threading.Event())
+            except EnvrunnerError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
     def worker_pids(self, env: str | None = None) -> list[int]:
         """Pids of the live workers (of one environment, or all)."""
         return self._broker.worker_pids(env) if self._broker else []
@@ -504,23 +523,14 @@ class Runner:
     def _prepare(self, env: str, cancel: threading.Event) -> Prepared:
         """Build (or find) ``env`` and say how to start its workers; runs in its own thread."""
         from ._broker import Prepared
-        from ._environments import build, overlay
         from ._process import compile_runtime
 
         spec = self.manifest[env]
-        resolved = self._resolve(spec)
+        resolved, append = self._build(spec, cancel)
         interpreter = resolved.interpreter
-        append: tuple[str, ...] = ()
         if resolved.key is None:
-            append = (str(overlay(interpreter, self._progress())),)
             virtual_env = Path(interpreter.prefix) if interpreter.is_venv else None
         else:
-            build(
-                resolved,
-                progress=self._progress(),
-                cancel=cancel,
-                manifest_path=self.manifest.path,
-            )
             virtual_env = resolved.path
         compile_runtime(self._runtime_root(), resolved.python, interpreter.cache_tag)
         return Prepared(
@@ -532,6 +542,16 @@ class Runner:
             append_paths=append,
             environ=dict(spec.env),
         )
+
+    def _build(self, spec: EnvSpec, cancel: threading.Event) -> tuple[Resolved, tuple[str, ...]]:
+        """Build ``spec`` (or find it built); returns it and the folders workers append."""
+        from ._environments import build, overlay
+
+        resolved = self._resolve(spec)
+        if resolved.key is None:
+            return resolved, (str(overlay(resolved.interpreter, self._progress())),)
+        build(resolved, progress=self._progress(), cancel=cancel, manifest_path=self.manifest.path)
+        return resolved, ()
 
     def _runtime_root(self, _prepared: Any = None) -> Path:
         if self._runtime is None:
