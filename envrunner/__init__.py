@@ -28,6 +28,7 @@ from ._runtime.errors import (
     ManifestNotFoundError,
     Problem,
     ProtocolError,
+    ReferenceLostError,
     RemoteError,
     RemoteTraceback,
     RunnerClosedError,
@@ -39,7 +40,7 @@ from ._runtime.errors import (
 )
 
 if TYPE_CHECKING:
-    from ._api import CallFuture, Runner, Task, call, current_environment, task
+    from ._api import CallFuture, Ref, Runner, Task, call, current_environment, task
     from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
     "ManifestNotFoundError",
     "Problem",
     "ProtocolError",
+    "Ref",
+    "ReferenceLostError",
     "RemoteError",
     "RemoteTraceback",
     "Runner",
@@ -75,6 +78,7 @@ __all__ = [
 
 _LAZY = {
     "CallFuture": "_api",
+    "Ref": "_api",
     "Runner": "_api",
     "Task": "_api",
     "call": "_api",

@@ -29,14 +29,25 @@ if TYPE_CHECKING:
     from ._environments import Resolved
     from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
+    from ._runtime.codec import Encoder
 
-__all__ = ["CallFuture", "Runner", "Task", "call", "current_environment", "current_runner", "task"]
+__all__ = [
+    "CallFuture",
+    "Ref",
+    "Runner",
+    "Task",
+    "call",
+    "current_environment",
+    "current_runner",
+    "task",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
 _UNSET: Any = object()
+DEFAULT_SHM_THRESHOLD = 256 * 1024
 
 
 class CallFuture(Future[T]):
@@ -46,16 +57,22 @@ class CallFuture(Future[T]):
     result that cannot be loaded here fail only the code that wanted it.
     """
 
-    def __init__(self, env: str, name: str) -> None:
+    def __init__(self, env: str, name: str, runner: Runner | None = None) -> None:
         super().__init__()
         self.env = env
         self.name = name
+        self._runner = runner
         self._decode_lock = threading.Lock()
         self._value: Any = _UNSET
         self._decode_error: BaseException | None = None
 
     def result(self, timeout: float | None = None) -> T:
-        value: T = self._decoded(super().result(timeout))
+        try:
+            raw = super().result(timeout)
+        except BaseException:
+            del self  # no cycle future -> error -> this frame -> future: frees what it held
+            raise
+        value: T = self._decoded(raw)
         return value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -76,8 +93,14 @@ class CallFuture(Future[T]):
             return self._value if raw is _UNSET else raw
         with self._decode_lock:
             if self._value is _UNSET and self._decode_error is None:
+                runner = self._runner
+                decoder = Decoder(
+                    where="the caller",
+                    mapper=runner._mapper if runner else None,
+                    make_ref=functools.partial(self._make_ref, raw),
+                )
                 try:
-                    self._value = Decoder(where="the caller").decode(raw.payload, raw.buffers)
+                    self._value = decoder.decode(raw.payload, raw.buffers)
                 except DecodeError as exc:
                     module = exc.module
                     fix = f"Install {module} where you call from, or r" if module else "R"
@@ -90,13 +113,79 @@ class CallFuture(Future[T]):
                     )
                 with self._condition:
                     self._result = _UNSET  # the raw frames are no longer needed
-        if self._decode_error is not None:
-            raise self._decode_error
+        error = self._decode_error
+        if error is not None:
+            del self
+            raise error
         return self._value
+
+    def _make_ref(self, raw: Any, ident: int, type_name: str, text: str) -> Ref:
+        assert self._runner is not None
+        return Ref(self._runner, self.env, raw.worker, raw.pid, ident, type_name, text)
 
     def __repr__(self) -> str:
         state = self._state.lower()
         return f"<CallFuture {self.name} env={self.env!r} {state}>"
+
+
+class Ref:
+    """A result kept in its worker (``keep=True``): a handle, not the value.
+
+    Pass it to another call in the same environment and that call uses the object in place,
+    with no transfer (it runs on the worker that keeps it). :meth:`fetch` brings the value
+    over. The worker lets go of the object when the last handle is dropped or released.
+
+    Attributes:
+        env: The environment whose worker keeps the object.
+        type_name: The object's type, such as ``torch.nn.modules.linear.Linear``.
+        text: The start of the object's ``repr`` in the worker.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        env: str,
+        worker: bytes,
+        pid: int,
+        ident: int,
+        type_name: str,
+        text: str,
+    ) -> None:
+        self.env = env
+        self.type_name = type_name
+        self.text = text
+        self.worker_pid = pid
+        self._runner = runner
+        self._worker = worker
+        self._ident = ident
+        self._released = weakref.finalize(self, runner._release_ref, worker, ident)
+
+    @property
+    def __envrunner_ref__(self) -> int:
+        if not self._released.alive:
+            raise EncodeError(f"{self!r} was released: it cannot be used any more")
+        return self._ident
+
+    def fetch(self, timeout: float | None = None) -> Any:
+        """Bring the kept object over to the caller (it stays kept in the worker too).
+
+        Raises:
+            ReferenceLostError: Its worker has exited.
+        """
+        from ._runtime import value_of
+
+        return self._runner._submit(self.env, value_of, (self,), {}, None).result(timeout)
+
+    def release(self) -> None:
+        """Let the worker drop the object now (dropping the last handle does the same)."""
+        self._released()
+
+    def __repr__(self) -> str:
+        state = "" if self._released.alive else " released"
+        return (
+            f"<Ref {self.type_name} in {self.env!r} (worker pid {self.worker_pid}){state}: "
+            f"{self.text}>"
+        )
 
 
 class Task(Generic[P, R]):
@@ -107,14 +196,40 @@ class Task(Generic[P, R]):
     """
 
     def __init__(
-        self, fn: Callable[P, R], env: str | None = None, timeout: float | None = None
+        self,
+        fn: Callable[P, R],
+        env: str | None = None,
+        timeout: float | None = None,
+        keep: bool = False,
     ) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.env = env
         self.timeout = timeout
+        self.keep = keep
         self.__envrunner_fn__ = fn
         self._code: dict[tuple[bool, bool], bytes] = {}  # by (same Python, by reference)
+        self._takes_keep = "keep" in _parameter_names(fn, keyword=True)
+
+    def options(
+        self,
+        *,
+        env: str | None = None,
+        timeout: float | None = None,
+        keep: bool | None = None,
+    ) -> Task[P, R]:
+        """The same task with other options (those not given stay as they are).
+
+        ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`.
+        """
+        other: Task[P, R] = Task(
+            self.fn,
+            env=self.env if env is None else env,
+            timeout=self.timeout if timeout is None else timeout,
+            keep=self.keep if keep is None else keep,
+        )
+        other._code = self._code
+        return other
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in its environment and return its result (or raise its error)."""
@@ -127,8 +242,11 @@ class Task(Generic[P, R]):
             EncodeError: An argument cannot be sent (the message names it).
             UnknownEnvironmentError: The task's environment is not in the manifest.
         """
+        keep = self.keep
+        if "keep" in kwargs and not self._takes_keep:  # .submit(..., keep=True)
+            keep = bool(kwargs.pop("keep"))
         runner = current_runner()
-        return runner._submit(self._env_in(runner), self, args, kwargs, self.timeout)
+        return runner._submit(self._env_in(runner), self, args, kwargs, self.timeout, keep=keep)
 
     def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> Iterator[R]:
         """Like ``Executor.map``: results in order, up to the environment's ``workers`` at once.
@@ -165,7 +283,7 @@ def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 
 @overload
 def task(
-    *, env: str | None = None, timeout: float | None = None
+    *, env: str | None = None, timeout: float | None = None, keep: bool = False
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -175,6 +293,7 @@ def task(
     *,
     env: str | None = None,
     timeout: float | None = None,
+    keep: bool = False,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Pin a function to an environment of the manifest.
 
@@ -188,13 +307,15 @@ def task(
         env: The environment's name in the manifest.
         timeout: Seconds a call may run before its worker is killed and it fails with
             ``TaskTimeoutError``; default: the environment's ``timeout:``, else none.
+        keep: Keep each result in the worker and return a :class:`Ref` to it instead (also
+            per call: ``task.submit(..., keep=True)`` or ``task.options(keep=True)``).
 
     Returns:
         A :class:`Task`.
     """
 
     def decorate(function: Callable[P, R]) -> Task[P, R]:
-        return Task(function, env=env, timeout=timeout)
+        return Task(function, env=env, timeout=timeout, keep=keep)
 
     return decorate(fn) if fn is not None else decorate
 
@@ -219,6 +340,7 @@ def current_environment() -> str | None:
 # --------------------------------------------------------------------------- the runner
 
 _runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+_arena_numbers = itertools.count(1)  # one arena per runner: their segment names differ
 _active: list[Runner] = []
 _default: Runner | None = None
 _global_lock = threading.RLock()
@@ -253,6 +375,9 @@ class Runner:
         start_timeout: Seconds a new worker has to come up.
         progress: Show build progress on stderr (None: a status line on a terminal, log lines
             otherwise; False: nothing).
+        shm_threshold: Buffers (array contents) of at least this many bytes go through shared
+            memory instead of socket frames; 0 turns shared memory off. Default:
+            ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
 
     Raises:
         ManifestError: The manifest is missing or invalid (every problem listed).
@@ -265,8 +390,10 @@ class Runner:
         idle_timeout: float | None = 300.0,
         start_timeout: float = 60.0,
         progress: bool | None = None,
+        shm_threshold: int | None = None,
     ) -> None:
         from ._manifest import Manifest, find_manifest, load_manifest
+        from ._runtime import shm
 
         if isinstance(manifest, Manifest):
             self.manifest = manifest
@@ -275,6 +402,15 @@ class Runner:
         self.idle_timeout = idle_timeout
         self.start_timeout = start_timeout
         self._progress_setting = progress
+        if shm_threshold is None:
+            shm_threshold = int(os.environ.get("ENVRUNNER_SHM_THRESHOLD", DEFAULT_SHM_THRESHOLD))
+        self.shm_threshold = shm_threshold if shm.available() else 0
+        self._arena = (
+            shm.Arena(f"envrunner-{os.getpid()}-{os.getpid()}.{next(_arena_numbers)}")
+            if self.shm_threshold
+            else None
+        )
+        self._mapper = shm.Mapper(self._release_block)
         self._lock = threading.RLock()
         self._closed = False
         self._broker: Broker | None = None
@@ -364,6 +500,9 @@ class Runner:
         if wait:
             broker.closed.wait()
             broker.join()
+            if self._arena is not None:
+                self._arena.close()
+            self._mapper.close()
 
     def __enter__(self) -> Runner:
         with _global_lock:
@@ -422,6 +561,7 @@ class Runner:
         kwargs: dict[str, Any],
         timeout: float | None,
         by_reference: bool = True,
+        keep: bool = False,
     ) -> Future[Any]:
         from ._broker import PendingCall
         from ._runtime.code import describe
@@ -435,20 +575,60 @@ class Runner:
         same = version[:2] == tuple(sys.version_info[:2])
         name = describe(fn) + "()"
         code = self._code(fn, same, env, version, by_reference)
-        payload, buffers = self._encode_arguments(fn, name, env, args, kwargs, same)
-        future: CallFuture[Any] = CallFuture(env, name)
-        pending = PendingCall(
-            call_id=next(self._ids),
-            env=env,
-            name=name,
-            code=code,
-            payload=payload,
-            buffers=buffers,
-            timeout=timeout if timeout is not None else spec.timeout,
-            future=future,
-        )
-        self._ensure_broker().submit(pending)
+        body, frames, encoder = self._encode_arguments(fn, name, env, args, kwargs, same)
+        try:
+            pin, pinned_what = self._pin(encoder.refs, env, name)
+            future: CallFuture[Any] = CallFuture(env, name, self)
+            pending = PendingCall(
+                call_id=next(self._ids),
+                env=env,
+                name=name,
+                code=code,
+                payload=body,
+                buffers=frames,
+                timeout=timeout if timeout is not None else spec.timeout,
+                future=future,
+                segments=list(encoder.segments),
+                blocks=list(encoder.blocks),
+                keep=keep,
+                pin=pin,
+                pinned_what=pinned_what,
+            )
+            self._ensure_broker().submit(pending)
+        except BaseException:
+            encoder.release()
+            raise
         return future
+
+    @staticmethod
+    def _pin(refs: list[Any], env: str, name: str) -> tuple[bytes | None, str]:
+        """The worker a call must run on: the one keeping the objects its arguments refer to."""
+        if not refs:
+            return None, ""
+        for ref in refs:
+            if ref.env != env:
+                raise EncodeError(
+                    f"{name} in environment {env!r} was given {ref!r}, an object kept in "
+                    f"environment {ref.env!r}: a reference works only in its own environment. "
+                    "Pass ref.fetch() to send the value instead"
+                )
+        workers = {ref._worker for ref in refs}
+        if len(workers) > 1:
+            raise EncodeError(
+                f"{name} was given references kept by {len(workers)} different workers of "
+                f"environment {env!r}; a call runs on one worker: fetch() all but one of them"
+            )
+        return workers.pop(), repr(refs[0])
+
+    def _release_ref(self, worker: bytes, ident: int) -> None:
+        broker = self._broker
+        if broker is not None and not self._closed:
+            broker.release(worker, [], [ident])
+
+    def _release_block(self, segment: str, offset: int) -> None:
+        broker = self._broker
+        if broker is not None and not self._closed:
+            broker.release(segment, [[segment, offset]], [])
 
     def _code(
         self,
@@ -477,13 +657,16 @@ class Runner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         same: bool,
-    ) -> tuple[bytes, list[Any]]:
+    ) -> tuple[bytes, list[Any], Encoder]:
+        """Encode a call's arguments: body, frames, and the encoder (its blocks and refs)."""
         from ._runtime.codec import Encoder, type_name
 
+        encoder = Encoder(by_value=same, arena=self._arena, threshold=self.shm_threshold)
         try:
-            return Encoder(by_value=same).encode([list(args), kwargs])
-        except EncodeError:
-            pass
+            body, frames = encoder.encode([list(args), kwargs])
+            return body, frames, encoder
+        except EncodeError as exc:
+            first = exc
         parameters = _parameter_names(fn)
         labelled: list[tuple[str, Any]] = []
         for index, value in enumerate(args):
@@ -501,7 +684,9 @@ class Runner:
                     f"{env!r}: {exc}",
                     what=label,
                 ) from exc
-        raise EncodeError(f"the arguments of {name} cannot be sent to environment {env!r}")
+        raise EncodeError(
+            f"the arguments of {name} cannot be sent to environment {env!r}: {first}"
+        ) from first
 
     def _resolve(self, spec: EnvSpec) -> Resolved:
         resolved = self._resolved.get(spec.name)
@@ -580,6 +765,9 @@ class Runner:
                     )
                     for spec in self.manifest
                 }
+                from ._runtime.shm import remove_stale
+
+                remove_stale()
                 broker = Broker(
                     pools,
                     self._prepare,
@@ -587,24 +775,29 @@ class Runner:
                     caller_project_paths(),
                     start_timeout=self.start_timeout,
                     rundir=self._rundir,
+                    arena=self._arena,
+                    mapper=self._mapper,
+                    shm_threshold=self.shm_threshold,
                 )
                 broker.start()
                 self._broker = broker
             return self._broker
 
 
-def _parameter_names(fn: Callable[..., Any]) -> list[str]:
+def _parameter_names(fn: Callable[..., Any], keyword: bool = False) -> list[str]:
     import inspect
 
     try:
         signature = inspect.signature(getattr(fn, "__envrunner_fn__", fn))
     except (TypeError, ValueError):
         return []
-    return [
-        p.name
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    kinds: set[inspect._ParameterKind] = {
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    }
+    if keyword:
+        kinds.add(inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in signature.parameters.values() if p.kind in kinds]
 
 
 _RUNDIR_PREFIX = "envrunner-"

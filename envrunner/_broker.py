@@ -51,6 +51,7 @@ from ._runtime.codec import Decoder
 from ._runtime.errors import (
     EnvrunnerError,
     ProtocolError,
+    ReferenceLostError,
     RemoteError,
     RemoteTraceback,
     TaskTimeoutError,
@@ -62,6 +63,7 @@ from ._runtime.protocol import (
     KEY_BYTES,
     Call,
     Hello,
+    Release,
     Result,
     Shutdown,
     Signer,
@@ -70,6 +72,7 @@ from ._runtime.protocol import (
     pack,
     unpack,
 )
+from ._runtime.shm import Arena, Mapper, unlink_owned
 
 log = logging.getLogger("envrunner.broker")
 
@@ -103,6 +106,11 @@ class PendingCall:
     buffers: list[Any]
     timeout: float | None
     future: Future[Any]
+    segments: list[str] = field(default_factory=list)
+    blocks: list[list[Any]] = field(default_factory=list)  # the caller's arena blocks it lends
+    keep: bool = False
+    pin: bytes | None = None  # the worker holding the objects its arguments refer to
+    pinned_what: str = ""
     worker: WorkerHandle | None = None
     deadline: float | None = None
 
@@ -113,6 +121,9 @@ class RawResult:
 
     payload: bytes
     buffers: list[Any]
+    worker: bytes = b""
+    pid: int = 0
+    kept: int = 0
 
 
 @dataclass(eq=False)
@@ -134,10 +145,19 @@ class WorkerHandle:
     tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=STDERR_TAIL)
     )
+    lent: set[tuple[str, int]] = field(default_factory=set)  # caller blocks it holds
+    kept: set[int] = field(default_factory=set)  # ids of objects it keeps for the caller
+    pinned: collections.deque[PendingCall] = field(default_factory=collections.deque)
+    releases: tuple[list[list[Any]], list[int]] = field(default_factory=lambda: ([], []))
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def prefix(self) -> str:
+        """Its shared-memory segments' names start with this."""
+        return f"envrunner-{os.getpid()}-{self.pid}"
 
     def __repr__(self) -> str:
         return f"<Worker env={self.env!r} pid={self.pid} {self.state} calls={self.calls}>"
@@ -181,6 +201,9 @@ class Broker:
         start_timeout: float = 60.0,
         launcher: Launcher | None = None,
         rundir: Path,
+        arena: Arena | None = None,
+        mapper: Mapper | None = None,
+        shm_threshold: int = 0,
     ) -> None:
         self._pools = {
             name: Pool(name, max(1, workers), idle) for name, (workers, idle) in pools.items()
@@ -215,6 +238,9 @@ class Broker:
         self._stop_deadline: float | None = None
         self._worker_count = 0
         self._decoder = Decoder(where="the caller")
+        self._arena = arena
+        self._mapper = mapper
+        self._shm_threshold = shm_threshold if arena is not None else 0
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
         self.closed = threading.Event()
 
@@ -296,7 +322,7 @@ class Broker:
                 deadlines.append(worker.call.deadline)
             elif worker.state == "starting":
                 deadlines.append(worker.started + self._start_timeout)
-            elif worker.state == "idle":
+            elif worker.state == "idle" and not worker.kept:
                 idle = self._pools[worker.env].idle_timeout
                 if idle is not None:
                     deadlines.append(worker.idle_since + idle)
@@ -332,6 +358,39 @@ class Broker:
                 self._on_prepare_failed(command[1], command[2])
             elif kind == "shutdown":
                 self._begin_shutdown(cancel=command[1])
+            elif kind == "release":
+                self._queue_release(command[1], command[2], command[3])
+        self._flush_releases()
+
+    def release(self, segment_or_worker: str | bytes, blocks: list[Any], refs: list[int]) -> None:
+        """The caller is done with blocks of a worker's arena or objects it keeps (any thread).
+
+        Args:
+            segment_or_worker: A segment name (its prefix names the worker) or a worker identity.
+        """
+        self._command("release", segment_or_worker, blocks, refs)
+
+    def _queue_release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
+        if isinstance(target, bytes):
+            worker = self._workers.get(target)
+        else:
+            worker = next(
+                (w for w in self._workers.values() if target.startswith(w.prefix + "-")), None
+            )
+        if worker is None or worker.state == "dead":
+            return  # gone: what it held went with it
+        worker.releases[0].extend(blocks)
+        worker.releases[1].extend(refs)
+        for ident in refs:
+            worker.kept.discard(ident)
+
+    def _flush_releases(self) -> None:
+        for worker in self._workers.values():
+            blocks, refs = worker.releases
+            if (blocks or refs) and worker.state in ("idle", "busy"):
+                self._send(worker, Release(blocks=list(blocks), refs=list(refs)))
+                blocks.clear()
+                refs.clear()
 
     def _enqueue(self, call: PendingCall) -> None:
         pool = self._pools[call.env]
@@ -339,7 +398,17 @@ class Broker:
             assert pool.error is not None
             self._fail(call, pool.error)
             return
-        pool.queue.append(call)
+        if call.pin is not None:
+            worker = self._workers.get(call.pin)
+            if worker is None or worker.state not in ("idle", "busy"):
+                self._fail(
+                    call,
+                    ReferenceLostError(call.env, call.pinned_what, "its worker has exited"),
+                )
+                return
+            worker.pinned.append(call)
+        else:
+            pool.queue.append(call)
         self._pump(pool)
 
     def _on_prepared(self, env: str, prepared: Prepared) -> None:
@@ -359,12 +428,15 @@ class Broker:
         self._stopping = True
         if cancel:
             self._cancel_builds.set()
+            queued = [c for pool in self._pools.values() for c in pool.queue]
+            queued += [c for worker in self._workers.values() for c in worker.pinned]
             for pool in self._pools.values():
-                while pool.queue:
-                    call = pool.queue.popleft()
-                    call.future.cancel()
-                    if not call.future.cancelled():
-                        self._fail(call, CancelledError("the runner shut down first"))
+                pool.queue.clear()
+            for worker in self._workers.values():
+                worker.pinned.clear()
+            for call in queued:
+                call.future.cancel()
+                self._fail(call, CancelledError("the runner shut down first"))
             for worker in list(self._workers.values()):
                 if worker.state == "busy" and worker.call is not None:
                     call, worker.call = worker.call, None
@@ -395,14 +467,13 @@ class Broker:
 
     def _pump(self, pool: Pool) -> None:
         """Dispatch queued calls to idle workers; start workers or the build as needed."""
-        while pool.queue:
-            worker = next((w for w in pool.workers if w.state == "idle"), None)
-            if worker is None:
-                break
-            call = pool.queue.popleft()
-            if not call.future.set_running_or_notify_cancel():
-                continue  # cancelled while queued
-            self._dispatch(worker, call)
+        for worker in pool.workers:
+            while worker.state == "idle" and (worker.pinned or pool.queue):
+                call = worker.pinned.popleft() if worker.pinned else pool.queue.popleft()
+                if not call.future.set_running_or_notify_cancel():
+                    self._free_blocks(call)
+                    continue  # cancelled while queued
+                self._dispatch(worker, call)
         if not pool.queue:
             return
         if pool.state == "new":
@@ -470,11 +541,14 @@ class Broker:
         call.worker = worker
         if call.timeout is not None:
             call.deadline = time.monotonic() + call.timeout
+        worker.lent.update((name, offset) for name, offset in call.blocks)
         message = Call(
             call_id=call.call_id,
             name=call.name,
             code=call.code,
             payload=call.payload,
+            segments=call.segments,
+            keep=call.keep,
             buffers=call.buffers,
         )
         self._send(worker, message)
@@ -534,6 +608,8 @@ class Broker:
         pool = self._pools[worker.env]
         assert pool.prepared is not None
         options: dict[str, Any] = {}
+        if self._shm_threshold:
+            options["shm"] = {"owner": os.getpid(), "threshold": self._shm_threshold}
         self._send(
             worker,
             Welcome(
@@ -562,8 +638,19 @@ class Broker:
         worker.calls += 1
         worker.state = "idle"
         worker.idle_since = time.monotonic()
+        for name, offset in result.freed:
+            worker.lent.discard((name, offset))
+            if self._arena is not None:
+                self._arena.free(name, offset)
+        if result.kept:
+            worker.kept.add(result.kept)
         if result.ok:
-            self._settle(call, RawResult(result.payload, list(result.buffers)))
+            if result.segments and self._mapper is not None:
+                self._mapper.attach(result.segments)  # before the worker can go and unlink them
+            raw = RawResult(
+                result.payload, list(result.buffers), worker.identity, worker.pid, result.kept
+            )
+            self._settle(call, raw)
         else:
             self._fail(call, self._remote_error(call, result.payload))
         pool = self._pools[worker.env]
@@ -593,10 +680,19 @@ class Broker:
             call.future.set_result(value)
 
     def _fail(self, call: PendingCall, error: BaseException) -> None:
+        if call.worker is None:
+            self._free_blocks(call)
         if call.future.done():
             return
         if call.future.running() or call.future.set_running_or_notify_cancel():
             call.future.set_exception(error)
+
+    def _free_blocks(self, call: PendingCall) -> None:
+        """Take back the arena blocks of a call that never reached a worker."""
+        if self._arena is not None:
+            for name, offset in call.blocks:
+                self._arena.free(name, offset)
+        call.blocks = []
 
     # ------------------------------------------------------------------ processes
 
@@ -689,6 +785,7 @@ class Broker:
         if worker in pool.workers:
             pool.workers.remove(worker)
         log.debug("%r exited: %s", worker, returncode)
+        self._forget_memory(worker, returncode)
         call, worker.call = worker.call, None
         if call is not None:
             if worker.killed_for == "timeout":
@@ -718,6 +815,21 @@ class Broker:
             )
         self._pump(pool)
         self._stop_idle_workers()
+
+    def _forget_memory(self, worker: WorkerHandle, returncode: int | None) -> None:
+        """A worker is gone: take back what it held, drop what it kept, fail what needed it."""
+        if self._arena is not None:
+            for name, offset in worker.lent:
+                self._arena.free(name, offset)
+        worker.lent.clear()
+        unlink_owned(worker.prefix)
+        if self._mapper is not None:
+            self._mapper.forget(worker.prefix)
+        reason = f"its worker (pid {worker.pid}) exited: {describe_exit(returncode)}"
+        while worker.pinned:
+            call = worker.pinned.popleft()
+            self._fail(call, ReferenceLostError(call.env, call.pinned_what, reason))
+        worker.kept.clear()
 
     def _after_start_failure(self, pool: Pool, error: WorkerStartError) -> None:
         if pool.start_failures >= START_FAILURE_LIMIT or self._stopping:
@@ -758,7 +870,7 @@ class Broker:
                         worker.tail,
                     ),
                 )
-            elif worker.state == "idle":
+            elif worker.state == "idle" and not worker.kept:  # it keeps objects: it stays
                 idle = self._pools[worker.env].idle_timeout
                 if idle is not None and now >= worker.idle_since + idle:
                     self._send_shutdown(worker)
@@ -778,6 +890,8 @@ class Broker:
             if worker.call is not None:
                 self._fail(worker.call, error)
                 worker.call = None
+            while worker.pinned:
+                self._fail(worker.pinned.popleft(), error)
         while self._commands:
             command = self._commands.popleft()
             if command[0] == "call":

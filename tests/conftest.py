@@ -4,6 +4,8 @@ The session's environments (built with uv, from a manifest written here):
 
     same    the caller's Python (3.11), six==1.16.0, numpy>=2, workers: 2
     other   Python 3.9, six==1.15.0, numpy<2: conflicts with `same` on both packages
+    modern  Python 3.12, numpy>=2
+    bare    Python 3.13, nothing but the worker runtime (no numpy)
 
 Tests that behave the same in both take the parametrized ``env`` fixture, whose ids read
 ``same-python`` and ``other-python``.
@@ -37,6 +39,11 @@ environments:
   other:
     python: "{OTHER_MINOR}"
     requirements: ["six==1.15.0", "numpy<2"]
+  modern:
+    python: "3.12"
+    requirements: ["numpy>=2"]
+  bare:
+    python: "3.13"
 """
 
 

@@ -175,3 +175,56 @@ def result_of_a_worker_only_class() -> Any:
     exec("class Thing:\n    pass\n", module.__dict__)
     sys.modules["only_in_worker"] = module
     return module.Thing()
+
+
+class Model:
+    """An object that cannot be pickled (it holds a lock): it can only be used in place."""
+
+    def __init__(self, marker: str) -> None:
+        import threading
+        import weakref
+
+        self.lock = threading.Lock()
+        self.calls = 0
+        weakref.finalize(self, Path(marker).touch)
+
+    def __repr__(self) -> str:
+        return f"Model(calls={self.calls})"
+
+
+def make_model(marker: str) -> Model:
+    return Model(marker)
+
+
+def use_model(model: Model, n: int) -> tuple[int, int, int]:
+    """Use the kept object in place: (its id, this worker's pid, calls so far)."""
+    model.calls += n
+    return id(model), os.getpid(), model.calls
+
+
+def plain_list(n: int) -> list[int]:
+    return list(range(n))
+
+
+def describe_array(array: Any) -> dict[str, Any]:
+    """What a worker sees of an array it received."""
+    import numpy
+
+    owner = array
+    while True:
+        inner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+        if inner is None:
+            break
+        owner = inner
+    return {
+        "numpy": numpy.__version__,
+        "writeable": bool(array.flags.writeable),
+        "shared": type(owner).__name__ == "mmap",
+        "sum": float(array.sum()),
+        "dtype": array.dtype.str,
+    }
+
+
+def scale_in_place(array: Any, factor: float) -> Any:
+    array *= factor
+    return array

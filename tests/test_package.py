@@ -27,6 +27,8 @@ def test_the_public_names_are_pinned() -> None:
         "ManifestNotFoundError",
         "Problem",
         "ProtocolError",
+        "Ref",
+        "ReferenceLostError",
         "RemoteError",
         "RemoteTraceback",
         "Runner",
@@ -90,11 +92,12 @@ def test_the_worker_runtime_parses_on_the_oldest_python() -> None:
     subprocess.run([str(python39[-1]), "-c", code, *map(str, files)], check=True)
 
 
-def test_the_sealed_runtime_imports_only_what_a_worker_has(runner: envrunner.Runner) -> None:
-    """In a worker, only the standard library and the three runtime packages are loaded."""
+def test_the_sealed_runtime_imports_only_what_a_worker_has(manifest_path: Path) -> None:
+    """In a fresh worker, only the standard library and the three runtime packages are loaded."""
     import tasks
 
-    modules = runner.call("other", tasks.loaded_top_level_modules)
+    with envrunner.Runner(manifest_path, progress=False) as fresh:
+        modules = fresh.call("other", tasks.loaded_top_level_modules)
     foreign = {"yaml", "virtualenv", "filelock", "platformdirs", "numpy", "six"} & set(modules)
     assert not foreign
     assert {"zmq", "msgpack", "envrunner"} <= set(modules)

@@ -19,18 +19,27 @@ code  payload
 14    Decimal: its text
 15    UUID: its 16 bytes
 16    pathlib path: [class name, text]
-20    numpy array: [dtype, shape, order, buffer index]
+20    numpy array: [dtype, shape, order, buffer]
 21    numpy scalar: [dtype, raw bytes]
-30    pickle: [type name, pickle bytes, first buffer index, buffer count]
+30    pickle: [type name, pickle bytes, [buffer, ...]]
 31    cloudpickle (same Python minor version only): as 30
+40    a reference the caller passes back to the worker that holds the object: [id]
+41    a reference to an object kept in the worker: [id, type name, repr]
 ====  ==============================================================
+
+A *buffer* is the index of a frame sent after the body, or, for a large buffer sent through
+shared memory, ``[segment, offset, size]`` (see ``shm.py``).
 
 ``tz`` is None, ``["offset", seconds, name]`` or ``["zone", key]`` (a ``zoneinfo`` key).
 A dtype is ``dtype.str`` (``"<f8"``) or, for structured dtypes, ``dtype.descr``.
 
-Every array buffer travels in a frame of its own after the message body, so it is never copied
-into it. Anything else goes by pickle (protocol 5, its buffers out of band too), or by cloudpickle
-when both ends run the same Python minor version.
+Every array buffer travels outside the body, so it is never copied into it: in a frame of its own,
+or, from ``threshold`` bytes up when the two ends share a machine, through a shared-memory arena
+(one copy in on the sending side, none on the receiving side). Objects exposing
+``__array_interface__`` travel as numpy arrays; ``bytearray`` and ``memoryview`` arrive as
+``bytes`` (msgpack packs every byte buffer the same way). Anything else goes by pickle
+(protocol 5, its buffers out of band too), or by cloudpickle when both ends run the same Python
+minor version.
 
 This module is part of the sealed worker runtime: standard library, msgpack, cloudpickle
 (imported on first use) and numpy (only if the value or the process already has it).
@@ -44,18 +53,22 @@ import pathlib
 import pickle
 import sys
 import uuid
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import msgpack
 
 from .errors import DecodeError, EncodeError
 
-__all__ = ["Decoder", "Encoder", "type_name"]
+if TYPE_CHECKING:
+    from .shm import Arena, Mapper
+
+__all__ = ["Decoder", "Encoder", "encode_kept", "type_name"]
 
 TUPLE, SET, FROZENSET, COMPLEX, BIGINT = 1, 2, 3, 4, 5
 DATETIME, DATE, TIME, TIMEDELTA, DECIMAL, UUID, PATH = 10, 11, 12, 13, 14, 15, 16
 NDARRAY, NPSCALAR = 20, 21
 PICKLE, CLOUDPICKLE = 30, 31
+REF, KEPT = 40, 41
 
 _PATH_TYPES = {
     cls.__name__: cls
@@ -87,29 +100,53 @@ class Encoder:
         pickle_protocol: The pickle protocol both ends agreed on.
     """
 
-    def __init__(self, by_value: bool = True, pickle_protocol: int = 5) -> None:
+    def __init__(
+        self,
+        by_value: bool = True,
+        pickle_protocol: int = 5,
+        arena: Optional[Arena] = None,
+        threshold: int = 0,
+    ) -> None:
         self.by_value = by_value
         self.pickle_protocol = pickle_protocol
+        self.arena = arena if threshold > 0 else None
+        self.threshold = threshold
         self._buffers: List[Any] = []
+        #: Segments the last value's buffers went into (the receiver maps them).
+        self.segments: List[str] = []
+        #: Blocks of the arena the last value lent to its receiver: ``[segment, offset]``.
+        self.blocks: List[List[Any]] = []
+        #: Objects with ``__envrunner_ref__`` found in the last value.
+        self.refs: List[Any] = []
 
     def encode(self, obj: Any) -> Tuple[bytes, List[Any]]:
         """Encode ``obj``.
 
         Returns:
-            The body and the list of buffers (bytes-like, 1-D) to send after it.
+            The body and the list of buffers (bytes-like, 1-D) to send as frames after it.
+            Buffers that went through shared memory are listed in ``segments`` and ``blocks``.
 
         Raises:
             EncodeError: Some part of ``obj`` cannot be sent; the message names its type.
         """
-        self._buffers = []
+        self._buffers, self.segments, self.blocks, self.refs = [], [], [], []
         try:
             body = self._pack(obj)
         except EncodeError:
+            self.release()
             raise
         except Exception as exc:
+            self.release()
             raise EncodeError(f"cannot encode a {type_name(obj)}: {exc}") from exc
         buffers, self._buffers = self._buffers, []
         return body, buffers
+
+    def release(self) -> None:
+        """Give back the arena blocks of the last value (it was never sent)."""
+        if self.arena is not None:
+            for name, offset in self.blocks:
+                self.arena.free(name, offset)
+        self.blocks = []
 
     # ------------------------------------------------------------------ internals
 
@@ -122,12 +159,23 @@ class Encoder:
             unicode_errors="surrogatepass",
         )
 
-    def _buffer(self, data: Any) -> int:
+    def _buffer(self, data: Any) -> Any:
+        size = memoryview(data).nbytes
+        if self.arena is not None and size >= self.threshold:
+            name, offset, size = self.arena.put(data)
+            if name not in self.segments:
+                self.segments.append(name)
+            self.blocks.append([name, offset])
+            return [name, offset, size]
         self._buffers.append(data)
         return len(self._buffers) - 1
 
     def _default(self, obj: Any) -> Any:
         cls = type(obj)
+        ref = getattr(obj, "__envrunner_ref__", None)
+        if ref is not None:
+            self.refs.append(obj)
+            return msgpack.ExtType(REF, self._pack([ref]))
         if cls is tuple:
             return msgpack.ExtType(TUPLE, self._pack(list(obj)))
         if cls is set:
@@ -161,6 +209,8 @@ class Encoder:
         else:
             np = sys.modules.get("numpy")
             if np is not None:
+                if hasattr(obj, "__array_interface__") and not isinstance(obj, np.generic):
+                    obj = np.asarray(obj)
                 packed = self._numpy(np, obj)
                 if packed is not None:
                     return packed
@@ -186,10 +236,11 @@ class Encoder:
 
     def _pickle(self, obj: Any) -> msgpack.ExtType:
         first = len(self._buffers)
+        refs: List[Any] = []
 
         def keep(buffer: pickle.PickleBuffer) -> Optional[bool]:
             try:
-                self._buffer(buffer.raw())
+                refs.append(self._buffer(buffer.raw()))
             except BufferError:  # not contiguous: let pickle copy it in band
                 return True
             return None
@@ -216,8 +267,13 @@ class Encoder:
                 f"a {type_name(obj)} cannot be sent: {type(exc).__name__}: {exc}",
                 what=type_name(obj),
             ) from exc
-        count = len(self._buffers) - first
-        return msgpack.ExtType(code, self._pack([type_name(obj), data, first, count]))
+        return msgpack.ExtType(code, self._pack([type_name(obj), data, refs]))
+
+
+def encode_kept(ident: int, name: str, text: str) -> bytes:
+    """The body of a ``keep`` call's answer: a reference to the object the worker kept."""
+    inner = msgpack.packb([ident, name, text], use_bin_type=True)
+    return msgpack.packb(msgpack.ExtType(KEPT, inner), use_bin_type=True)  # type: ignore[no-any-return]
 
 
 class _Unportable:
@@ -284,9 +340,19 @@ class Decoder:
         writable_arrays: Copy arrays out of read-only frames so that they can be written to.
     """
 
-    def __init__(self, where: str = "this interpreter", writable_arrays: bool = True) -> None:
+    def __init__(
+        self,
+        where: str = "this interpreter",
+        writable_arrays: bool = True,
+        mapper: Optional[Mapper] = None,
+        objects: Optional[Callable[[int], Any]] = None,
+        make_ref: Optional[Callable[[int, str, str], Any]] = None,
+    ) -> None:
         self.where = where
         self.writable_arrays = writable_arrays
+        self.mapper = mapper
+        self.objects = objects
+        self.make_ref = make_ref
         self._buffers: Sequence[Any] = ()
 
     def decode(self, body: Any, buffers: Sequence[Any] = ()) -> Any:
@@ -370,11 +436,32 @@ class Decoder:
             ) from None
         return numpy
 
+    def _resolve(self, ref: Any) -> Any:
+        """The memory behind a buffer reference: a frame, or a block of shared memory."""
+        if isinstance(ref, int):
+            return self._buffers[ref]
+        if self.mapper is None:
+            raise DecodeError(f"received a shared-memory buffer in {self.where}, which has none")
+        name, offset, size = ref
+        return self.mapper.block(name, offset, size)
+
+    def _ref(self, data: bytes) -> Any:
+        (ident,) = self._unpack(data)
+        if self.objects is None:
+            raise DecodeError(f"received a reference to a kept object in {self.where}")
+        return self.objects(ident)
+
+    def _kept(self, data: bytes) -> Any:
+        ident, name, text = self._unpack(data)
+        if self.make_ref is None:
+            raise DecodeError(f"received a reference to a kept object in {self.where}")
+        return self.make_ref(ident, name, text)
+
     def _ndarray(self, data: bytes) -> Any:
         np = self._numpy_module("array")
-        dtype_spec, shape, order, index = self._unpack(data)
+        dtype_spec, shape, order, ref = self._unpack(data)
         dtype = _dtype_in(np, dtype_spec)
-        raw = self._buffers[index]
+        raw = self._resolve(ref)
         stored = shape[::-1] if order == "F" else shape
         if dtype.itemsize == 0 or not len(raw):
             array = np.empty(stored, dtype=dtype)
@@ -392,8 +479,8 @@ class Decoder:
         return np.frombuffer(raw, dtype=_dtype_in(np, dtype_spec))[0]
 
     def _pickled(self, data: bytes) -> Any:
-        name, payload, first, count = self._unpack(data)
-        buffers = self._buffers[first : first + count]
+        name, payload, refs = self._unpack(data)
+        buffers = [self._resolve(ref) for ref in refs]
         try:
             return pickle.loads(payload, buffers=buffers)
         except ModuleNotFoundError as exc:
@@ -424,4 +511,6 @@ class Decoder:
         NPSCALAR: _npscalar,
         PICKLE: _pickled,
         CLOUDPICKLE: _pickled,
+        REF: _ref,
+        KEPT: _kept,
     }

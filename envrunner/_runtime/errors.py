@@ -11,6 +11,7 @@
     ├── WorkerStartError                         a worker died or hung before saying hello
     ├── WorkerCrashed                            a worker died while it ran a call
     ├── TaskTimeoutError (TimeoutError)          a call ran past its deadline; its worker was killed
+    ├── ReferenceLostError (LookupError)         a kept object is gone: released, or its worker died
     ├── RemoteError                              a task raised what the caller cannot rebuild
     │                                            (any remote exception has a RemoteTraceback cause)
     ├── SerializationError (TypeError)
@@ -40,6 +41,7 @@ __all__ = [
     "ManifestNotFoundError",
     "Problem",
     "ProtocolError",
+    "ReferenceLostError",
     "RemoteError",
     "RemoteTraceback",
     "RunnerClosedError",
@@ -354,6 +356,30 @@ class TaskTimeoutError(EnvrunnerError, TimeoutError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.env, self.call, self.timeout, self.pid))
+
+
+class ReferenceLostError(EnvrunnerError, LookupError):
+    """A reference to an object kept in a worker can no longer be used.
+
+    Attributes:
+        env: The environment whose worker kept the object.
+        reason: Why it is gone.
+    """
+
+    def __init__(self, env: str, what: str, reason: str) -> None:
+        self.env = env
+        self.what = what
+        self.reason = reason
+        super().__init__(
+            f"{what} kept in environment {env!r} is gone: {reason}. Keep a result only as long "
+            "as its worker lives, and fetch() what must outlive it"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.env, self.what, self.reason))
 
 
 class RemoteError(EnvrunnerError):

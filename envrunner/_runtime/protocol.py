@@ -13,6 +13,8 @@
     │                            │◄──────────────────────────│                           │
     │                            │  RESULT (value | error)   │                           │
     │                            │──────────────────────────►│                           │
+    │                            │  RELEASE (blocks, refs)   │                           │
+    │                            │──────────────────────────►│                           │
     │                            │  SHUTDOWN                 │                           │
     └────────────────────────────┘                           └───────────────────────────┘
 
@@ -47,6 +49,7 @@ __all__ = [
     "Call",
     "Hello",
     "Message",
+    "Release",
     "Result",
     "Shutdown",
     "Signer",
@@ -97,24 +100,38 @@ class Welcome(Message):
 
 @dataclass(frozen=True)
 class Call(Message):
-    """Broker to worker: run ``code`` on the arguments in ``payload``."""
+    """Broker to worker: run ``code`` on the arguments in ``payload``.
+
+    ``segments`` names the caller's shared-memory segments the arguments use; ``keep`` asks
+    the worker to keep the result and answer with a reference to it.
+    """
 
     TAG: ClassVar[int] = 3
     call_id: int
     name: str
     code: bytes
     payload: bytes
+    segments: List[str] = field(default_factory=list)
+    keep: bool = False
     buffers: Sequence[Any] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
 class Result(Message):
-    """Worker to broker: the outcome of a call; ``ok`` false means ``payload`` is an error."""
+    """Worker to broker: the outcome of a call; ``ok`` false means ``payload`` is an error.
+
+    ``segments`` names the worker's shared-memory segments the value uses; ``freed`` lists the
+    caller's blocks (``[segment, offset]``) the worker no longer uses; ``kept`` is the id of the
+    object kept for a ``keep`` call (0 when none).
+    """
 
     TAG: ClassVar[int] = 4
     call_id: int
     ok: bool
     payload: bytes
+    segments: List[str] = field(default_factory=list)
+    freed: List[List[Any]] = field(default_factory=list)
+    kept: int = 0
     buffers: Sequence[Any] = field(default=(), compare=False)
 
 
@@ -125,8 +142,17 @@ class Shutdown(Message):
     TAG: ClassVar[int] = 5
 
 
+@dataclass(frozen=True)
+class Release(Message):
+    """Broker to worker: the caller no longer uses these blocks and kept objects."""
+
+    TAG: ClassVar[int] = 6
+    blocks: List[List[Any]] = field(default_factory=list)
+    refs: List[int] = field(default_factory=list)
+
+
 _TYPES: Dict[int, Type[Message]] = {
-    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown)
+    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown, Release)
 }
 _FIELDS: Dict[Type[Message], Tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name != "buffers") for cls in _TYPES.values()

@@ -31,17 +31,18 @@ import sys
 import threading
 import traceback
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import __version__
+from . import __version__, shm
 from .code import load_function
-from .codec import Decoder, Encoder, type_name
+from .codec import Decoder, Encoder, encode_kept, type_name
 from .errors import DecodeError, EncodeError
 from .protocol import (
     KEY_BYTES,
     PROTOCOL_VERSION,
     Call,
     Hello,
+    Release,
     Result,
     Shutdown,
     Signer,
@@ -50,6 +51,7 @@ from .protocol import (
     pack,
     unpack,
 )
+from .shm import Arena, Mapper
 
 EXIT_PARENT_GONE = 75  # the caller went away: nothing left to serve
 EXIT_NO_WELCOME = 76  # the broker never answered the hello
@@ -113,7 +115,17 @@ class Worker:
         self.functions: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
         self.by_value = True
         self.pickle_protocol = 5
-        self.decoder = Decoder(where=f"environment {env!r}")
+        self.arena: Optional[Arena] = None
+        self.threshold = 0
+        #: The caller's blocks this worker is done with, told with the next result.
+        self.freed: List[List[Any]] = []
+        self.mapper = Mapper(lambda name, offset: self.freed.append([name, offset]))
+        #: Objects kept for the caller (``keep=True`` calls), by reference id.
+        self.objects: Dict[int, Any] = {}
+        self.next_object = 1
+        self.decoder = Decoder(
+            where=f"environment {env!r}", mapper=self.mapper, objects=self.kept_object
+        )
 
     def send(self, message: Any) -> None:
         self.socket.send_multipart(pack(message, self.signer), copy=False)
@@ -159,14 +171,43 @@ class Worker:
             print(f"envrunner worker: cannot enter {welcome.cwd}: {exc}", file=sys.stderr)
         position = 1 if sys.path else 0
         sys.path[position:position] = [p for p in welcome.sys_path if p not in sys.path]
+        shared = welcome.options.get("shm")
+        if shared and shm.available():
+            self.arena = Arena(f"envrunner-{shared['owner']}-{os.getpid()}")
+            self.threshold = int(shared["threshold"])
 
     def serve(self) -> int:
-        while True:
-            message = self.receive()
-            if isinstance(message, Call):
-                self.send(self.run(message))
-            elif isinstance(message, Shutdown):
-                return 0
+        try:
+            while True:
+                message = self.receive()
+                if isinstance(message, Call):
+                    self.send(self.run(message))
+                elif isinstance(message, Release):
+                    self.release(message)
+                elif isinstance(message, Shutdown):
+                    return 0
+        finally:
+            if self.arena is not None:
+                self.arena.close()
+
+    def release(self, message: Release) -> None:
+        if self.arena is not None:
+            for name, offset in message.blocks:
+                self.arena.free(name, offset)
+        for ident in message.refs:
+            self.objects.pop(ident, None)
+
+    def kept_object(self, ident: int) -> Any:
+        try:
+            return self.objects[ident]
+        except KeyError:
+            raise DecodeError(
+                f"the object behind reference {ident} is no longer kept in environment "
+                f"{self.env!r} (worker pid {os.getpid()}): it was released"
+            ) from None
+
+    def encoder(self) -> Encoder:
+        return Encoder(self.by_value, self.pickle_protocol, self.arena, self.threshold)
 
     def function(self, code: bytes) -> Callable[..., Any]:
         fn = self.functions.get(code)
@@ -186,6 +227,7 @@ class Worker:
         except BaseException as exc:
             return self.failure(call, exc, skip_frames=0)
         try:
+            self.mapper.attach(call.segments)
             args, kwargs = self.decoder.decode(call.payload, call.buffers)
         except DecodeError as exc:
             error = DecodeError(
@@ -203,8 +245,16 @@ class Worker:
             return self.failure(call, exc, skip_frames=1)
         finally:
             del args, kwargs
+        if call.keep:
+            ident = self.next_object
+            self.next_object += 1
+            self.objects[ident] = value
+            _flush()
+            body = encode_kept(ident, type_name(value), _short_repr(value))
+            return self.answer(call, True, body, kept=ident)
+        encoder = self.encoder()
         try:
-            body, buffers = Encoder(self.by_value, self.pickle_protocol).encode(value)
+            body, buffers = encoder.encode(value)
         except EncodeError as exc:
             unsendable = EncodeError(
                 f"the result of {name} in environment {self.env!r} (a {type_name(value)}) "
@@ -213,8 +263,29 @@ class Worker:
                 what="result",
             )
             return self.failure(call, unsendable, skip_frames=None)
+        del value
         _flush()
-        return Result(call_id=call.call_id, ok=True, payload=body, buffers=buffers)
+        return self.answer(call, True, body, buffers, encoder.segments)
+
+    def answer(
+        self,
+        call: Call,
+        ok: bool,
+        body: bytes,
+        buffers: Sequence[Any] = (),
+        segments: Sequence[str] = (),
+        kept: int = 0,
+    ) -> Result:
+        freed, self.freed = self.freed, []
+        return Result(
+            call_id=call.call_id,
+            ok=ok,
+            payload=body,
+            segments=list(segments),
+            freed=freed,
+            kept=kept,
+            buffers=buffers,
+        )
 
     def failure(self, call: Call, exc: BaseException, skip_frames: Optional[int]) -> Result:
         """An error answer: type, message, traceback text, and the exception if it travels."""
@@ -239,10 +310,18 @@ class Worker:
                 error_body = None
         body, _ = Encoder(False).encode([type_name(exc), message, text, error_body])
         _flush()
-        return Result(call_id=call.call_id, ok=False, payload=body)
+        return self.answer(call, False, body)
 
 
 _TB_HEAD = "Traceback (most recent call last):\n"
+
+
+def _short_repr(value: Any, limit: int = 120) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type_name(value)}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _flush() -> None:

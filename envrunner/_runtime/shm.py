@@ -1,0 +1,280 @@
+"""Large buffers through shared memory: arenas that their owner writes and peers map.
+
+::
+
+    owner (writes)                                   peer (reads)
+    ──────────────                                   ────────────
+    Arena.put(buffer)                                Mapper.attach(segment names in the message)
+      first fit in a segment's free list,              map each new segment once (cached)
+      else a new segment (/dev/shm/<prefix>-N)       Mapper.block(segment, offset, size)
+      copy in: pwrite where the pages are new,         a zero-copy, writable view; when the last
+      memcpy into its own mapping where warm           user of it is gone, on_release(segment,
+    handle (segment, offset, size) in the message      offset) tells the owner (batched in the
+                                         ──────────►   next message the peer sends)
+    Arena.free(segment, offset)          ◄──────────
+
+Segments are reused, so after the first call their pages are warm in both processes and a large
+array moves at memory speed: one copy into the arena on the sending side, none on the receiving
+side. A segment's name starts with its owner's prefix, ``envrunner-<caller pid>-<owner pid>``:
+
+- the owner unlinks its segments when it closes;
+- the broker unlinks a dead worker's segments (``envrunner-<caller pid>-<worker pid>-*``);
+- the next runner unlinks the segments of callers that are no longer running.
+
+The mappings outlive the files: a peer's views stay valid after the owner is gone.
+
+This module is part of the sealed worker runtime (standard library; numpy if present).
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import sys
+import threading
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+__all__ = ["SHM_DIR", "Arena", "Mapper", "available", "remove_stale", "unlink_owned"]
+
+SHM_DIR = "/dev/shm"
+ALIGN = 64
+MIN_SEGMENT = 16 * 1024 * 1024
+
+
+def available() -> bool:
+    """Whether this machine has a shared-memory folder to put segments in."""
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+class _Segment:
+    """One shared-memory file of an arena, mapped by its owner, with a free list."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.path = os.path.join(SHM_DIR, name)
+        self.size = size
+        self.fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.ftruncate(self.fd, size)
+        self.mapping = mmap.mmap(self.fd, size)
+        self.free: List[List[int]] = [[0, size]]  # [offset, size], sorted by offset
+        self.used: Dict[int, int] = {}  # offset -> size
+        self.warm = 0  # bytes below this offset have been written once: their pages exist
+
+    def allocate(self, size: int) -> Optional[int]:
+        for index, (offset, length) in enumerate(self.free):
+            if length >= size:
+                if length == size:
+                    del self.free[index]
+                else:
+                    self.free[index] = [offset + size, length - size]
+                self.used[offset] = size
+                return offset
+        return None
+
+    def release(self, offset: int) -> bool:
+        size = self.used.pop(offset, None)
+        if size is None:
+            return False
+        free = self.free
+        free.append([offset, size])
+        free.sort()
+        merged: List[List[int]] = []
+        for block in free:
+            if merged and merged[-1][0] + merged[-1][1] == block[0]:
+                merged[-1][1] += block[1]
+            else:
+                merged.append(block)
+        self.free = merged
+        return True
+
+    def close(self) -> None:
+        try:
+            self.mapping.close()
+        except BufferError:
+            pass  # a view of it is still alive in this process: it goes with the last one
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+class Arena:
+    """Blocks in shared-memory segments that one process owns and writes.
+
+    Args:
+        prefix: Segment names start with it (``envrunner-<caller pid>-<owner pid>``).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._segments: Dict[str, _Segment] = {}
+        self._lock = threading.Lock()
+        self._count = itertools.count(1)
+        self._closed = False
+
+    def put(self, data: Any) -> Tuple[str, int, int]:
+        """Copy a contiguous buffer into the arena.
+
+        Returns:
+            ``(segment name, offset, size)``: the handle a peer maps.
+        """
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        with self._lock:
+            if self._closed:
+                raise ValueError("the shared-memory arena is closed")
+            segment, offset = self._allocate(_align(max(size, 1)))
+            fresh_from = max(offset, segment.warm)
+            segment.warm = max(segment.warm, offset + size)
+        end = offset + size
+        if fresh_from > offset:  # warm pages: a plain memory copy
+            segment.mapping[offset:fresh_from] = view[: fresh_from - offset]
+        written = fresh_from
+        while written < end:  # new pages: let the kernel allocate them as it copies
+            written += os.pwrite(segment.fd, view[written - offset :], written)
+        return segment.name, offset, size
+
+    def _allocate(self, size: int) -> Tuple[_Segment, int]:
+        for segment in self._segments.values():
+            offset = segment.allocate(size)
+            if offset is not None:
+                return segment, offset
+        largest = max((s.size for s in self._segments.values()), default=0)
+        segment = _Segment(
+            f"{self.prefix}-{next(self._count)}", max(MIN_SEGMENT, size, 2 * largest)
+        )
+        self._segments[segment.name] = segment
+        offset = segment.allocate(size)
+        assert offset is not None
+        return segment, offset
+
+    def free(self, name: str, offset: int) -> None:
+        """A peer is done with a block: it can hold new data."""
+        with self._lock:
+            segment = self._segments.get(name)
+            if segment is not None:
+                segment.release(offset)
+
+    def in_use(self) -> int:
+        """Bytes currently lent to peers."""
+        with self._lock:
+            return sum(sum(s.used.values()) for s in self._segments.values())
+
+    def close(self) -> None:
+        """Unlink every segment; peers keep what they have mapped."""
+        with self._lock:
+            self._closed = True
+            segments, self._segments = list(self._segments.values()), {}
+        for segment in segments:
+            segment.close()
+
+
+class Mapper:
+    """Maps peers' segments (once each) and hands out views of their blocks.
+
+    Args:
+        on_release: Called with ``(segment name, offset)`` once nothing in this process uses a
+            block any more; may run in any thread (it is a garbage-collection finalizer).
+    """
+
+    def __init__(self, on_release: Callable[[str, int], None]) -> None:
+        self._on_release = on_release
+        self._maps: Dict[str, mmap.mmap] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, names: Any) -> None:
+        """Map the named segments not yet mapped (call while the files surely exist)."""
+        for name in names:
+            if name in self._maps:
+                continue
+            if os.sep in name or not name.startswith("envrunner-"):
+                raise ValueError(f"not an envrunner segment: {name!r}")
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+            try:
+                mapping = mmap.mmap(fd, 0)
+            finally:
+                os.close(fd)
+            with self._lock:
+                self._maps.setdefault(name, mapping)
+
+    def block(self, name: str, offset: int, size: int) -> Any:
+        """A writable view of a block; the owner is told when the last user drops it."""
+        self.attach([name])
+        mapping = self._maps[name]
+        np = sys.modules.get("numpy")
+        if np is None:
+            try:
+                import numpy as np
+            except ImportError:
+                np = None
+        if np is None:  # nothing here can hold a view alive and tell us: copy it out
+            data = bytes(mapping[offset : offset + size])
+            self._on_release(name, offset)
+            return data
+        view = np.frombuffer(mapping, dtype=np.uint8, count=size, offset=offset)
+        weakref.finalize(view, self._on_release, name, offset)
+        return view
+
+    def forget(self, prefix: str) -> None:
+        """Drop the cached mappings of one owner (its views keep their memory alive)."""
+        with self._lock:
+            for name in [n for n in self._maps if n.startswith(prefix + "-")]:
+                del self._maps[name]
+
+    def close(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+
+def unlink_owned(prefix: str) -> int:
+    """Unlink every segment of one owner (after it died); returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(prefix + "-"):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def remove_stale() -> int:
+    """Unlink the segments of callers that are no longer running; returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != "envrunner" or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed += 1
+            except OSError:
+                pass
+        except OSError:
+            continue
+    return removed
