@@ -436,6 +436,7 @@ def _build_locked(
     except BaseException as exc:
         steps.close()
         shutil.rmtree(path, ignore_errors=True)
+        progress.done(spec.name, f"build failed (log: {log_path})")  # ends a ticking status line
         if isinstance(exc, BuildError):
             raise BuildError(
                 exc.env, exc.step, exc.reason, str(log_path), list(steps.tail), exc.hint
