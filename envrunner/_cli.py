@@ -1,4 +1,4 @@
-"""The ``envrunner`` command: build, list, info, exec, path and gc.
+"""The ``envrunner`` command: build, list, info, exec, path, smoke and gc.
 
 May import: the standard library and the caller-side ``envrunner`` modules.
 
@@ -98,6 +98,19 @@ def _parser() -> argparse.ArgumentParser:
     path = verbs.add_parser("path", parents=[common], help="print an environment's folder")
     path.add_argument("name", metavar="NAME")
     path.set_defaults(handler=_path)
+
+    smoke = verbs.add_parser(
+        "smoke",
+        parents=[common],
+        help="build environments, start a worker in each and run their smoke checks",
+    )
+    smoke.add_argument("names", nargs="*", metavar="NAME", help="environments (all by default)")
+    smoke.add_argument(
+        "--jobs", "-j", type=_positive, default=2, metavar="N", help="environments at once (2)"
+    )
+    smoke.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report there")
+    smoke.add_argument("--json", action="store_true", help="print JSON for scripts")
+    smoke.set_defaults(handler=_smoke)
 
     gc = verbs.add_parser(
         "gc",
@@ -336,6 +349,27 @@ def _path(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     return 0
+
+
+# --------------------------------------------------------------------------- smoke
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from ._smoke import smoke
+
+    return smoke(
+        _manifest(args), args.names, jobs=args.jobs, junit_xml=args.junit_xml, as_json=args.json
+    )
 
 
 # --------------------------------------------------------------------------- gc
