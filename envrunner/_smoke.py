@@ -125,16 +125,21 @@ def smoke(
     table = _Table(out, max((len(spec.name) for spec in specs), default=0))
     started = time.monotonic()
     runner = Runner(manifest, progress=False)
-    interrupted = False
+    shells = _Shells()
+    pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="envrunner-smoke")
     try:
-        with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="envrunner-smoke") as pool:
-            futures = [pool.submit(_check_environment, runner, spec, table.add) for spec in specs]
-            reports = [future.result() for future in futures]
-    except BaseException:
-        interrupted = True
+        futures = [
+            pool.submit(_check_environment, runner, shells, spec, table.add) for spec in specs
+        ]
+        reports = [future.result() for future in futures]
+    except BaseException:  # Ctrl-C: stop what runs now instead of waiting for it
+        table.stopped = True
+        pool.shutdown(wait=False, cancel_futures=True)
+        shells.stop()
+        runner.shutdown(wait=True, cancel_futures=True)
         raise
-    finally:
-        runner.shutdown(wait=True, cancel_futures=interrupted)
+    pool.shutdown()
+    runner.shutdown(wait=True)
     seconds = time.monotonic() - started
     table.summary(reports, seconds)
     if junit_xml is not None:
@@ -158,7 +163,9 @@ class _Planned:
     distribution: str = ""
 
 
-def _check_environment(runner: Any, spec: EnvSpec, emit: Callable[[Row], None]) -> _Report:
+def _check_environment(
+    runner: Any, shells: _Shells, spec: EnvSpec, emit: Callable[[Row], None]
+) -> _Report:
     """Set up one environment and run its checks; never raises for what it checks."""
     report = _Report(spec.name, spec.python)
 
@@ -188,7 +195,7 @@ def _check_environment(runner: Any, spec: EnvSpec, emit: Callable[[Row], None]) 
         if check.kind == "python":
             add(_run_snippet(runner, spec, check))
         elif check.kind == "shell":
-            add(_run_shell(spec, resolved, check))
+            add(_run_shell(shells, spec, resolved, check))
     return report
 
 
@@ -320,7 +327,7 @@ def _run_imports(runner: Any, spec: EnvSpec, planned: list[_Planned]) -> list[Ro
     return rows
 
 
-def _run_shell(spec: EnvSpec, resolved: Any, check: _Planned) -> Row:
+def _run_shell(shells: _Shells, spec: EnvSpec, resolved: Any, check: _Planned) -> Row:
     """Run a ``{run: CMD, exit_code: N}`` check as ``envrunner exec`` would run CMD."""
     from ._process import worker_environ
 
@@ -332,7 +339,7 @@ def _run_shell(spec: EnvSpec, resolved: Any, check: _Planned) -> Row:
         virtual_env = Path(interpreter.prefix) if interpreter.is_venv else None
     environ = worker_environ(os.environ, resolved.bin_dir, virtual_env, spec.env)
     started = time.monotonic()
-    code, output, timed_out = _shell(
+    code, output, timed_out = shells.run(
         check.check.run, environ, check.check.location.file.parent, _timeout(spec)
     )
     seconds = time.monotonic() - started
@@ -352,42 +359,59 @@ def _run_shell(spec: EnvSpec, resolved: Any, check: _Planned) -> Row:
     )
 
 
-def _shell(
-    command: str, environ: dict[str, str], cwd: Path, timeout: float
-) -> tuple[int, str, bool]:
-    """Run ``command`` in a shell; returns its exit code, its output, and whether it timed out.
+class _Shells:
+    """Runs shell checks, each in a session of its own so that killing it kills what it started;
+    remembers the running ones, so that an interrupted run kills them too."""
 
-    It runs in a session of its own, so that a timeout kills what it started too.
-    """
-    process = subprocess.Popen(
-        command,
-        shell=True,
-        cwd=str(cwd),
-        env=environ,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[str]] = set()
+        self._stopped = False
+
+    def run(
+        self, command: str, environ: dict[str, str], cwd: Path, timeout: float
+    ) -> tuple[int, str, bool]:
+        """Run ``command``; returns its exit code, its output, and whether it timed out."""
+        with self._lock:
+            if self._stopped:
+                return -1, "(not run: interrupted)", False
+            process = subprocess.Popen(
+                command,
+                shell=True,
+                cwd=str(cwd),
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+            )
+            self._running.add(process)
+        try:
+            output, _ = process.communicate(timeout=timeout)
+            return process.returncode, output, False
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            output, _ = process.communicate()
+            return process.returncode, output, True
+        finally:
+            with self._lock:
+                self._running.discard(process)
+
+    def stop(self) -> None:
+        """Kill every running check (and what it started); start no other."""
+        with self._lock:
+            self._stopped = True
+            for process in self._running:
+                _kill_group(process)
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
     try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        output, _ = process.communicate()
-        return process.returncode, output, True
-    except BaseException:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.communicate()
-        raise
-    return process.returncode, output, False
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _failure_row(
@@ -488,6 +512,7 @@ class _Table:
         self.widths = (max(name_width, len("ENVIRONMENT")), 44, 7, 7)
         self.lock = threading.Lock()
         self.started = False
+        self.stopped = False  # interrupted: rows landing now say nothing new
 
     def _line(self, cells: Sequence[str]) -> str:
         env, check, outcome, seconds, note = cells
@@ -502,6 +527,8 @@ class _Table:
         seconds = "" if row.outcome == SKIPPED else f"{row.seconds:.1f}s"
         line = self._line((row.env, check, row.outcome, seconds, note))
         with self.lock:
+            if self.stopped:
+                return
             if not self.started:
                 self.started = True
                 self.stream.write(self._line(("ENVIRONMENT", "CHECK", "OUTCOME", "TIME", "NOTE")))

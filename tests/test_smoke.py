@@ -4,9 +4,11 @@ exit code and its JUnit file."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +253,49 @@ def test_a_hanging_check_is_stopped_at_the_environment_timeout(tmp_path: Path) -
         "still running after 1s: killed (raise the environment's timeout:)",
     )
     assert rows["new", "import six"][0] == "passed"  # a new worker took over
+
+
+def running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_an_interrupted_run_stops_its_checks_at_once(tmp_path: Path) -> None:
+    folder = project(
+        tmp_path,
+        """\
+        version: 1
+        environments:
+          new:
+            python: "3.12"
+            requirements: ["six==1.16.0"]
+            smoke: [{run: "echo $$ > pid; exec sleep 300"}, "import six"]
+        """,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "envrunner", "smoke"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / "pid").is_file() or not (folder / "pid").read_text().strip():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the shell check never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 130
+    assert "envrunner: interrupted" in stderr
+    assert not running(int((folder / "pid").read_text()))
 
 
 def test_bad_input_is_a_usage_error(passing: Path) -> None:
