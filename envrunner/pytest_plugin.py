@@ -16,8 +16,8 @@ and the broker load only when a marked test is collected or run.
     setup        build or reuse the environment: a failure is the test's ERROR, naming it
                  (the session remembers it: the next tests of that environment fail at once)
     call         fixtures (computed here by pytest, as usual) and the test function go to a
-                 worker; the function travels by value or as source, never by reference, so
-                 the test module (which imports pytest) is not imported there
+                 worker; the function travels as source (_runtime/pytest_body.py says why),
+                 so the test module, which imports pytest, is not imported there
                  an exception from the worker is re-raised here with frames rebuilt from the
                  worker's traceback: pytest shows its source, message and location as it
                  shows a local test's (assertions are not rewritten: the message, and the
@@ -38,6 +38,7 @@ import re
 import sys
 import types
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -105,21 +106,21 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if env is None:
         return None
     from ._runtime.errors import EncodeError
+    from ._runtime.pytest_body import run_test
 
     state: _Session = pyfuncitem.config.stash[_STATE]
     arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    runner = state.runner()
+    problem = ""
     try:
-        future = runner._submit(env, pyfuncitem.obj, (), arguments, None, by_reference=False)
+        body = state.body(pyfuncitem.obj, env)
+        future = state.runner().submit(env, run_test, body, env, **arguments)
     except EncodeError as exc:
-        unsendable = _unsendable(exc, pyfuncitem, env, arguments)
-    else:
-        unsendable = ""
-    if unsendable:
-        pytest.fail(unsendable, pytrace=False)  # outside the except: no chain of encoder errors
+        problem = _unsendable(exc, pyfuncitem, env, arguments)
+    if problem:
+        pytest.fail(problem, pytrace=False)  # outside the except: no chain of encoder errors
     error = future.exception()
     if error is not None:
-        raise _as_local(error, env)
+        raise _as_local(error, pyfuncitem.name)
     return True
 
 
@@ -143,6 +144,7 @@ class _Session:
         self._runner: Runner | None = None
         self.ready: set[str] = set()
         self.failures: dict[str, str] = {}
+        self._bodies: dict[tuple[Any, str], bytes] = {}
 
     def manifest(self) -> Manifest:
         if self._manifest is None:
@@ -158,6 +160,17 @@ class _Session:
 
             self._runner = Runner(self.manifest(), progress=None)
         return self._runner
+
+    def body(self, function: Any, env: str) -> bytes:
+        """The test function encoded as source, whatever Python ``env`` runs (see
+        ``_runtime/pytest_body.py`` for why never by value)."""
+        key = (function, env)
+        if key not in self._bodies:
+            from ._runtime.code import encode_function
+
+            target = f"environment {env!r}"
+            self._bodies[key] = encode_function(function, False, target, by_reference=False)
+        return self._bodies[key]
 
     def names_for_collection(self, args: Sequence[Any]) -> list[str]:
         """The environments a marker names; as written when the manifest cannot say more.
@@ -275,7 +288,7 @@ def _unsendable(exc: Exception, item: pytest.Function, env: str, arguments: dict
 # --------------------------------------------------------------------------- remote failures
 
 
-def _as_local(error: BaseException, env: str) -> BaseException:
+def _as_local(error: BaseException, test: str) -> BaseException:
     """The worker's exception, ready to raise here as the test's own.
 
     A test's exception (anything but envrunner's errors around it, such as a crash or a
@@ -288,8 +301,14 @@ def _as_local(error: BaseException, env: str) -> BaseException:
     if not isinstance(remote, RemoteTraceback) or (
         isinstance(error, EnvrunnerError) and not isinstance(error, RemoteError)
     ):
-        return pytest.fail.Exception(f"envrunner: {error}", pytrace=False)
+        from ._runtime.code import describe
+        from ._runtime.pytest_body import run_test
+
+        message = str(error).replace(describe(run_test) + "()", test)  # crash: "while running"
+        return pytest.fail.Exception(f"envrunner: {message}", pytrace=False)
     earlier, relation, frames, last_line = _split_remote(remote.text)
+    while frames and Path(frames[0][0]).name == "pytest_body.py":
+        del frames[0]  # the runtime's frame that called the test
     error.__cause__ = None
     error.__context__ = None
     error.__suppress_context__ = True

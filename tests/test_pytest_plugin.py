@@ -12,8 +12,11 @@ import pytest
 from junit_shape import check_junit
 
 REAL_HOME = os.environ.get("HOME", "")
+HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
-MANIFEST = """\
+# Two Pythons other than the caller's, and the caller's own: a test's body travels the same
+# way to each.
+MANIFEST = f"""\
 version: 1
 environments:
   old:
@@ -21,6 +24,9 @@ environments:
     requirements: ["six==1.15.0"]
   new:
     python: "3.12"
+    requirements: ["six==1.16.0"]
+  here:
+    python: "{HERE}"
     requirements: ["six==1.16.0"]
 """
 
@@ -40,14 +46,18 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def test_marked_tests_run_inside_each_named_environment(inner: pytest.Pytester) -> None:
     inner.makepyfile(
-        test_where="""
+        test_where=f"""
         import sys
 
         import pytest
 
         import envrunner
 
-        VERSIONS = {"old": ((3, 9), "1.15.0"), "new": ((3, 12), "1.16.0")}
+        VERSIONS = {{
+            "old": ((3, 9), "1.15.0"),
+            "new": ((3, 12), "1.16.0"),
+            "here": ({tuple(sys.version_info[:2])}, "1.16.0"),
+        }}
 
 
         @pytest.mark.envrunner("old", "new")
@@ -59,7 +69,9 @@ def test_marked_tests_run_inside_each_named_environment(inner: pytest.Pytester) 
 
         @pytest.mark.envrunner("*")
         def test_every_environment():
-            assert envrunner.current_environment() in ("old", "new")
+            import six
+            python, six_version = VERSIONS[envrunner.current_environment()]
+            assert sys.version_info[:2] == python and six.__version__ == six_version
 
 
         @pytest.mark.envrunner("new")
@@ -73,12 +85,13 @@ def test_marked_tests_run_inside_each_named_environment(inner: pytest.Pytester) 
         """
     )
     result = run(inner, "-v")
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)
     for case in (
         "test_both[old]",
         "test_both[new]",
         "test_every_environment[old]",
         "test_every_environment[new]",
+        "test_every_environment[here]",
         "test_with_its_own_parameters[new-1]",
         "test_with_its_own_parameters[new-2]",
         "test_here",
@@ -94,10 +107,10 @@ def test_failures_show_message_source_and_location_as_for_a_local_test(
         import pytest
 
 
-        @pytest.mark.envrunner("old")
+        @pytest.mark.envrunner("here")
         def test_message():
             import six
-            assert six.__version__ == "1.16.0", "six is " + six.__version__
+            assert six.__version__ == "1.15.0", "six is " + six.__version__
 
 
         @pytest.mark.envrunner("new")
@@ -119,27 +132,40 @@ def test_failures_show_message_source_and_location_as_for_a_local_test(
         @pytest.mark.xfail(raises=ZeroDivisionError, strict=True)
         def test_expected_to_fail():
             1 / 0
+
+
+        @pytest.mark.envrunner("new")
+        def test_crashes_its_worker():
+            import os
+            os.abort()
+
+
+        @pytest.mark.envrunner("new")
+        def test_after_a_crash():
+            import six
+            assert six.__version__ == "1.16.0"
         """
     )
     result = run(inner, "--junit-xml=report.xml")
-    result.assert_outcomes(failed=3, xfailed=1)
+    result.assert_outcomes(failed=4, xfailed=1, passed=1)
     output = result.stdout.str()
     assert (
-        '    def test_message():\n        import six\n>       assert six.__version__ == "1.16.0", '
-        '"six is " + six.__version__\nE       AssertionError: six is 1.15.0\n\n'
+        '    def test_message():\n        import six\n>       assert six.__version__ == "1.15.0", '
+        '"six is " + six.__version__\nE       AssertionError: six is 1.16.0\n\n'
         "test_failing.py:7: AssertionError"
     ) in output
     assert ">       check(total)\n\ntest_failing.py:13: " in output  # the caller's frame
     assert ">       assert total == 2\nE       assert total == 2\n\ntest_failing.py:17: " in output
     assert "E       KeyError: 'missing'" in output
+    assert "died while running test_crashes_its_worker[new]: signal SIGABRT" in output
     for line in (
-        "FAILED test_failing.py::test_message[old] - AssertionError: six is 1.15.0",
+        "FAILED test_failing.py::test_message[here] - AssertionError: six is 1.16.0",
         "FAILED test_failing.py::test_bare_assert_in_a_helper[new] - assert total == 2",
         "FAILED test_failing.py::test_raises[old] - KeyError: 'missing'",
     ):
         assert line in output
     outcomes = check_junit(inner.path / "report.xml")
-    assert outcomes["pytest", "test_message[old]"] == "failure"
+    assert outcomes["pytest", "test_message[here]"] == "failure"
     assert outcomes["pytest", "test_expected_to_fail[new]"] == "skipped"
 
 
@@ -187,7 +213,7 @@ def test_fixtures_are_computed_here_and_sent_as_arguments(inner: pytest.Pytester
             (folder / "from-worker.txt").write_text("written by %d.%d" % sys.version_info[:2])
 
 
-        @pytest.mark.envrunner("new")
+        @pytest.mark.envrunner("here")
         def test_a_lock(lock):
             pass
 
@@ -201,7 +227,7 @@ def test_fixtures_are_computed_here_and_sent_as_arguments(inner: pytest.Pytester
     result.assert_outcomes(passed=1, failed=2)
     output = result.stdout.str()
     assert (
-        "fixture 'lock' of test_a_lock[new] cannot be sent to environment 'new', where the "
+        "fixture 'lock' of test_a_lock[here] cannot be sent to environment 'here', where the "
         "test runs: a _thread.lock cannot be sent"
     ) in output
     assert "fixture 'numbers' of test_a_generator[old] cannot be sent to environment 'old'" in (
