@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from ._runtime.errors import DecodeError, EncodeError, EnvrunnerError, RunnerClosedError
 
 if TYPE_CHECKING:
-    from ._broker import Broker, Prepared
+    from ._broker import Broker
+    from ._calls import PendingCall, Prepared
     from ._environments import Resolved
     from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
@@ -69,6 +70,10 @@ class CallFuture(Future[T]):
     def result(self, timeout: float | None = None) -> T:
         try:
             raw = super().result(timeout)
+        except KeyboardInterrupt:
+            if self._runner is not None:
+                self._runner._interrupt()
+            raise
         except BaseException:
             del self  # no cycle future -> error -> this frame -> future: frees what it held
             raise
@@ -86,7 +91,7 @@ class CallFuture(Future[T]):
         return None
 
     def _decoded(self, raw: Any) -> Any:
-        from ._broker import RawResult
+        from ._calls import RawResult
         from ._runtime.codec import Decoder
 
         if not isinstance(raw, RawResult):
@@ -201,12 +206,14 @@ class Task(Generic[P, R]):
         env: str | None = None,
         timeout: float | None = None,
         keep: bool = False,
+        retries: int = 0,
     ) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.env = env
         self.timeout = timeout
         self.keep = keep
+        self.retries = retries
         self.__envrunner_fn__ = fn
         self._code: dict[tuple[bool, bool], bytes] = {}  # by (same Python, by reference)
         self._takes_keep = "keep" in _parameter_names(fn, keyword=True)
@@ -217,6 +224,7 @@ class Task(Generic[P, R]):
         env: str | None = None,
         timeout: float | None = None,
         keep: bool | None = None,
+        retries: int | None = None,
     ) -> Task[P, R]:
         """The same task with other options (those not given stay as they are).
 
@@ -227,13 +235,18 @@ class Task(Generic[P, R]):
             env=self.env if env is None else env,
             timeout=self.timeout if timeout is None else timeout,
             keep=self.keep if keep is None else keep,
+            retries=self.retries if retries is None else retries,
         )
         other._code = self._code
         return other
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in its environment and return its result (or raise its error)."""
-        return self.submit(*args, **kwargs).result()
+        runner = current_runner()
+        value: R = runner._call(
+            self._env_in(runner), self, args, kwargs, self.timeout, self.keep, self.retries
+        )
+        return value
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Start the call and return a ``concurrent.futures.Future`` for its result.
@@ -246,7 +259,10 @@ class Task(Generic[P, R]):
         if "keep" in kwargs and not self._takes_keep:  # .submit(..., keep=True)
             keep = bool(kwargs.pop("keep"))
         runner = current_runner()
-        return runner._submit(self._env_in(runner), self, args, kwargs, self.timeout, keep=keep)
+        env = self._env_in(runner)
+        return runner._submit(
+            env, self, args, kwargs, self.timeout, keep=keep, retries=self.retries
+        )
 
     def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> Iterator[R]:
         """Like ``Executor.map``: results in order, up to the environment's ``workers`` at once.
@@ -283,7 +299,11 @@ def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 
 @overload
 def task(
-    *, env: str | None = None, timeout: float | None = None, keep: bool = False
+    *,
+    env: str | None = None,
+    timeout: float | None = None,
+    keep: bool = False,
+    retries: int = 0,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -294,6 +314,7 @@ def task(
     env: str | None = None,
     timeout: float | None = None,
     keep: bool = False,
+    retries: int = 0,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Pin a function to an environment of the manifest.
 
@@ -309,13 +330,15 @@ def task(
             ``TaskTimeoutError``; default: the environment's ``timeout:``, else none.
         keep: Keep each result in the worker and return a :class:`Ref` to it instead (also
             per call: ``task.submit(..., keep=True)`` or ``task.options(keep=True)``).
+        retries: Run a call again this many times if its worker dies under it (a crash, the
+            OOM killer); never after an exception the function raised, nor after a timeout.
 
     Returns:
         A :class:`Task`.
     """
 
     def decorate(function: Callable[P, R]) -> Task[P, R]:
-        return Task(function, env=env, timeout=timeout, keep=keep)
+        return Task(function, env=env, timeout=timeout, keep=keep, retries=retries)
 
     return decorate(fn) if fn is not None else decorate
 
@@ -375,6 +398,8 @@ class Runner:
         start_timeout: Seconds a new worker has to come up.
         progress: Show build progress on stderr (None: a status line on a terminal, log lines
             otherwise; False: nothing).
+        heartbeat_timeout: Seconds without a heartbeat from a worker (a thread of its own sends
+            one every few seconds) after which it counts as hung and is killed; None: never.
         shm_threshold: Buffers (array contents) of at least this many bytes go through shared
             memory instead of socket frames; 0 turns shared memory off. Default:
             ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
@@ -390,6 +415,7 @@ class Runner:
         idle_timeout: float | None = 300.0,
         start_timeout: float = 60.0,
         progress: bool | None = None,
+        heartbeat_timeout: float | None = 30.0,
         shm_threshold: int | None = None,
     ) -> None:
         from ._manifest import Manifest, find_manifest, load_manifest
@@ -401,6 +427,7 @@ class Runner:
             self.manifest = load_manifest(find_manifest(manifest))
         self.idle_timeout = idle_timeout
         self.start_timeout = start_timeout
+        self.heartbeat_timeout = heartbeat_timeout
         self._progress_setting = progress
         if shm_threshold is None:
             shm_threshold = int(os.environ.get("ENVRUNNER_SHM_THRESHOLD", DEFAULT_SHM_THRESHOLD))
@@ -424,7 +451,10 @@ class Runner:
 
     def call(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in a worker of ``env``; return its result."""
-        return self.submit(env, fn, *args, **kwargs).result()
+        if isinstance(fn, Task):
+            value: T = self._call(env, fn, args, kwargs, fn.timeout, fn.keep, fn.retries)
+            return value
+        return self._call(env, fn, args, kwargs, None)  # type: ignore[no-any-return]
 
     def submit(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Start ``fn(*args, **kwargs)`` in a worker of ``env``; return its future.
@@ -434,8 +464,9 @@ class Runner:
             UnknownEnvironmentError: ``env`` is not in the manifest.
             EncodeError: ``fn`` or an argument cannot be sent (the message names which).
         """
-        timeout = getattr(fn, "timeout", None) if isinstance(fn, Task) else None
-        return self._submit(env, fn, args, kwargs, timeout)
+        if isinstance(fn, Task):
+            return self._submit(env, fn, args, kwargs, fn.timeout, keep=fn.keep, retries=fn.retries)
+        return self._submit(env, fn, args, kwargs, None)
 
     def map(
         self,
@@ -498,11 +529,20 @@ class Runner:
         if not already or cancel_futures:
             broker.shutdown(cancel_futures)
         if wait:
-            broker.closed.wait()
+            try:
+                broker.closed.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for anything
+                broker.kill_all()
+                broker.closed.wait(10)
+                raise
             broker.join()
             if self._arena is not None:
                 self._arena.close()
             self._mapper.close()
+
+    def _interrupt(self) -> None:
+        """Ctrl-C while waiting on a call: cancel what is queued, stop what runs, shut down."""
+        self.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Runner:
         with _global_lock:
@@ -553,6 +593,33 @@ class Runner:
 
     # ------------------------------------------------------------------ internals
 
+    def _call(
+        self,
+        env: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        keep: bool = False,
+        retries: int = 0,
+    ) -> Any:
+        """A synchronous call: on an idle worker this thread checks out when it can (fast),
+        else through the broker."""
+        pending = self._pending(env, fn, args, kwargs, timeout, True, keep, retries)
+        broker = self._ensure_broker()
+        worker = broker.checkout(env, pending.pin)
+        if worker is None:
+            broker.submit(pending)
+            return pending.future.result()
+        try:
+            raw = broker.run_direct(worker, pending)
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise
+        future = pending.future
+        assert isinstance(future, CallFuture)
+        return future._decoded(raw)
+
     def _submit(
         self,
         env: str,
@@ -562,8 +629,25 @@ class Runner:
         timeout: float | None,
         by_reference: bool = True,
         keep: bool = False,
+        retries: int = 0,
     ) -> Future[Any]:
-        from ._broker import PendingCall
+        pending = self._pending(env, fn, args, kwargs, timeout, by_reference, keep, retries)
+        self._ensure_broker().submit(pending)
+        return pending.future
+
+    def _pending(
+        self,
+        env: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        by_reference: bool,
+        keep: bool,
+        retries: int,
+    ) -> PendingCall:
+        """Encode a call in the calling thread, ready for a worker."""
+        from ._calls import PendingCall
         from ._runtime.code import describe
 
         if self._closed:
@@ -593,12 +677,12 @@ class Runner:
                 keep=keep,
                 pin=pin,
                 pinned_what=pinned_what,
+                retries=retries,
             )
-            self._ensure_broker().submit(pending)
         except BaseException:
             encoder.release()
             raise
-        return future
+        return pending
 
     @staticmethod
     def _pin(refs: list[Any], env: str, name: str) -> tuple[bytes | None, str]:
@@ -707,7 +791,7 @@ class Runner:
 
     def _prepare(self, env: str, cancel: threading.Event) -> Prepared:
         """Build (or find) ``env`` and say how to start its workers; runs in its own thread."""
-        from ._broker import Prepared
+        from ._calls import Prepared
         from ._process import compile_runtime
 
         spec = self.manifest[env]
@@ -758,10 +842,17 @@ class Runner:
 
                 self._runtime_root()
                 self._rundir = _make_rundir()
+                from ._calls import PoolConfig
+
                 pools = {
-                    spec.name: (
-                        spec.workers,
-                        spec.idle_timeout if spec.idle_timeout is not None else self.idle_timeout,
+                    spec.name: PoolConfig(
+                        workers=spec.workers,
+                        idle_timeout=(
+                            spec.idle_timeout
+                            if spec.idle_timeout is not None
+                            else self.idle_timeout
+                        ),
+                        max_calls=spec.max_calls,
                     )
                     for spec in self.manifest
                 }
@@ -774,6 +865,7 @@ class Runner:
                     self._runtime_root,
                     caller_project_paths(),
                     start_timeout=self.start_timeout,
+                    heartbeat_timeout=self.heartbeat_timeout,
                     rundir=self._rundir,
                     arena=self._arena,
                     mapper=self._mapper,
@@ -833,10 +925,12 @@ def _remove_stale_rundirs(base: Path) -> None:
 
 @atexit.register
 def _shutdown_all() -> None:
+    """At exit: wait for running calls, unless the program is dying of an error or Ctrl-C."""
+    failing = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
     for runner in list(_runners):
         try:
-            runner.shutdown(wait=True)
-        except Exception:
+            runner.shutdown(wait=True, cancel_futures=failing is not None)
+        except (Exception, KeyboardInterrupt):
             pass
 
 

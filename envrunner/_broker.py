@@ -1,32 +1,36 @@
-"""The broker: one thread in the caller that owns every socket and every worker process.
+"""The broker: one thread in the caller that owns the workers and supervises them.
 
 ::
 
-    caller threads                 broker thread                            workers
-    ──────────────                 ─────────────                            ───────
-    Task.submit()                  poll(ROUTER, wake pipe, worker pipes,
-      encode args                       pidfds, next deadline)
-      PendingCall ──► commands ──► drain commands:
-      (deque) + wake byte            new call ─► pool queue ─► idle worker? ─► CALL ───────►
-                                     pool not ready? ─► prepare thread
-                                                        (build env) ──► "prepared" command
-                                   start workers up to `workers:` ─────────► spawn + key pipe
-                                   HELLO ◄───────────────────────────────────────────────────
-                                   WELCOME ─────────────────────────────────────────────────►
-    Future.result() ◄── set_result ◄── RESULT ◄─────────────────────────────────────────────
-      decode value                 worker stdout/stderr ─► "[env] line" on the caller's streams
-                                   pidfd readable ─► reap: the running call fails with
-                                                     WorkerCrashed; queued calls get a new worker
-                                   deadline passed ─► kill worker, TaskTimeoutError
-                                   idle too long ─► SHUTDOWN
+    caller threads                  broker thread                           workers
+    ──────────────                  ─────────────                           ───────
+    Task.submit()                   poll(ROUTER, wake pipe, worker pipes,
+      encode args                        pidfds, next deadline)
+      PendingCall ──► commands ───► new call ─► pool queue ─► idle worker ─► CALL (control) ──►
+      (deque) + wake byte             pool not ready? ─► prepare thread (build) ─► "prepared"
+                                    start workers up to `workers:` ───────────► spawn + key pipe
+                                    HELLO ◄────────────────────────────────────────────────────
+                                    WELCOME ──────────────────────────────────────────────────►
+    Future.result() ◄── set_result ◄── RESULT ◄────────────────────────────────────────────────
+      decode value
+    Task(...)  (synchronous)
+      checkout(): an idle worker ──── no broker thread involved ──── CALL (direct) ──────────►
+      wait on its direct channel  ◄──────────────────────────────────── RESULT (direct) ──────
+      give it back; decode          worker stdout/stderr ─► "[env] line" on the caller's streams
+                                    HEARTBEAT (every second, a thread of the worker's own)
+                                    pidfd readable ─► reap: the running call fails with
+                                                      WorkerCrashed; queued calls get a new one
+                                    deadline passed / heartbeats stopped ─► kill, report
+                                    idle too long, or max_calls ─► SHUTDOWN
 
-Every call ends in a result or an exception that says why: a worker that dies fails the call it
-was running (with its exit status and last stderr lines), never the queued ones; a pool whose
-build fails fails its calls with the build's error; a broker that itself fails fails everything
-that is pending. Callers never touch sockets: they hand work over through a thread-safe deque
-and a byte written to a pipe that wakes the broker.
+State shared with calling threads (worker states, queues) is guarded by one lock, which the
+broker thread holds while it works and drops while it polls. Futures are completed after the
+lock is dropped, so callbacks may call back into envrunner. Every call ends in a result or an
+exception that says why: a dead worker fails the call it ran (retried on request), never the
+queued ones; a failed build fails its pool's calls; a failing broker fails everything pending.
 
-May import: the standard library, zmq, ``envrunner._process``, ``envrunner._runtime``.
+May import: the standard library, zmq, ``envrunner._calls``, ``_process``, ``_workers``,
+``_runtime``.
 """
 
 from __future__ import annotations
@@ -35,25 +39,24 @@ import collections
 import logging
 import os
 import secrets
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from ._process import Launcher, LaunchRequest, LocalLauncher, WorkerProcess, worker_environ
-from ._runtime.codec import Decoder
+from ._calls import PendingCall, PoolConfig, Prepared, RawResult, remote_error
+from ._process import Launcher, LaunchRequest, LocalLauncher, worker_environ
 from ._runtime.errors import (
     EnvrunnerError,
     ProtocolError,
     ReferenceLostError,
-    RemoteError,
-    RemoteTraceback,
     TaskTimeoutError,
     WorkerCrashed,
     WorkerStartError,
@@ -62,6 +65,7 @@ from ._runtime.errors import (
 from ._runtime.protocol import (
     KEY_BYTES,
     Call,
+    Heartbeat,
     Hello,
     Release,
     Result,
@@ -73,94 +77,12 @@ from ._runtime.protocol import (
     unpack,
 )
 from ._runtime.shm import Arena, Mapper, unlink_owned
+from ._workers import DirectChannel, WorkerHandle
 
 log = logging.getLogger("envrunner.broker")
 
-STDERR_TAIL = 20
 START_FAILURE_LIMIT = 3
 SHUTDOWN_GRACE = 5.0
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """An environment ready to run workers: what the broker needs to start one."""
-
-    name: str
-    python: Path
-    version: tuple[int, int, int]
-    bin_dir: Path | None = None
-    virtual_env: Path | None = None
-    append_paths: tuple[str, ...] = ()
-    environ: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class PendingCall:
-    """A call from submission to its answer; the broker owns it once submitted."""
-
-    call_id: int
-    env: str
-    name: str
-    code: bytes
-    payload: bytes
-    buffers: list[Any]
-    timeout: float | None
-    future: Future[Any]
-    segments: list[str] = field(default_factory=list)
-    blocks: list[list[Any]] = field(default_factory=list)  # the caller's arena blocks it lends
-    keep: bool = False
-    pin: bytes | None = None  # the worker holding the objects its arguments refer to
-    pinned_what: str = ""
-    worker: WorkerHandle | None = None
-    deadline: float | None = None
-
-
-@dataclass(eq=False)
-class RawResult:
-    """A successful call's answer, decoded in the thread that asks for it."""
-
-    payload: bytes
-    buffers: list[Any]
-    worker: bytes = b""
-    pid: int = 0
-    kept: int = 0
-
-
-@dataclass(eq=False)
-class WorkerHandle:
-    """The broker's view of one worker process."""
-
-    identity: bytes
-    env: str
-    process: WorkerProcess
-    state: str = "starting"  # starting | idle | busy | stopping | dead
-    call: PendingCall | None = None
-    started: float = field(default_factory=time.monotonic)
-    idle_since: float = field(default_factory=time.monotonic)
-    calls: int = 0
-    killed_for: str = ""
-    out_open: bool = True
-    err_open: bool = True
-    partial: dict[str, bytes] = field(default_factory=lambda: {"out": b"", "err": b""})
-    tail: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=STDERR_TAIL)
-    )
-    lent: set[tuple[str, int]] = field(default_factory=set)  # caller blocks it holds
-    kept: set[int] = field(default_factory=set)  # ids of objects it keeps for the caller
-    pinned: collections.deque[PendingCall] = field(default_factory=collections.deque)
-    releases: tuple[list[list[Any]], list[int]] = field(default_factory=lambda: ([], []))
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def prefix(self) -> str:
-        """Its shared-memory segments' names start with this."""
-        return f"envrunner-{os.getpid()}-{self.pid}"
-
-    def __repr__(self) -> str:
-        return f"<Worker env={self.env!r} pid={self.pid} {self.state} calls={self.calls}>"
 
 
 @dataclass(eq=False)
@@ -168,8 +90,7 @@ class Pool:
     """The workers and queued calls of one environment."""
 
     env: str
-    max_workers: int
-    idle_timeout: float | None
+    config: PoolConfig
     state: str = "new"  # new | preparing | ready | failed
     prepared: Prepared | None = None
     error: BaseException | None = None
@@ -177,52 +98,60 @@ class Pool:
     workers: list[WorkerHandle] = field(default_factory=list)
     start_failures: int = 0
 
-    def live(self) -> list[WorkerHandle]:
-        return [w for w in self.workers if w.state in ("starting", "idle", "busy")]
-
 
 class Broker:
     """Owns the ROUTER socket, the pools and the workers; runs in its own thread.
 
     Args:
-        pools: Per environment: (most workers at once, idle timeout or None).
+        pools: Per environment, how its workers run.
         prepare: Builds (or finds) an environment; runs in a thread of its own per pool.
+        runtime_root: The sealed runtime copy a prepared environment's workers start from.
+        sys_path: The caller's project folders, for the workers' import path.
         start_timeout: Seconds a new worker has to say hello.
+        heartbeat_timeout: Seconds without a heartbeat after which a worker counts as hung
+            (None: never).
         launcher: Starts worker processes.
+        rundir: The private folder of the sockets.
+        arena, mapper, shm_threshold: The caller's shared memory (see ``_runtime/shm.py``).
     """
 
     def __init__(
         self,
-        pools: Mapping[str, tuple[int, float | None]],
+        pools: Mapping[str, PoolConfig],
         prepare: Callable[[str, threading.Event], Prepared],
         runtime_root: Callable[[Prepared], Path],
         sys_path: list[str],
         *,
-        start_timeout: float = 60.0,
-        launcher: Launcher | None = None,
         rundir: Path,
+        start_timeout: float = 60.0,
+        heartbeat_timeout: float | None = 30.0,
+        launcher: Launcher | None = None,
         arena: Arena | None = None,
         mapper: Mapper | None = None,
         shm_threshold: int = 0,
     ) -> None:
-        self._pools = {
-            name: Pool(name, max(1, workers), idle) for name, (workers, idle) in pools.items()
-        }
+        self._pools = {name: Pool(name, config) for name, config in pools.items()}
         self._prepare = prepare
         self._runtime_root = runtime_root
         self._sys_path = sys_path
         self._start_timeout = start_timeout
+        self._heartbeat_timeout = heartbeat_timeout
         self._launcher = launcher or LocalLauncher()
         self._rundir = rundir
+        self._arena = arena
+        self._mapper = mapper
+        self._shm_threshold = shm_threshold if arena is not None else 0
         self._key = secrets.token_bytes(KEY_BYTES)
         self._signer = Signer(self._key)
         self._verifier = Verifier(self._key)
+        self._lock = threading.RLock()
+        self._done: list[tuple[PendingCall, Any, BaseException | None]] = []
         self._commands: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         self._wake_lock = threading.Lock()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._context = zmq.Context()
+        self._context: zmq.Context[Any] = zmq.Context()
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -237,46 +166,58 @@ class Broker:
         self._stopping = False
         self._stop_deadline: float | None = None
         self._worker_count = 0
-        self._decoder = Decoder(where="the caller")
-        self._arena = arena
-        self._mapper = mapper
-        self._shm_threshold = shm_threshold if arena is not None else 0
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
         self.closed = threading.Event()
 
-    # ------------------------------------------------------------------ caller threads
+    # ------------------------------------------------------------------ any thread
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, call: PendingCall) -> None:
-        """Hand a call over to the broker (any thread)."""
+        """Hand a call over to the broker."""
         self._command("call", call)
 
     def shutdown(self, cancel: bool) -> None:
-        """Ask the broker to finish (any thread); ``closed`` is set once everything is down."""
+        """Ask the broker to finish; ``closed`` is set once everything is down."""
         self._command("shutdown", cancel)
+
+    def kill_all(self) -> None:
+        """Kill every worker now (a second Ctrl-C): the broker reaps them and closes."""
+        with self._lock:
+            self._stopping = True
+            for worker in self._workers.values():
+                self._kill(worker, "shutdown")
+        self._command("shutdown", True)
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def snapshot(self) -> dict[str, int]:
-        """Counts for ``repr``: pools in use and live workers (read without locking)."""
-        workers = list(self._workers.values())
-        return {
-            "pools": sum(1 for p in self._pools.values() if p.state != "new"),
-            "workers": sum(1 for w in workers if w.state in ("starting", "idle", "busy")),
-            "busy": sum(1 for w in workers if w.state == "busy"),
-        }
+        """Counts for ``repr``: pools in use and live workers."""
+        with self._lock:
+            workers = list(self._workers.values())
+            return {
+                "pools": sum(1 for p in self._pools.values() if p.state != "new"),
+                "workers": sum(1 for w in workers if w.live),
+                "busy": sum(1 for w in workers if w.state in ("busy", "direct")),
+            }
 
     def worker_pids(self, env: str | None = None) -> list[int]:
         """Pids of live workers (of one environment, or all)."""
-        return [
-            w.pid
-            for w in list(self._workers.values())
-            if w.state in ("starting", "idle", "busy") and (env is None or w.env == env)
-        ]
+        with self._lock:
+            return [
+                w.pid for w in self._workers.values() if w.live and (env is None or w.env == env)
+            ]
+
+    def release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
+        """The caller is done with blocks of a worker's arena or with objects it keeps.
+
+        Args:
+            target: A segment name (its prefix names the worker) or a worker's identity.
+        """
+        self._command("release", target, blocks, refs)
 
     def _command(self, *command: Any) -> None:
         with self._wake_lock:
@@ -288,6 +229,135 @@ class Broker:
             except BlockingIOError:
                 pass  # the pipe is full of wake-ups already: the broker will drain the deque
 
+    # ------------------------------------------------------------------ the direct path
+
+    def checkout(self, env: str, pin: bytes | None) -> WorkerHandle | None:
+        """An idle worker for the calling thread to run a synchronous call on, or None.
+
+        None when the pool is not ready, has calls queued (they go first), or has no idle
+        worker (or not the one ``pin`` names): the call then goes through the broker.
+        """
+        with self._lock:
+            pool = self._pools[env]
+            if self._stopping or pool.state != "ready" or pool.queue:
+                return None
+            if pin is not None:
+                pinned = self._workers.get(pin)
+                candidates = [pinned] if pinned is not None and not pinned.pinned else []
+            else:
+                candidates = pool.workers
+            for worker in candidates:
+                if worker.state == "idle" and worker.direct is not None:
+                    worker.state = "direct"
+                    worker.in_direct_call = True
+                    return worker
+        return None
+
+    def run_direct(self, worker: WorkerHandle, call: PendingCall) -> RawResult:
+        """Run a call on a checked-out worker, in the calling thread; give the worker back.
+
+        Raises:
+            Whatever the call raised (rebuilt), ``TaskTimeoutError``, ``WorkerCrashed``.
+        """
+        direct = worker.direct
+        assert direct is not None
+        with self._lock:
+            worker.call = call
+            call.worker = worker
+            worker.lent.update((name, offset) for name, offset in call.blocks)
+        call.future.set_running_or_notify_cancel()
+        deadline = None if call.timeout is None else time.monotonic() + call.timeout
+        message = Call(
+            call_id=call.call_id,
+            name=call.name,
+            code=call.code,
+            payload=call.payload,
+            segments=call.segments,
+            keep=call.keep,
+            buffers=call.buffers,
+        )
+        try:
+            direct.socket.send_multipart(pack(message, direct.signer), copy=False)
+            result = self._wait_direct(worker, direct, call, deadline)
+        except KeyboardInterrupt:
+            self._kill_from_outside(worker, "interrupted")
+            self._end_direct(worker)
+            raise
+        if result is None:  # it died or ran out of time: the broker's report says which
+            self._end_direct(worker)
+            value: RawResult = call.future.result()
+            return value
+        return self._give_back(worker, call, result)
+
+    def _end_direct(self, worker: WorkerHandle) -> None:
+        """The calling thread is done with the worker's channel (close it if the worker died)."""
+        with self._lock:
+            worker.in_direct_call = False
+            if worker.state == "dead":
+                self._close_worker(worker)
+
+    def _wait_direct(
+        self, worker: WorkerHandle, direct: DirectChannel, call: PendingCall, deadline: float | None
+    ) -> Result | None:
+        watching_exit = worker.process.pidfd >= 0
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not watching_exit:
+                wait = 0.1 if wait is None else min(wait, 0.1)
+            events = dict(direct.poller.poll(None if wait is None else int(wait * 1000)))
+            if direct.socket in events:
+                frames = direct.socket.recv_multipart(copy=False)
+                message = unpack(b"direct", [f.buffer for f in frames], direct.verifier)
+                if isinstance(message, Result) and message.call_id == call.call_id:
+                    return message
+                continue
+            if events or worker.process.popen.returncode is not None or worker.state == "dead":
+                return None  # the worker exited: the broker reaps it and fails the call
+            if deadline is not None and time.monotonic() >= deadline:
+                self._kill_from_outside(worker, "timeout")
+                return None
+
+    def _give_back(self, worker: WorkerHandle, call: PendingCall, result: Result) -> RawResult:
+        """Book a direct call's answer and return the worker to its pool (calling thread)."""
+        wake = False
+        with self._lock:
+            call.finished = True
+            self._book_result(worker, result)
+            if worker.state == "direct":
+                pool = self._pools[worker.env]
+                worker.call = None
+                if self._recycle(pool, worker):
+                    worker.state = "stopping"
+                    assert worker.direct is not None
+                    worker.direct.socket.send_multipart(
+                        pack(Shutdown(), worker.direct.signer), copy=False
+                    )
+                else:
+                    worker.state = "idle"
+                    worker.idle_since = time.monotonic()
+                wake = bool(pool.queue or worker.pinned or self._stopping)
+            worker.in_direct_call = False
+            if worker.state == "dead":  # it died right after answering
+                self._close_worker(worker)
+        if wake:
+            self._command("pump", worker.env)
+        if worker.pending_output():
+            drained = threading.Event()
+            self._command("drain", worker, drained)
+            drained.wait(5.0)
+        if not result.ok:
+            raise remote_error(call, result.payload)
+        if result.segments and self._mapper is not None:
+            self._mapper.attach(result.segments)
+        return RawResult(
+            result.payload, list(result.buffers), worker.identity, worker.pid, result.kept
+        )
+
+    def _kill_from_outside(self, worker: WorkerHandle, reason: str) -> None:
+        with self._lock:
+            if worker.state != "dead":
+                self._kill(worker, reason)
+
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
@@ -295,37 +365,60 @@ class Broker:
             self._loop()
         except BaseException as exc:
             log.exception("envrunner broker failed")
-            self._fail_everything(EnvrunnerError(f"the envrunner broker failed: {exc!r}"))
+            with self._lock:
+                self._fail_everything(EnvrunnerError(f"the envrunner broker failed: {exc!r}"))
         finally:
             self._close()
+            self._complete()
 
     def _loop(self) -> None:
         while True:
-            now = time.monotonic()
-            timeout = self._next_timeout(now)
+            with self._lock:
+                timeout = self._next_timeout(time.monotonic())
             events = self._poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
-            for target, _ in events:
-                if target is self._router:
-                    self._drain_router()
-                elif target == self._wake_r:
-                    self._drain_commands()
-                else:
-                    self._fd_ready(target)
-            self._check_timers(time.monotonic())
-            if self._stopping and self._finished():
+            with self._lock:
+                for target, _ in events:
+                    if target is self._router:
+                        self._drain_router()
+                    elif target == self._wake_r:
+                        self._drain_commands()
+                    else:
+                        self._fd_ready(target)
+                self._check_timers(time.monotonic())
+                finished = self._stopping and self._finished()
+            self._complete()
+            if finished:
                 return
+
+    def _complete(self) -> None:
+        """Complete futures outside the lock: their callbacks may call into envrunner."""
+        with self._lock:
+            done, self._done = self._done, []
+        for call, value, error in done:
+            future = call.future
+            if future.done():
+                continue
+            if not future.running() and not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
 
     def _next_timeout(self, now: float) -> float | None:
         deadlines: list[float] = []
+        beat = self._heartbeat_timeout
         for worker in self._workers.values():
             if worker.state == "busy" and worker.call and worker.call.deadline is not None:
                 deadlines.append(worker.call.deadline)
             elif worker.state == "starting":
                 deadlines.append(worker.started + self._start_timeout)
             elif worker.state == "idle" and not worker.kept:
-                idle = self._pools[worker.env].idle_timeout
+                idle = self._pools[worker.env].config.idle_timeout
                 if idle is not None:
                     deadlines.append(worker.idle_since + idle)
+            if beat is not None and worker.state in ("idle", "busy", "direct"):
+                deadlines.append(worker.last_beat + beat)
             if worker.state != "dead" and worker.process.pidfd < 0:
                 deadlines.append(now + 0.1)  # no pidfd here: poll for exits
         if self._stop_deadline is not None:
@@ -352,6 +445,12 @@ class Broker:
             kind = command[0]
             if kind == "call":
                 self._enqueue(command[1])
+            elif kind == "pump":
+                self._pump(self._pools[command[1]])
+                self._stop_idle_workers()
+            elif kind == "drain":
+                self._drain_output(command[1])
+                command[2].set()
             elif kind == "prepared":
                 self._on_prepared(command[1], command[2])
             elif kind == "prepare_failed":
@@ -362,21 +461,12 @@ class Broker:
                 self._queue_release(command[1], command[2], command[3])
         self._flush_releases()
 
-    def release(self, segment_or_worker: str | bytes, blocks: list[Any], refs: list[int]) -> None:
-        """The caller is done with blocks of a worker's arena or objects it keeps (any thread).
-
-        Args:
-            segment_or_worker: A segment name (its prefix names the worker) or a worker identity.
-        """
-        self._command("release", segment_or_worker, blocks, refs)
-
     def _queue_release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
         if isinstance(target, bytes):
             worker = self._workers.get(target)
         else:
-            worker = next(
-                (w for w in self._workers.values() if target.startswith(w.prefix + "-")), None
-            )
+            owners = (w for w in self._workers.values() if target.startswith(w.prefix + "-"))
+            worker = next(owners, None)
         if worker is None or worker.state == "dead":
             return  # gone: what it held went with it
         worker.releases[0].extend(blocks)
@@ -387,7 +477,7 @@ class Broker:
     def _flush_releases(self) -> None:
         for worker in self._workers.values():
             blocks, refs = worker.releases
-            if (blocks or refs) and worker.state in ("idle", "busy"):
+            if (blocks or refs) and worker.state in ("idle", "busy", "direct"):
                 self._send(worker, Release(blocks=list(blocks), refs=list(refs)))
                 blocks.clear()
                 refs.clear()
@@ -400,10 +490,9 @@ class Broker:
             return
         if call.pin is not None:
             worker = self._workers.get(call.pin)
-            if worker is None or worker.state not in ("idle", "busy"):
+            if worker is None or not worker.live:
                 self._fail(
-                    call,
-                    ReferenceLostError(call.env, call.pinned_what, "its worker has exited"),
+                    call, ReferenceLostError(call.env, call.pinned_what, "its worker has exited")
                 )
                 return
             worker.pinned.append(call)
@@ -438,7 +527,7 @@ class Broker:
                 call.future.cancel()
                 self._fail(call, CancelledError("the runner shut down first"))
             for worker in list(self._workers.values()):
-                if worker.state == "busy" and worker.call is not None:
+                if worker.state in ("busy", "direct") and worker.call is not None:
                     call, worker.call = worker.call, None
                     self._fail(call, CancelledError("the runner shut down while the call ran"))
                     self._kill(worker, "shutdown")
@@ -452,14 +541,14 @@ class Broker:
         if not self._stopping:
             return
         for worker in list(self._workers.values()):
-            if self._pools[worker.env].queue:
+            if self._pools[worker.env].queue or worker.pinned:
                 continue
             if worker.state == "idle":
                 self._send_shutdown(worker)
             elif worker.state == "starting":
                 self._kill(worker, "shutdown")
         pending = any(p.queue for p in self._pools.values())
-        busy = any(w.state == "busy" for w in self._workers.values())
+        busy = any(w.state in ("busy", "direct") for w in self._workers.values())
         if not pending and not busy and self._stop_deadline is None:
             self._stop_deadline = time.monotonic() + SHUTDOWN_GRACE
 
@@ -470,7 +559,7 @@ class Broker:
         for worker in pool.workers:
             while worker.state == "idle" and (worker.pinned or pool.queue):
                 call = worker.pinned.popleft() if worker.pinned else pool.queue.popleft()
-                if not call.future.set_running_or_notify_cancel():
+                if not call.future.running() and not call.future.set_running_or_notify_cancel():
                     self._free_blocks(call)
                     continue  # cancelled while queued
                 self._dispatch(worker, call)
@@ -487,8 +576,9 @@ class Broker:
             return
         if pool.state != "ready":
             return
-        starting = sum(1 for w in pool.workers if w.state == "starting")
-        wanted = min(len(pool.queue) - starting, pool.max_workers - len(pool.live()))
+        live = [w for w in pool.workers if w.live]
+        starting = sum(1 for w in live if w.state == "starting")
+        wanted = min(len(pool.queue) - starting, pool.config.workers - len(live))
         for _ in range(max(0, wanted)):
             self._start_worker(pool)
 
@@ -505,6 +595,9 @@ class Broker:
         assert prepared is not None
         self._worker_count += 1
         identity = f"w{self._worker_count}".encode()
+        direct = DirectChannel(
+            self._context, f"ipc://{self._rundir / f'd{self._worker_count}'}", self._key
+        )
         request = LaunchRequest(
             env=pool.env,
             python=prepared.python,
@@ -516,15 +609,19 @@ class Broker:
             ),
             runtime_root=self._runtime_root(prepared),
             append_paths=prepared.append_paths,
+            direct_address=direct.address,
         )
         try:
             process = self._launcher.launch(request)
         except OSError as exc:
-            error = WorkerStartError(pool.env, 0, f"cannot run {prepared.python}: {exc}")
+            direct.close()
             pool.start_failures += 1
-            self._after_start_failure(pool, error)
+            self._after_start_failure(
+                pool, WorkerStartError(pool.env, 0, f"cannot run {prepared.python}: {exc}")
+            )
             return
-        worker = WorkerHandle(identity, pool.env, process)
+        worker = WorkerHandle(identity, pool.env, process, direct)
+        direct.watch(process.pidfd)
         pool.workers.append(worker)
         self._workers[identity] = worker
         for fd, kind in ((process.stdout_fd, "out"), (process.stderr_fd, "err")):
@@ -570,6 +667,11 @@ class Broker:
             worker.state = "stopping"
         worker.process.kill()
 
+    def _recycle(self, pool: Pool, worker: WorkerHandle) -> bool:
+        """Whether a worker has served its ``max_calls`` and should make way for a new one."""
+        limit = pool.config.max_calls
+        return limit is not None and worker.calls >= limit and not worker.kept
+
     # ------------------------------------------------------------------ messages
 
     def _drain_router(self) -> None:
@@ -579,7 +681,8 @@ class Broker:
             except zmq.Again:
                 return
             identity = frames[0].bytes
-            worker = self._workers.get(identity)
+            beat = identity.endswith(b".hb")
+            worker = self._workers.get(identity[:-3] if beat else identity)
             if worker is None or worker.state == "dead":
                 log.warning("dropped a message from an unknown peer")
                 continue
@@ -596,8 +699,13 @@ class Broker:
                 continue
             if message is None:
                 log.warning("dropped an invalid message from %r", worker)
-                continue
-            if isinstance(message, Result):
+            elif isinstance(message, Heartbeat):
+                worker.last_beat = time.monotonic()
+            elif beat:
+                log.warning(
+                    "dropped a %s on %r's heartbeat channel", type(message).__name__, worker
+                )
+            elif isinstance(message, Result):
                 self._on_result(worker, message)
             elif isinstance(message, Hello):
                 self._on_hello(worker, message)
@@ -606,10 +714,11 @@ class Broker:
         if worker.state != "starting":
             return
         pool = self._pools[worker.env]
-        assert pool.prepared is not None
         options: dict[str, Any] = {}
         if self._shm_threshold:
             options["shm"] = {"owner": os.getpid(), "threshold": self._shm_threshold}
+        if self._heartbeat_timeout is not None:
+            options["heartbeat"] = min(5.0, max(0.2, self._heartbeat_timeout / 6))
         self._send(
             worker,
             Welcome(
@@ -622,11 +731,21 @@ class Broker:
             ),
         )
         worker.state = "idle"
-        worker.idle_since = time.monotonic()
+        worker.idle_since = worker.last_beat = time.monotonic()
         pool.start_failures = 0
         log.debug("%r said hello: Python %s", worker, ".".join(map(str, hello.python)))
         self._pump(pool)
         self._stop_idle_workers()
+
+    def _book_result(self, worker: WorkerHandle, result: Result) -> None:
+        """What any answer says besides its value: blocks given back, objects kept."""
+        worker.calls += 1
+        for name, offset in result.freed:
+            worker.lent.discard((name, offset))
+            if self._arena is not None:
+                self._arena.free(name, offset)
+        if result.kept:
+            worker.kept.add(result.kept)
 
     def _on_result(self, worker: WorkerHandle, result: Result) -> None:
         call = worker.call
@@ -634,16 +753,14 @@ class Broker:
             log.warning("dropped an unexpected result from %r", worker)
             return
         self._drain_output(worker)
+        self._book_result(worker, result)
         worker.call = None
-        worker.calls += 1
-        worker.state = "idle"
-        worker.idle_since = time.monotonic()
-        for name, offset in result.freed:
-            worker.lent.discard((name, offset))
-            if self._arena is not None:
-                self._arena.free(name, offset)
-        if result.kept:
-            worker.kept.add(result.kept)
+        pool = self._pools[worker.env]
+        if self._recycle(pool, worker):
+            self._send_shutdown(worker)
+        else:
+            worker.state = "idle"
+            worker.idle_since = time.monotonic()
         if result.ok:
             if result.segments and self._mapper is not None:
                 self._mapper.attach(result.segments)  # before the worker can go and unlink them
@@ -652,40 +769,21 @@ class Broker:
             )
             self._settle(call, raw)
         else:
-            self._fail(call, self._remote_error(call, result.payload))
-        pool = self._pools[worker.env]
+            self._fail(call, remote_error(call, result.payload))
         self._pump(pool)
         self._stop_idle_workers()
 
-    def _remote_error(self, call: PendingCall, payload: bytes) -> BaseException:
-        try:
-            type_name, message, text, blob = self._decoder.decode(payload)
-        except Exception as exc:
-            return EnvrunnerError(f"{call.name} failed and its error could not be read: {exc}")
-        error: BaseException | None = None
-        if blob is not None:
-            try:
-                error = Decoder(where="the caller").decode(blob)
-            except Exception:
-                error = None
-            if not isinstance(error, BaseException):
-                error = None
-        if error is None:
-            error = RemoteError(type_name, message, call.env)
-        error.__cause__ = RemoteTraceback(text)
-        return error
-
     def _settle(self, call: PendingCall, value: Any) -> None:
-        if not call.future.done():
-            call.future.set_result(value)
+        if not call.finished:
+            call.finished = True
+            self._done.append((call, value, None))
 
     def _fail(self, call: PendingCall, error: BaseException) -> None:
         if call.worker is None:
             self._free_blocks(call)
-        if call.future.done():
-            return
-        if call.future.running() or call.future.set_running_or_notify_cancel():
-            call.future.set_exception(error)
+        if not call.finished:
+            call.finished = True
+            self._done.append((call, None, error))
 
     def _free_blocks(self, call: PendingCall) -> None:
         """Take back the arena blocks of a call that never reached a worker."""
@@ -703,65 +801,24 @@ class Broker:
         worker, kind = entry
         if kind == "exit":
             self._reap(worker)
-        else:
-            self._read(worker, kind)
-
-    def _read(self, worker: WorkerHandle, kind: str) -> None:
-        fd = worker.process.stdout_fd if kind == "out" else worker.process.stderr_fd
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._close_stream(worker, kind)
-                return
-            self._emit(worker, kind, worker.partial[kind] + data)
-
-    def _emit(self, worker: WorkerHandle, kind: str, data: bytes, final: bool = False) -> None:
-        *lines, rest = data.split(b"\n")
-        if final and rest:
-            lines.append(rest)
-            rest = b""
-        worker.partial[kind] = rest
-        if not lines:
-            return
-        stream = sys.stdout if kind == "out" else sys.stderr
-        prefix = f"[{worker.env}] "
-        text = []
-        for raw in lines:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            if kind == "err":
-                worker.tail.append(line)
-            text.append(prefix + line + "\n")
-        if stream is not None:
-            try:
-                stream.write("".join(text))
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        elif not worker.read(kind):
+            self._close_stream(worker, kind)
 
     def _close_stream(self, worker: WorkerHandle, kind: str) -> None:
-        fd = worker.process.stdout_fd if kind == "out" else worker.process.stderr_fd
-        if kind == "out" and worker.out_open:
+        if kind == "out":
             worker.out_open = False
-        elif kind == "err" and worker.err_open:
-            worker.err_open = False
         else:
-            return
+            worker.err_open = False
+        fd = worker.fd(kind)
         if fd in self._fds:
             del self._fds[fd]
             self._poller.unregister(fd)
-        self._emit(worker, kind, worker.partial[kind], final=True)
 
     def _drain_output(self, worker: WorkerHandle) -> None:
         """Forward what the worker wrote before its result, so output precedes the result."""
-        if worker.out_open:
-            self._read(worker, "out")
-        if worker.err_open:
-            self._read(worker, "err")
+        for kind, open_ in (("out", worker.out_open), ("err", worker.err_open)):
+            if open_ and not worker.read(kind):
+                self._close_stream(worker, kind)
 
     def _reap(self, worker: WorkerHandle) -> None:
         if worker.state == "dead":
@@ -778,24 +835,21 @@ class Broker:
             self._poller.unregister(pidfd)
         previous = worker.state
         worker.state = "dead"
-        worker.process.close()
+        if not worker.in_direct_call:  # else the calling thread closes it when it is done
+            self._close_worker(worker)
         self._verifier.forget(worker.identity)
+        self._verifier.forget(worker.identity + b".hb")
         self._workers.pop(worker.identity, None)
         pool = self._pools[worker.env]
         if worker in pool.workers:
             pool.workers.remove(worker)
         log.debug("%r exited: %s", worker, returncode)
-        self._forget_memory(worker, returncode)
         call, worker.call = worker.call, None
+        if call is not None and not call.finished and self._retry(call, worker, pool):
+            call = None
+        self._forget_memory(worker, returncode)
         if call is not None:
-            if worker.killed_for == "timeout":
-                self._fail(
-                    call, TaskTimeoutError(call.env, call.name, call.timeout or 0, worker.pid)
-                )
-            else:
-                self._fail(
-                    call, WorkerCrashed(worker.env, worker.pid, returncode, worker.tail, call.name)
-                )
+            self._fail(call, self._death_error(worker, call, returncode))
         elif previous == "starting" and not worker.killed_for:
             pool.start_failures += 1
             error = WorkerStartError(
@@ -815,6 +869,48 @@ class Broker:
             )
         self._pump(pool)
         self._stop_idle_workers()
+
+    def _close_worker(self, worker: WorkerHandle) -> None:
+        if worker.direct is not None:
+            worker.direct.close()
+        worker.process.close()
+
+    def _death_error(
+        self, worker: WorkerHandle, call: PendingCall, returncode: int | None
+    ) -> BaseException:
+        if worker.killed_for == "timeout":
+            return TaskTimeoutError(call.env, call.name, call.timeout or 0, worker.pid)
+        if worker.killed_for == "interrupted":
+            return CancelledError("interrupted (Ctrl-C): the worker was stopped")
+        reason = ""
+        if worker.killed_for == "heartbeat":
+            reason = (
+                f"it stopped answering heartbeats for {self._heartbeat_timeout:g}s (stuck in "
+                "native code that holds the GIL, or stopped), so envrunner killed it"
+            )
+        return WorkerCrashed(worker.env, worker.pid, returncode, worker.tail, call.name, reason)
+
+    def _retry(self, call: PendingCall, worker: WorkerHandle, pool: Pool) -> bool:
+        """Run a crashed call again if it asked for retries (never after a timeout)."""
+        if call.retries <= 0 or worker.killed_for in ("timeout", "interrupted", "shutdown"):
+            return False
+        call.retries -= 1
+        call.worker = None
+        call.deadline = None
+        for name, offset in call.blocks:  # its blocks travel again: keep them
+            worker.lent.discard((name, offset))
+        log.warning(
+            "%s: worker for environment %r (pid %d) died; running the call again (%d retries left)",
+            call.name,
+            worker.env,
+            worker.pid,
+            call.retries,
+        )
+        if call.pin is not None:
+            self._fail(call, ReferenceLostError(call.env, call.pinned_what, "its worker died"))
+        else:
+            pool.queue.appendleft(call)
+        return True
 
     def _forget_memory(self, worker: WorkerHandle, returncode: int | None) -> None:
         """A worker is gone: take back what it held, drop what it kept, fail what needed it."""
@@ -845,13 +941,14 @@ class Broker:
                 self._fail(pool.queue.popleft(), pool.error)
 
     def _check_timers(self, now: float) -> None:
+        beat = self._heartbeat_timeout
         for worker in list(self._workers.values()):
-            if (
-                worker.process.pidfd < 0
-                and worker.state != "dead"
-                and worker.process.poll() is not None
-            ):
+            if worker.process.pidfd < 0 and worker.process.poll() is not None:
                 self._reap(worker)
+                continue
+            hung = beat is not None and now >= worker.last_beat + beat
+            if hung and worker.state in ("idle", "busy", "direct"):
+                self._kill(worker, "heartbeat")
                 continue
             if worker.state == "busy" and worker.call is not None:
                 deadline = worker.call.deadline
@@ -871,7 +968,7 @@ class Broker:
                     ),
                 )
             elif worker.state == "idle" and not worker.kept:  # it keeps objects: it stays
-                idle = self._pools[worker.env].idle_timeout
+                idle = self._pools[worker.env].config.idle_timeout
                 if idle is not None and now >= worker.idle_since + idle:
                     self._send_shutdown(worker)
         if self._stop_deadline is not None and now >= self._stop_deadline:
@@ -899,19 +996,26 @@ class Broker:
 
     def _close(self) -> None:
         self._cancel_builds.set()
-        for worker in list(self._workers.values()):
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
             worker.process.kill()
             try:
                 worker.process.popen.wait(timeout=SHUTDOWN_GRACE)
             except Exception:
-                pass
-            worker.process.close()
-        self._workers.clear()
-        self._fail_everything(EnvrunnerError("the runner shut down before this call was handled"))
+                pass  # nothing more can be done for it
+            with self._lock:
+                worker.state = "dead"
+                if not worker.in_direct_call:
+                    self._close_worker(worker)
+                unlink_owned(worker.prefix)
+        with self._lock:
+            self._workers.clear()
+            self._fail_everything(
+                EnvrunnerError("the runner shut down before this call was handled")
+            )
         self._router.close(linger=0)
         self._context.term()
-        import shutil
-
         shutil.rmtree(self._rundir, ignore_errors=True)
         with self._wake_lock:
             os.close(self._wake_r)

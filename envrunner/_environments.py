@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -254,12 +255,22 @@ class _Steps:
     """Runs a build's commands, streaming their output to the log and the progress."""
 
     def __init__(
-        self, env: str, log_path: Path, progress: Progress, cancel: threading.Event | None
+        self,
+        env: str,
+        log_path: Path,
+        progress: Progress,
+        cancel: threading.Event | None,
+        timeout: float | None = None,
+        marker: Path | None = None,
     ) -> None:
         self.env = env
         self.log_path = log_path
         self.progress = progress
-        self.cancel = cancel
+        self.cancel = cancel or threading.Event()
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.marker = marker
+        self.timed_out = False
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
@@ -284,13 +295,13 @@ class _Steps:
                 text=True,
                 errors="replace",
                 bufsize=1,
+                start_new_session=True,  # a group of its own: stopping it stops its children
             )
         except OSError as exc:
             raise BuildError(self.env, step, f"cannot run {argv[0]}: {exc}") from exc
-        watcher = None
-        if self.cancel is not None:
-            watcher = threading.Thread(target=_kill_on, args=(self.cancel, process), daemon=True)
-            watcher.start()
+        if self.marker is not None:  # so that a later build can stop it if we die
+            self.marker.write_text(f"{process.pid}\n")
+        threading.Thread(target=self._watch, args=(process,), daemon=True).start()
         assert process.stdout is not None
         with process.stdout:
             for raw in process.stdout:
@@ -301,17 +312,54 @@ class _Steps:
                     self.progress.output(self.env, line)
         returncode = process.wait()
         self.log.flush()
-        if self.cancel is not None and self.cancel.is_set():
+        if self.timed_out:
+            raise BuildError(
+                self.env,
+                step,
+                f"timed out after {self.timeout:g}s and was stopped",
+                hint="raise build_timeout: in the manifest if the build needs longer",
+            )
+        if self.cancel.is_set():
             raise BuildError(self.env, step, "cancelled (the runner shut down)")
         if returncode != 0:
             raise BuildError(self.env, step, f"{Path(argv[0]).name} exited with {returncode}")
 
+    def _watch(self, process: subprocess.Popen[str]) -> None:
+        """Stop the step's whole process group when the build is cancelled or out of time."""
+        while process.poll() is None:
+            wait = 0.2
+            if self.deadline is not None:
+                wait = max(0.0, min(wait, self.deadline - time.monotonic()))
+            if self.cancel.wait(wait) or (
+                self.deadline is not None and time.monotonic() >= self.deadline
+            ):
+                self.timed_out = not self.cancel.is_set()
+                _kill_group(process.pid)
+                return
 
-def _kill_on(cancel: threading.Event, process: subprocess.Popen[str]) -> None:
-    while process.poll() is None:
-        if cancel.wait(0.2):
-            process.kill()
-            return
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_orphans(marker: Path) -> None:
+    """Stop the installer an interrupted build left running (its group is in ``marker``)."""
+    try:
+        pgid = int(marker.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    _kill_group(pgid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+        time.sleep(0.05)
+    marker.unlink(missing_ok=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -416,12 +464,14 @@ def _build_locked(
 ) -> dict[str, Any]:
     spec = resolved.spec
     path = resolved.path
+    marker = path.with_name(path.name + ".building")
+    _stop_orphans(marker)  # an interrupted build's installer may still be writing in there
     if path.exists():
         shutil.rmtree(path)
     logs = _home.logs_dir()
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{spec.name}-{resolved.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    steps = _Steps(spec.name, log_path, progress, cancel)
+    steps = _Steps(spec.name, log_path, progress, cancel, spec.build_timeout, marker)
     started = time.monotonic()
     uv = resolved.installer == "uv"
     cwd = manifest_path.parent if manifest_path else Path.cwd()
@@ -435,6 +485,7 @@ def _build_locked(
         _write_atomic(path / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
     except BaseException as exc:
         steps.close()
+        marker.unlink(missing_ok=True)
         shutil.rmtree(path, ignore_errors=True)
         progress.done(spec.name, f"build failed (log: {log_path})")  # ends a ticking status line
         if isinstance(exc, BuildError):
@@ -447,6 +498,7 @@ def _build_locked(
             ) from exc
         raise
     steps.close()
+    marker.unlink(missing_ok=True)
     log_path.unlink(missing_ok=True)
     progress.done(
         spec.name,

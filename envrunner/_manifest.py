@@ -94,6 +94,8 @@ class EnvSpec:
         smoke: Smoke checks, in order.
         timeout: Default deadline in seconds for one call, or None.
         idle_timeout: Seconds an idle worker lives before it exits, or None for the runner's.
+        max_calls: Calls a worker serves before it is replaced by a fresh one, or None.
+        build_timeout: Seconds a build step may take before it is stopped, or None.
         location: Where the environment's name was written.
         locations: Where each of its keys was written (for later errors).
     """
@@ -113,6 +115,8 @@ class EnvSpec:
     smoke: tuple[SmokeCheck, ...] = ()
     timeout: float | None = None
     idle_timeout: float | None = None
+    max_calls: int | None = None
+    build_timeout: float | None = None
     locations: Mapping[str, Location] = field(default_factory=_empty_locations)
 
     @property
@@ -221,6 +225,8 @@ ENV_KEYS = (
     "smoke",
     "timeout",
     "idle_timeout",
+    "max_calls",
+    "build_timeout",
 )
 PIP_KEYS = ("index_url", "extra_index_urls", "find_links", "pre")
 SMOKE_KEYS = ("run", "exit_code")
@@ -375,6 +381,13 @@ class _ManifestReader:
             timeout = nodes.number(keys["timeout"], 0, False, "e.g. 'timeout: 600', or null")
         if "idle_timeout" in keys:
             idle_timeout = nodes.number(keys["idle_timeout"], 0, True, "e.g. 'idle_timeout: 300'")
+        max_calls = build_timeout = None
+        if "max_calls" in keys and not keys["max_calls"].is_null:
+            max_calls = nodes.whole(keys["max_calls"], 1, "e.g. 'max_calls: 100', or null")
+        if "build_timeout" in keys:
+            build_timeout = nodes.number(
+                keys["build_timeout"], 0, False, "e.g. 'build_timeout: 1800', or null"
+            )
         return EnvSpec(
             name=name,
             location=Location(self.file, where.line),
@@ -391,6 +404,8 @@ class _ManifestReader:
             smoke=self._smoke(keys["smoke"]) if "smoke" in keys else (),
             timeout=timeout,
             idle_timeout=idle_timeout,
+            max_calls=max_calls,
+            build_timeout=build_timeout,
             locations=MappingProxyType(locations),
         )
 

@@ -64,6 +64,7 @@ class LaunchRequest:
     environ: Mapping[str, str]
     runtime_root: Path
     append_paths: Sequence[str] = ()
+    direct_address: str = ""
 
 
 @dataclass
@@ -140,6 +141,7 @@ class LocalLauncher:
                     "--env",
                     request.env,
                     *(arg for path in request.append_paths for arg in ("--append-path", path)),
+                    *(("--direct", request.direct_address) if request.direct_address else ()),
                 ],
                 cwd=str(request.runtime_root),
                 env=dict(request.environ),

@@ -309,16 +309,19 @@ class WorkerCrashed(EnvrunnerError):  # noqa: N818 - the name users are told to 
         returncode: Optional[int],
         stderr_tail: Sequence[str] = (),
         call: str = "",
+        reason: str = "",
     ) -> None:
         self.env = env
         self.pid = pid
         self.returncode = returncode
         self.stderr_tail: Tuple[str, ...] = tuple(stderr_tail)
         self.call = call
+        self.reason = reason
         what = f" while running {call}" if call else ""
+        cause = reason or describe_exit(returncode)
         super().__init__(
-            f"worker for environment {env!r} (pid {pid}) died{what}: "
-            f"{describe_exit(returncode)}" + _tail_block(self.stderr_tail)
+            f"worker for environment {env!r} (pid {pid}) died{what}: {cause}"
+            + _tail_block(self.stderr_tail)
         )
 
     @property
@@ -334,7 +337,10 @@ class WorkerCrashed(EnvrunnerError):  # noqa: N818 - the name users are told to 
             return str(-self.returncode)
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.env, self.pid, self.returncode, self.stderr_tail, self.call))
+        return (
+            type(self),
+            (self.env, self.pid, self.returncode, self.stderr_tail, self.call, self.reason),
+        )
 
 
 class TaskTimeoutError(EnvrunnerError, TimeoutError):

@@ -47,6 +47,7 @@ from .errors import ProtocolError
 __all__ = [
     "PROTOCOL_VERSION",
     "Call",
+    "Heartbeat",
     "Hello",
     "Message",
     "Release",
@@ -151,8 +152,16 @@ class Release(Message):
     refs: List[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Worker to broker, every few seconds from a thread of its own: still alive."""
+
+    TAG: ClassVar[int] = 7
+    pid: int
+
+
 _TYPES: Dict[int, Type[Message]] = {
-    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown, Release)
+    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown, Release, Heartbeat)
 }
 _FIELDS: Dict[Type[Message], Tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name != "buffers") for cls in _TYPES.values()

@@ -134,9 +134,9 @@ class Arena:
             if self._closed:
                 raise ValueError("the shared-memory arena is closed")
             segment, offset = self._allocate(_align(max(size, 1)))
-            fresh_from = max(offset, segment.warm)
-            segment.warm = max(segment.warm, offset + size)
-        end = offset + size
+            end = offset + size
+            fresh_from = min(max(offset, segment.warm), end)
+            segment.warm = max(segment.warm, end)
         if fresh_from > offset:  # warm pages: a plain memory copy
             segment.mapping[offset:fresh_from] = view[: fresh_from - offset]
         written = fresh_from

@@ -41,6 +41,7 @@ from .protocol import (
     KEY_BYTES,
     PROTOCOL_VERSION,
     Call,
+    Heartbeat,
     Hello,
     Release,
     Result,
@@ -103,13 +104,41 @@ def _versions() -> Dict[str, str]:
     return versions
 
 
-class Worker:
-    """One worker process's state: its socket, signing keys and cache of loaded functions."""
+class Channel:
+    """One socket to the caller, with its own signatures and sequence numbers."""
 
-    def __init__(self, socket: Any, key: bytes, worker_id: str, env: str) -> None:
+    def __init__(self, socket: Any, key: bytes, peer: bytes) -> None:
         self.socket = socket
         self.signer = Signer(key)
         self.verifier = Verifier(key)
+        self.peer = peer
+
+    def send(self, message: Any) -> None:
+        self.socket.send_multipart(pack(message, self.signer), copy=False)
+
+    def receive(self) -> Any:
+        """The next valid message (invalid ones are dropped and counted)."""
+        while True:
+            frames = self.socket.recv_multipart(copy=False)
+            message = unpack(self.peer, [f.buffer for f in frames], self.verifier)
+            if message is not None:
+                return message
+
+
+class Worker:
+    """One worker process's state: its channels, kept objects and loaded functions.
+
+    Calls come on two channels: ``control`` (the broker's ROUTER: calls submitted as futures,
+    and everything else) and ``direct`` (a channel of this worker's own that a calling thread
+    uses for a synchronous call, without going through the broker's thread). An answer goes
+    back on the channel its call came on.
+    """
+
+    def __init__(
+        self, control: Channel, direct: Optional[Channel], worker_id: str, env: str
+    ) -> None:
+        self.control = control
+        self.direct = direct
         self.worker_id = worker_id
         self.env = env
         self.functions: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
@@ -127,21 +156,11 @@ class Worker:
             where=f"environment {env!r}", mapper=self.mapper, objects=self.kept_object
         )
 
-    def send(self, message: Any) -> None:
-        self.socket.send_multipart(pack(message, self.signer), copy=False)
-
-    def receive(self) -> Any:
-        while True:
-            frames = self.socket.recv_multipart(copy=False)
-            message = unpack(b"broker", [f.buffer for f in frames], self.verifier)
-            if message is not None:
-                return message
-
     def hello(self) -> Welcome:
         import pickle
         import platform
 
-        self.send(
+        self.control.send(
             Hello(
                 worker_id=self.worker_id,
                 pid=os.getpid(),
@@ -152,9 +171,9 @@ class Worker:
                 pickle_protocol=pickle.HIGHEST_PROTOCOL,
             )
         )
-        if not self.socket.poll(WELCOME_TIMEOUT_MS):
+        if not self.control.socket.poll(WELCOME_TIMEOUT_MS):
             os._exit(EXIT_NO_WELCOME)
-        welcome = self.receive()
+        welcome = self.control.receive()
         if not isinstance(welcome, Welcome):
             os._exit(EXIT_NO_WELCOME)
         return welcome
@@ -177,15 +196,25 @@ class Worker:
             self.threshold = int(shared["threshold"])
 
     def serve(self) -> int:
+        import zmq
+
+        poller = zmq.Poller()
+        channels = {self.control.socket: self.control}
+        if self.direct is not None:
+            channels[self.direct.socket] = self.direct
+        for socket in channels:
+            poller.register(socket, zmq.POLLIN)
         try:
             while True:
-                message = self.receive()
-                if isinstance(message, Call):
-                    self.send(self.run(message))
-                elif isinstance(message, Release):
-                    self.release(message)
-                elif isinstance(message, Shutdown):
-                    return 0
+                for socket, _ in poller.poll():
+                    channel = channels[socket]
+                    message = channel.receive()
+                    if isinstance(message, Call):
+                        channel.send(self.run(message))
+                    elif isinstance(message, Release):
+                        self.release(message)
+                    elif isinstance(message, Shutdown):
+                        return 0
         finally:
             if self.arena is not None:
                 self.arena.close()
@@ -335,6 +364,7 @@ def _flush() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envrunner.worker")
     parser.add_argument("--connect", required=True)
+    parser.add_argument("--direct", default="")
     parser.add_argument("--id", required=True)
     parser.add_argument("--key-fd", type=int, required=True)
     parser.add_argument("--env", required=True)
@@ -353,13 +383,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import zmq
 
     context = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.IDENTITY, args.id.encode())
-    socket.setsockopt(zmq.LINGER, 1000)
-    socket.connect(args.connect)
-    worker = Worker(socket, key, args.id, args.env)
-    worker.settle(worker.hello())
+    control = context.socket(zmq.DEALER)
+    control.setsockopt(zmq.IDENTITY, args.id.encode())
+    control.setsockopt(zmq.LINGER, 1000)
+    control.connect(args.connect)
+    direct = None
+    if args.direct:
+        direct = context.socket(zmq.PAIR)
+        direct.setsockopt(zmq.LINGER, 1000)
+        direct.connect(args.direct)
+    worker = Worker(
+        Channel(control, key, b"broker"),
+        Channel(direct, key, b"direct") if direct is not None else None,
+        args.id,
+        args.env,
+    )
+    welcome = worker.hello()
+    worker.settle(welcome)
+    interval = float(welcome.options.get("heartbeat") or 0)
+    stop = threading.Event()
+    beating = _heartbeat(context, args.connect, args.id, key, interval, stop) if interval else None
     code = worker.serve()
-    socket.close()
+    stop.set()
+    if beating is not None:
+        beating.join(interval + 1)
+    for socket in (control, direct):
+        if socket is not None:
+            socket.close()
     context.term()
     return code
+
+
+def _heartbeat(
+    context: Any, address: str, worker_id: str, key: bytes, interval: float, stop: threading.Event
+) -> threading.Thread:
+    """Say "alive" every ``interval`` seconds from a thread of its own, with a socket of its own.
+
+    A worker stuck in native code that holds the GIL, or a stopped process, stops saying it,
+    and the broker treats it as hung.
+    """
+    import zmq
+
+    def beat() -> None:
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.IDENTITY, f"{worker_id}.hb".encode())
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(address)
+        channel = Channel(socket, key, b"broker")
+        pid = os.getpid()
+        try:
+            while not stop.is_set():
+                channel.send(Heartbeat(pid=pid))
+                stop.wait(interval)
+        finally:
+            socket.close()
+
+    thread = threading.Thread(target=beat, name="envrunner-heartbeat", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,103 @@
+"""A call's life in the caller: what is submitted, what comes back, and how errors read.
+
+May import: the standard library, ``envrunner._runtime``.
+
+A :class:`PendingCall` is made by the caller's thread (arguments already encoded) and handed to
+the broker, or run by the caller's thread itself on a worker it checked out. Its answer is a
+:class:`RawResult` (decoded later, in the thread that asks for it) or an exception made here:
+a remote error keeps the worker's traceback as ``__cause__`` whether or not its type can be
+rebuilt in the caller.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._runtime.codec import Decoder
+from ._runtime.errors import EnvrunnerError, RemoteError, RemoteTraceback
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._workers import WorkerHandle
+
+__all__ = ["PendingCall", "PoolConfig", "Prepared", "RawResult", "remote_error"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An environment ready to run workers: what the broker needs to start one."""
+
+    name: str
+    python: Path
+    version: tuple[int, int, int]
+    bin_dir: Path | None = None
+    virtual_env: Path | None = None
+    append_paths: tuple[str, ...] = ()
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How one environment's workers are run."""
+
+    workers: int = 1
+    idle_timeout: float | None = None
+    max_calls: int | None = None
+
+
+@dataclass(eq=False)
+class PendingCall:
+    """A call from submission to its answer."""
+
+    call_id: int
+    env: str
+    name: str
+    code: bytes
+    payload: bytes
+    buffers: list[Any]
+    timeout: float | None
+    future: Future[Any]
+    segments: list[str] = field(default_factory=list)
+    blocks: list[list[Any]] = field(default_factory=list)  # the caller's arena blocks it lends
+    keep: bool = False
+    pin: bytes | None = None  # the worker keeping the objects its arguments refer to
+    pinned_what: str = ""
+    retries: int = 0  # runs left after a worker crash
+    worker: WorkerHandle | None = None
+    deadline: float | None = None
+    finished: bool = False
+
+
+@dataclass(eq=False)
+class RawResult:
+    """A successful call's answer, decoded in the thread that asks for it."""
+
+    payload: bytes
+    buffers: list[Any]
+    worker: bytes = b""
+    pid: int = 0
+    kept: int = 0
+
+
+def remote_error(call: PendingCall, payload: bytes) -> BaseException:
+    """The exception a failed call's answer describes, with the remote traceback as its cause."""
+    try:
+        type_name, message, text, blob = Decoder(where="the caller").decode(payload)
+    except Exception as exc:
+        return EnvrunnerError(f"{call.name} failed and its error could not be read: {exc}")
+    error: BaseException | None = None
+    if blob is not None:
+        try:
+            error = Decoder(where="the caller").decode(blob)
+        except Exception:
+            error = None  # its type cannot be imported here: a RemoteError says what it was
+        if not isinstance(error, BaseException):
+            error = None
+    if error is None:
+        error = RemoteError(type_name, message, call.env)
+    error.__cause__ = RemoteTraceback(text)
+    return error
