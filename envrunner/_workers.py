@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STDERR_TAIL", "DirectChannel", "WorkerHandle"]
 
-STDERR_TAIL = 20
+STDERR_TAIL = 30
 
 
 class DirectChannel:

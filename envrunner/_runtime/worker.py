@@ -372,7 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]
 
-    faulthandler.enable(all_threads=True)
+    faulthandler.enable(all_threads=False)  # the crashing thread: the others are ours
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
