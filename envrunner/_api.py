@@ -400,6 +400,9 @@ class Runner:
             otherwise; False: nothing).
         heartbeat_timeout: Seconds without a heartbeat from a worker (a thread of its own sends
             one every few seconds) after which it counts as hung and is killed; None: never.
+        max_message_bytes: The largest message a worker or the broker accepts; a larger one is
+            refused before it is read (arrays above ``shm_threshold`` do not count: they go
+            through shared memory). Default 1 GiB.
         shm_threshold: Buffers (array contents) of at least this many bytes go through shared
             memory instead of socket frames; 0 turns shared memory off. Default:
             ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
@@ -416,6 +419,7 @@ class Runner:
         start_timeout: float = 60.0,
         progress: bool | None = None,
         heartbeat_timeout: float | None = 30.0,
+        max_message_bytes: int = 1 << 30,
         shm_threshold: int | None = None,
     ) -> None:
         from ._manifest import Manifest, find_manifest, load_manifest
@@ -428,6 +432,7 @@ class Runner:
         self.idle_timeout = idle_timeout
         self.start_timeout = start_timeout
         self.heartbeat_timeout = heartbeat_timeout
+        self.max_message_bytes = max_message_bytes
         self._progress_setting = progress
         if shm_threshold is None:
             shm_threshold = int(os.environ.get("ENVRUNNER_SHM_THRESHOLD", DEFAULT_SHM_THRESHOLD))
@@ -585,6 +590,11 @@ class Runner:
     def worker_pids(self, env: str | None = None) -> list[int]:
         """Pids of the live workers (of one environment, or all)."""
         return self._broker.worker_pids(env) if self._broker else []
+
+    @property
+    def rejected_messages(self) -> int:
+        """Messages dropped unread: unsigned, wrongly signed, replayed, malformed."""
+        return self._broker.rejected() if self._broker else 0
 
     @property
     def rundir(self) -> Path | None:
@@ -870,6 +880,7 @@ class Runner:
                     arena=self._arena,
                     mapper=self._mapper,
                     shm_threshold=self.shm_threshold,
+                    max_message=self.max_message_bytes,
                 )
                 broker.start()
                 self._broker = broker
@@ -896,11 +907,31 @@ _RUNDIR_PREFIX = "envrunner-"
 
 
 def _make_rundir() -> Path:
-    """A private (0700) folder for this runner's sockets; stale ones of dead runners go first."""
-    base = Path(tempfile.gettempdir())
+    """A private (0700) folder for this runner's sockets; stale ones of dead runners go first.
+
+    It is made in ``$ENVRUNNER_RUNDIR`` or the temporary folder, which must not let other users
+    replace what is in it: writable by others only with the sticky bit (as /tmp is).
+
+    Raises:
+        EnvrunnerError: The folder is unsafe, or the new one did not come out private.
+    """
+    import stat
+
+    base = Path(os.environ.get("ENVRUNNER_RUNDIR") or tempfile.gettempdir())
+    info = base.stat()
+    open_to_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if open_to_others and not info.st_mode & stat.S_ISVTX:
+        raise EnvrunnerError(
+            f"refusing to put the runner's sockets in {base}: other users can write there "
+            f"(mode {stat.filemode(info.st_mode)}, no sticky bit) and could replace them. Set "
+            "ENVRUNNER_RUNDIR (or TMPDIR) to a folder only you can write, or chmod o-w,g-w it"
+        )
     _remove_stale_rundirs(base)
     path = Path(tempfile.mkdtemp(prefix=f"{_RUNDIR_PREFIX}{os.getpid()}-", dir=base))
     os.chmod(path, 0o700)
+    made = path.stat()
+    if made.st_uid != os.getuid() or made.st_mode & 0o077:
+        raise EnvrunnerError(f"{path} is not private to this user; refusing to use it")
     return path
 
 

@@ -74,6 +74,7 @@ from ._runtime.protocol import (
     Verifier,
     Welcome,
     pack,
+    scope,
     unpack,
 )
 from ._runtime.shm import Arena, Mapper, unlink_owned
@@ -129,6 +130,7 @@ class Broker:
         arena: Arena | None = None,
         mapper: Mapper | None = None,
         shm_threshold: int = 0,
+        max_message: int = -1,
     ) -> None:
         self._pools = {name: Pool(name, config) for name, config in pools.items()}
         self._prepare = prepare
@@ -141,6 +143,7 @@ class Broker:
         self._arena = arena
         self._mapper = mapper
         self._shm_threshold = shm_threshold if arena is not None else 0
+        self._max_message = max_message
         self._key = secrets.token_bytes(KEY_BYTES)
         self._signer = Signer(self._key)
         self._verifier = Verifier(self._key)
@@ -155,6 +158,7 @@ class Broker:
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.MAXMSGSIZE, max_message)
         self.address = f"ipc://{rundir / 'broker'}"
         self._router.bind(self.address)
         self._workers: dict[bytes, WorkerHandle] = {}
@@ -165,6 +169,7 @@ class Broker:
         self._cancel_builds = threading.Event()
         self._stopping = False
         self._stop_deadline: float | None = None
+        self._rejected_by_gone = 0  # counted on the direct channels of workers now gone
         self._worker_count = 0
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
         self.closed = threading.Event()
@@ -210,6 +215,12 @@ class Broker:
             return [
                 w.pid for w in self._workers.values() if w.live and (env is None or w.env == env)
             ]
+
+    def rejected(self) -> int:
+        """Messages dropped unread (bad signature, replay, malformed), on every channel."""
+        with self._lock:
+            direct = sum(w.direct.verifier.rejected for w in self._workers.values() if w.direct)
+            return self._verifier.rejected + direct + self._rejected_by_gone
 
     def release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
         """The caller is done with blocks of a worker's arena or with objects it keeps.
@@ -277,7 +288,8 @@ class Broker:
             buffers=call.buffers,
         )
         try:
-            direct.socket.send_multipart(pack(message, direct.signer), copy=False)
+            frames = pack(message, direct.signer, direct.outgoing)
+            direct.socket.send_multipart(frames, copy=len(frames) == 2)
             result = self._wait_direct(worker, direct, call, deadline)
         except KeyboardInterrupt:
             self._kill_from_outside(worker, "interrupted")
@@ -307,7 +319,7 @@ class Broker:
             events = dict(direct.poller.poll(None if wait is None else int(wait * 1000)))
             if direct.socket in events:
                 frames = direct.socket.recv_multipart(copy=False)
-                message = unpack(b"direct", [f.buffer for f in frames], direct.verifier)
+                message = unpack(direct.incoming, [f.buffer for f in frames], direct.verifier)
                 if isinstance(message, Result) and message.call_id == call.call_id:
                     return message
                 continue
@@ -329,9 +341,8 @@ class Broker:
                 if self._recycle(pool, worker):
                     worker.state = "stopping"
                     assert worker.direct is not None
-                    worker.direct.socket.send_multipart(
-                        pack(Shutdown(), worker.direct.signer), copy=False
-                    )
+                    direct = worker.direct
+                    direct.socket.send_multipart(pack(Shutdown(), direct.signer, direct.outgoing))
                 else:
                     worker.state = "idle"
                     worker.idle_since = time.monotonic()
@@ -596,7 +607,11 @@ class Broker:
         self._worker_count += 1
         identity = f"w{self._worker_count}".encode()
         direct = DirectChannel(
-            self._context, f"ipc://{self._rundir / f'd{self._worker_count}'}", self._key
+            self._context,
+            f"ipc://{self._rundir / f'd{self._worker_count}'}",
+            self._key,
+            identity,
+            self._max_message,
         )
         request = LaunchRequest(
             env=pool.env,
@@ -610,6 +625,7 @@ class Broker:
             runtime_root=self._runtime_root(prepared),
             append_paths=prepared.append_paths,
             direct_address=direct.address,
+            max_message=self._max_message,
         )
         try:
             process = self._launcher.launch(request)
@@ -652,7 +668,8 @@ class Broker:
 
     def _send(self, worker: WorkerHandle, message: Any) -> None:
         try:
-            self._router.send_multipart([worker.identity, *pack(message, self._signer)], copy=False)
+            frames = pack(message, self._signer, scope("to", worker.identity))
+            self._router.send_multipart([worker.identity, *frames], copy=len(frames) == 2)
         except zmq.ZMQError as exc:
             # The worker is gone (EHOSTUNREACH): its exit, seen next, fails its call.
             log.debug("cannot send to %r: %s", worker, exc)
@@ -684,10 +701,13 @@ class Broker:
             beat = identity.endswith(b".hb")
             worker = self._workers.get(identity[:-3] if beat else identity)
             if worker is None or worker.state == "dead":
+                self._verifier.rejected += 1
                 log.warning("dropped a message from an unknown peer")
                 continue
             try:
-                message = unpack(identity, [f.buffer for f in frames[1:]], self._verifier)
+                message = unpack(
+                    scope("from", identity), [f.buffer for f in frames[1:]], self._verifier
+                )
             except ProtocolError as exc:
                 # Another version of the runtime: every new worker would say the same.
                 self._kill(worker, "protocol")
@@ -837,8 +857,8 @@ class Broker:
         worker.state = "dead"
         if not worker.in_direct_call:  # else the calling thread closes it when it is done
             self._close_worker(worker)
-        self._verifier.forget(worker.identity)
-        self._verifier.forget(worker.identity + b".hb")
+        self._verifier.forget(scope("from", worker.identity))
+        self._verifier.forget(scope("from", worker.identity + b".hb"))
         self._workers.pop(worker.identity, None)
         pool = self._pools[worker.env]
         if worker in pool.workers:
@@ -872,6 +892,7 @@ class Broker:
 
     def _close_worker(self, worker: WorkerHandle) -> None:
         if worker.direct is not None:
+            self._rejected_by_gone += worker.direct.verifier.rejected
             worker.direct.close()
         worker.process.close()
 

@@ -29,6 +29,7 @@ import collections
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -56,6 +57,7 @@ __all__ = [
     "find_uv",
     "garbage",
     "read_record",
+    "redact",
     "resolve",
     "state",
 ]
@@ -283,7 +285,7 @@ class _Steps:
 
     def run(self, step: str, argv: Sequence[str], env: dict[str, str], cwd: Path) -> None:
         self.progress.step(self.env, step)
-        self.note(f"{step}: {' '.join(argv)}")
+        self.note(f"{step}: {redact(' '.join(argv))}")
         try:
             process = subprocess.Popen(
                 list(argv),
@@ -360,6 +362,14 @@ def _stop_orphans(marker: Path) -> None:
             break
         time.sleep(0.05)
     marker.unlink(missing_ok=True)
+
+
+_CREDENTIALS = re.compile(r"(://[^/\s:@]+):[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs (``https://user:secret@host`` -> ``https://user:***@host``)."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -477,7 +487,7 @@ def _build_locked(
     cwd = manifest_path.parent if manifest_path else Path.cwd()
     try:
         steps.note(f"environment {spec.name!r}, key {resolved.key}")
-        steps.note(json.dumps(resolved.material, sort_keys=True))
+        steps.note(redact(json.dumps(resolved.material, sort_keys=True)))
         _create(resolved, steps, uv, cwd)
         _install(resolved, steps, uv, cwd)
         packages = _packages(resolved)
@@ -635,7 +645,7 @@ def _record(
             "system_site_packages": spec.system_site_packages,
             "installer": resolved.installer,
         },
-        "material": resolved.material,
+        "material": json.loads(redact(json.dumps(resolved.material))),
         "interpreter": {
             "path": str(resolved.interpreter.path),
             "version": ".".join(map(str, resolved.interpreter.version)),

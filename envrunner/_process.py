@@ -65,6 +65,7 @@ class LaunchRequest:
     runtime_root: Path
     append_paths: Sequence[str] = ()
     direct_address: str = ""
+    max_message: int = -1
 
 
 @dataclass
@@ -142,6 +143,8 @@ class LocalLauncher:
                     request.env,
                     *(arg for path in request.append_paths for arg in ("--append-path", path)),
                     *(("--direct", request.direct_address) if request.direct_address else ()),
+                    "--max-message",
+                    str(request.max_message),
                 ],
                 cwd=str(request.runtime_root),
                 env=dict(request.environ),

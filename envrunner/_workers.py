@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ._runtime.protocol import Signer, Verifier
+from ._runtime.protocol import Signer, Verifier, scope
 
 if TYPE_CHECKING:
     from ._calls import PendingCall
@@ -42,13 +42,23 @@ STDERR_TAIL = 30
 class DirectChannel:
     """A worker's own socket in the caller, for synchronous calls made by calling threads."""
 
-    def __init__(self, context: zmq.Context[Any], address: str, key: bytes) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        address: str,
+        key: bytes,
+        identity: bytes,
+        max_message: int = -1,
+    ) -> None:
         self.address = address
         self.socket = context.socket(zmq.PAIR)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message)
         self.socket.bind(address)
         self.signer = Signer(key)
         self.verifier = Verifier(key)
+        self.outgoing = scope("to", identity, "direct")
+        self.incoming = scope("from", identity, "direct")
         self.poller = zmq.Poller()
         self.poller.register(self.socket, zmq.POLLIN)
 

@@ -364,6 +364,12 @@ class Decoder:
         self._buffers = buffers
         try:
             return self._unpack(body)
+        except DecodeError:
+            raise
+        except Exception as exc:  # a malformed body: say so, whatever msgpack raised
+            raise DecodeError(
+                f"a malformed value arrived in {self.where}: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             self._buffers = ()
 

@@ -25,9 +25,13 @@ Every message is a list of frames (the ROUTER adds the peer's identity in front)
 - ``header`` is msgpack: ``[PROTOCOL_VERSION, tag, sequence, field, field, ...]`` with the fields
   of the message type in declaration order; ``bytes`` fields hold codec bodies.
 - ``buffer`` frames carry large data (array contents) without copying it into the header.
-- ``signature`` is HMAC-SHA256 under the session key over the length-prefixed header and
-  buffers. A receiver checks it before decoding anything, and refuses a sequence number that is
-  not larger than the last one it accepted from that sender (replays).
+- ``signature`` is HMAC-SHA256 under the session key over a *scope* and the length-prefixed
+  header and buffers. The scope names the channel and the direction (``to:w3``, ``from:w3``,
+  ``to:w3/direct``, ``from:w3.hb``...), so a message signed for one worker, channel or direction
+  is refused on any other. A receiver checks the signature before decoding anything, and refuses
+  a sequence number that is not larger than the last one it accepted in that scope (replays).
+- A header larger than ``MAX_HEADER_BYTES`` is refused unread; sockets refuse messages larger
+  than their configured limit before they are received whole.
 
 This module is pure (no sockets, no processes) and part of the sealed worker runtime.
 """
@@ -57,12 +61,14 @@ __all__ = [
     "Verifier",
     "Welcome",
     "pack",
+    "scope",
     "unpack",
 ]
 
 PROTOCOL_VERSION = 1
 KEY_BYTES = 32
 SIGNATURE_BYTES = 32
+MAX_HEADER_BYTES = 64 * 1024 * 1024  # code and small values travel here; arrays do not
 
 
 @dataclass(frozen=True)
@@ -185,8 +191,10 @@ class Signer:
     def next_sequence(self) -> int:
         return next(self._sequence)
 
-    def sign(self, frames: Sequence[Any]) -> bytes:
+    def sign(self, frames: Sequence[Any], scope: bytes = b"") -> bytes:
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        mac.update(len(scope).to_bytes(8, "little"))
+        mac.update(scope)
         for frame in frames:
             mac.update(_nbytes(frame).to_bytes(8, "little"))
             mac.update(frame)
@@ -201,16 +209,20 @@ class Verifier:
         self._last: Dict[bytes, int] = {}
         self.rejected = 0
 
-    def verify(self, sender: bytes, frames: Sequence[Any]) -> Optional[Tuple[int, int, List[Any]]]:
-        """Verify ``[signature, header, *buffers]`` from ``sender``.
+    def verify(self, scope: bytes, frames: Sequence[Any]) -> Optional[Tuple[int, int, List[Any]]]:
+        """Verify ``[signature, header, *buffers]`` received in ``scope``.
 
         Returns:
             ``(tag, sequence, fields)`` of a valid message, or None (counted in ``rejected``).
         """
-        if len(frames) < 2 or _nbytes(frames[0]) != SIGNATURE_BYTES:
+        if (
+            len(frames) < 2
+            or _nbytes(frames[0]) != SIGNATURE_BYTES
+            or _nbytes(frames[1]) > MAX_HEADER_BYTES
+        ):
             self.rejected += 1
             return None
-        expected = self._signer.sign(frames[1:])
+        expected = self._signer.sign(frames[1:], scope)
         if not hmac.compare_digest(expected, bytes(frames[0])):
             self.rejected += 1
             return None
@@ -225,19 +237,19 @@ class Verifier:
                 f"peer speaks envrunner protocol {version}, this side {PROTOCOL_VERSION}: "
                 "upgrade envrunner so that both sides match"
             )
-        if not isinstance(sequence, int) or sequence <= self._last.get(sender, 0):
+        if not isinstance(sequence, int) or sequence <= self._last.get(scope, 0):
             self.rejected += 1
             return None
-        self._last[sender] = sequence
+        self._last[scope] = sequence
         return tag, sequence, header[3:]
 
-    def forget(self, sender: bytes) -> None:
-        """Drop what is remembered about a sender that is gone."""
-        self._last.pop(sender, None)
+    def forget(self, scope: bytes) -> None:
+        """Drop what is remembered about a scope whose sender is gone."""
+        self._last.pop(scope, None)
 
 
-def pack(message: Message, signer: Signer) -> List[Any]:
-    """Turn a message into signed frames ``[signature, header, *buffers]``."""
+def pack(message: Message, signer: Signer, scope: bytes = b"") -> List[Any]:
+    """Turn a message into frames ``[signature, header, *buffers]`` signed for ``scope``."""
     cls = type(message)
     header = msgpack.packb(
         [PROTOCOL_VERSION, cls.TAG, signer.next_sequence()]
@@ -246,16 +258,21 @@ def pack(message: Message, signer: Signer) -> List[Any]:
     )
     buffers = list(getattr(message, "buffers", ()))
     body = [header, *buffers]
-    return [signer.sign(body), *body]
+    return [signer.sign(body, scope), *body]
 
 
-def unpack(sender: bytes, frames: Sequence[Any], verifier: Verifier) -> Optional[Message]:
-    """Verify and decode frames from ``sender``; None for anything invalid (it is counted).
+def scope(direction: str, identity: bytes, channel: str = "") -> bytes:
+    """The scope a message is signed in: ``to:w3``, ``from:w3/direct``..."""
+    return f"{direction}:".encode() + identity + (f"/{channel}".encode() if channel else b"")
+
+
+def unpack(scope: bytes, frames: Sequence[Any], verifier: Verifier) -> Optional[Message]:
+    """Verify and decode frames received in ``scope``; None for anything invalid (counted).
 
     Raises:
         ProtocolError: A validly signed message from a peer that speaks another version.
     """
-    checked = verifier.verify(sender, frames)
+    checked = verifier.verify(scope, frames)
     if checked is None:
         return None
     tag, _sequence, values = checked

@@ -50,6 +50,7 @@ from .protocol import (
     Verifier,
     Welcome,
     pack,
+    scope,
     unpack,
 )
 from .shm import Arena, Mapper
@@ -105,22 +106,29 @@ def _versions() -> Dict[str, str]:
 
 
 class Channel:
-    """One socket to the caller, with its own signatures and sequence numbers."""
+    """One socket to the caller, with its own signatures and sequence numbers.
 
-    def __init__(self, socket: Any, key: bytes, peer: bytes) -> None:
+    Messages are signed in the scope ``from:<id>[/channel]`` and accepted only when signed in
+    ``to:<id>[/channel]``: nothing meant for another worker or channel, or sent the other way,
+    passes.
+    """
+
+    def __init__(self, socket: Any, key: bytes, identity: bytes, channel: str = "") -> None:
         self.socket = socket
         self.signer = Signer(key)
         self.verifier = Verifier(key)
-        self.peer = peer
+        self.outgoing = scope("from", identity, channel)
+        self.incoming = scope("to", identity, channel)
 
     def send(self, message: Any) -> None:
-        self.socket.send_multipart(pack(message, self.signer), copy=False)
+        frames = pack(message, self.signer, self.outgoing)
+        self.socket.send_multipart(frames, copy=len(frames) == 2)
 
     def receive(self) -> Any:
         """The next valid message (invalid ones are dropped and counted)."""
         while True:
             frames = self.socket.recv_multipart(copy=False)
-            message = unpack(self.peer, [f.buffer for f in frames], self.verifier)
+            message = unpack(self.incoming, [f.buffer for f in frames], self.verifier)
             if message is not None:
                 return message
 
@@ -365,6 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envrunner.worker")
     parser.add_argument("--connect", required=True)
     parser.add_argument("--direct", default="")
+    parser.add_argument("--max-message", type=int, default=-1)
     parser.add_argument("--id", required=True)
     parser.add_argument("--key-fd", type=int, required=True)
     parser.add_argument("--env", required=True)
@@ -386,15 +395,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     control = context.socket(zmq.DEALER)
     control.setsockopt(zmq.IDENTITY, args.id.encode())
     control.setsockopt(zmq.LINGER, 1000)
+    control.setsockopt(zmq.MAXMSGSIZE, args.max_message)
     control.connect(args.connect)
     direct = None
     if args.direct:
         direct = context.socket(zmq.PAIR)
         direct.setsockopt(zmq.LINGER, 1000)
+        direct.setsockopt(zmq.MAXMSGSIZE, args.max_message)
         direct.connect(args.direct)
     worker = Worker(
-        Channel(control, key, b"broker"),
-        Channel(direct, key, b"direct") if direct is not None else None,
+        Channel(control, key, args.id.encode()),
+        Channel(direct, key, args.id.encode(), "direct") if direct is not None else None,
         args.id,
         args.env,
     )
@@ -429,7 +440,7 @@ def _heartbeat(
         socket.setsockopt(zmq.IDENTITY, f"{worker_id}.hb".encode())
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(address)
-        channel = Channel(socket, key, b"broker")
+        channel = Channel(socket, key, f"{worker_id}.hb".encode())
         pid = os.getpid()
         try:
             while not stop.is_set():
