@@ -403,6 +403,15 @@ class Runner:
         max_message_bytes: The largest message a worker or the broker accepts; a larger one is
             refused before it is read (arrays above ``shm_threshold`` do not count: they go
             through shared memory). Default 1 GiB.
+        listen: Also accept workers from other machines on this address (``tcp://0.0.0.0:5555``);
+            they are started there with ``envrunner worker``.
+        keys: The keys folder (``envrunner keys DIR``): the session key that signs messages and
+            the CurveZMQ keys that authenticate and encrypt the connection. Needed with
+            ``listen``.
+        insecure: Accept workers over tcp without CurveZMQ (anyone who can reach the port and
+            has the session key gets in, and traffic is readable). Refused unless asked for.
+        remote_envs: Environments whose workers all run on other machines: no local worker is
+            started for them; their calls wait for one to join (up to ``start_timeout``).
         shm_threshold: Buffers (array contents) of at least this many bytes go through shared
             memory instead of socket frames; 0 turns shared memory off. Default:
             ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
@@ -420,6 +429,10 @@ class Runner:
         progress: bool | None = None,
         heartbeat_timeout: float | None = 30.0,
         max_message_bytes: int = 1 << 30,
+        listen: str | None = None,
+        keys: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        remote_envs: Iterable[str] = (),
         shm_threshold: int | None = None,
     ) -> None:
         from ._manifest import Manifest, find_manifest, load_manifest
@@ -434,9 +447,18 @@ class Runner:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_message_bytes = max_message_bytes
         self._progress_setting = progress
+        self.listen = listen
+        self.keys = Path(keys) if keys is not None else None
+        self.insecure = insecure
+        self.remote_envs = frozenset(remote_envs)
+        for name in self.remote_envs:
+            self.manifest[name]  # an unknown name fails here, with a suggestion
+        self._session_key: bytes | None = None
+        if listen is not None:
+            self._session_key = self._check_listen(listen)
         if shm_threshold is None:
             shm_threshold = int(os.environ.get("ENVRUNNER_SHM_THRESHOLD", DEFAULT_SHM_THRESHOLD))
-        self.shm_threshold = shm_threshold if shm.available() else 0
+        self.shm_threshold = shm_threshold if shm.available() and listen is None else 0
         self._arena = (
             shm.Arena(f"envrunner-{os.getpid()}-{os.getpid()}.{next(_arena_numbers)}")
             if self.shm_threshold
@@ -451,6 +473,8 @@ class Runner:
         self._runtime: Path | None = None
         self._rundir: Path | None = None
         _runners.add(self)
+        if listen is not None:
+            self._ensure_broker()  # workers on other machines may connect before any call
 
     # ------------------------------------------------------------------ public
 
@@ -544,6 +568,38 @@ class Runner:
             if self._arena is not None:
                 self._arena.close()
             self._mapper.close()
+
+    def _check_listen(self, listen: str) -> bytes:
+        """Refuse an unsafe way to accept remote workers; return the session key."""
+        import warnings
+
+        from ._keys import read_session_key
+
+        if self.keys is None:
+            raise EnvrunnerError(
+                f"Runner(listen={listen!r}) needs keys=DIR: create them with envrunner keys DIR "
+                "--client NAME, and copy broker.key, session.key and NAME.key_secret to the "
+                "worker's machine"
+            )
+        if not (self.keys / "broker.key_secret").exists() and not self.insecure:
+            raise EnvrunnerError(
+                f"refusing to listen on {listen} without CurveZMQ keys: {self.keys} has no "
+                "broker.key_secret (run envrunner keys on it), or pass insecure=True to accept "
+                "unencrypted, unauthenticated connections"
+            )
+        if self.insecure:
+            warnings.warn(
+                f"envrunner listens on {listen} without CurveZMQ: traffic is readable and anyone "
+                "holding the session key can connect",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return read_session_key(self.keys / "session.key")
+
+    @property
+    def remote_address(self) -> str:
+        """Where workers on other machines connect ('' when not listening or not started)."""
+        return self._broker.remote_address if self._broker else ""
 
     def _interrupt(self) -> None:
         """Ctrl-C while waiting on a call: cancel what is queued, stop what runs, shut down."""
@@ -863,6 +919,7 @@ class Runner:
                             else self.idle_timeout
                         ),
                         max_calls=spec.max_calls,
+                        local=spec.name not in self.remote_envs,
                     )
                     for spec in self.manifest
                 }
@@ -881,6 +938,9 @@ class Runner:
                     mapper=self._mapper,
                     shm_threshold=self.shm_threshold,
                     max_message=self.max_message_bytes,
+                    key=self._session_key,
+                    listen=self.listen,
+                    keys=None if self.insecure else self.keys,
                 )
                 broker.start()
                 self._broker = broker

@@ -98,6 +98,7 @@ class Pool:
     queue: collections.deque[PendingCall] = field(default_factory=collections.deque)
     workers: list[WorkerHandle] = field(default_factory=list)
     start_failures: int = 0
+    waiting_since: float | None = None  # calls wait for a remote worker since then
 
 
 class Broker:
@@ -131,6 +132,9 @@ class Broker:
         mapper: Mapper | None = None,
         shm_threshold: int = 0,
         max_message: int = -1,
+        key: bytes | None = None,
+        listen: str | None = None,
+        keys: Path | None = None,
     ) -> None:
         self._pools = {name: Pool(name, config) for name, config in pools.items()}
         self._prepare = prepare
@@ -144,7 +148,7 @@ class Broker:
         self._mapper = mapper
         self._shm_threshold = shm_threshold if arena is not None else 0
         self._max_message = max_message
-        self._key = secrets.token_bytes(KEY_BYTES)
+        self._key = key or secrets.token_bytes(KEY_BYTES)
         self._signer = Signer(self._key)
         self._verifier = Verifier(self._key)
         self._lock = threading.RLock()
@@ -166,6 +170,11 @@ class Broker:
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
+        self._remote: zmq.Socket[Any] | None = None
+        self._auth: Any = None
+        self.remote_address = ""
+        if listen is not None:
+            self._listen(listen, keys)
         self._cancel_builds = threading.Event()
         self._stopping = False
         self._stop_deadline: float | None = None
@@ -173,6 +182,29 @@ class Broker:
         self._worker_count = 0
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
         self.closed = threading.Event()
+
+    def _listen(self, address: str, keys: Path | None) -> None:
+        """Bind a second ROUTER for workers on other machines (CurveZMQ unless ``keys`` is None)."""
+        router = self._context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.MAXMSGSIZE, self._max_message)
+        if keys is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            from ._keys import server_keys
+
+            public, secret = server_keys(keys)
+            self._auth = ThreadAuthenticator(self._context)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=str(keys / "clients"))
+            router.curve_secretkey = secret
+            router.curve_publickey = public
+            router.curve_server = True
+        router.bind(address)
+        self.remote_address = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._remote = router
+        self._poller.register(router, zmq.POLLIN)
 
     # ------------------------------------------------------------------ any thread
 
@@ -323,7 +355,7 @@ class Broker:
                 if isinstance(message, Result) and message.call_id == call.call_id:
                     return message
                 continue
-            if events or worker.process.popen.returncode is not None or worker.state == "dead":
+            if events or worker.process.poll() is not None or worker.state == "dead":
                 return None  # the worker exited: the broker reaps it and fails the call
             if deadline is not None and time.monotonic() >= deadline:
                 self._kill_from_outside(worker, "timeout")
@@ -390,7 +422,9 @@ class Broker:
             with self._lock:
                 for target, _ in events:
                     if target is self._router:
-                        self._drain_router()
+                        self._drain_router(self._router)
+                    elif self._remote is not None and target is self._remote:
+                        self._drain_router(self._remote)
                     elif target == self._wake_r:
                         self._drain_commands()
                     else:
@@ -431,7 +465,10 @@ class Broker:
             if beat is not None and worker.state in ("idle", "busy", "direct"):
                 deadlines.append(worker.last_beat + beat)
             if worker.state != "dead" and worker.process.pidfd < 0:
-                deadlines.append(now + 0.1)  # no pidfd here: poll for exits
+                deadlines.append(now + (1.0 if worker.remote else 0.1))  # no pidfd: poll
+        for pool in self._pools.values():
+            if pool.queue and pool.waiting_since is not None:
+                deadlines.append(pool.waiting_since + self._start_timeout)
         if self._stop_deadline is not None:
             deadlines.append(self._stop_deadline)
         if not deadlines:
@@ -576,6 +613,11 @@ class Broker:
                 self._dispatch(worker, call)
         if not pool.queue:
             return
+        if not pool.config.local:
+            pool.state = "ready" if pool.state == "new" else pool.state
+            if pool.waiting_since is None:
+                pool.waiting_since = time.monotonic()
+            return  # its workers are on other machines: the calls wait for one to connect
         if pool.state == "new":
             pool.state = "preparing"
             threading.Thread(
@@ -587,7 +629,7 @@ class Broker:
             return
         if pool.state != "ready":
             return
-        live = [w for w in pool.workers if w.live]
+        live = [w for w in pool.workers if w.live and not w.remote]
         starting = sum(1 for w in live if w.state == "starting")
         wanted = min(len(pool.queue) - starting, pool.config.workers - len(live))
         for _ in range(max(0, wanted)):
@@ -667,9 +709,10 @@ class Broker:
         self._send(worker, message)
 
     def _send(self, worker: WorkerHandle, message: Any) -> None:
+        router = self._remote if worker.remote and self._remote is not None else self._router
         try:
             frames = pack(message, self._signer, scope("to", worker.identity))
-            self._router.send_multipart([worker.identity, *frames], copy=len(frames) == 2)
+            router.send_multipart([worker.identity, *frames], copy=len(frames) == 2)
         except zmq.ZMQError as exc:
             # The worker is gone (EHOSTUNREACH): its exit, seen next, fails its call.
             log.debug("cannot send to %r: %s", worker, exc)
@@ -677,11 +720,15 @@ class Broker:
     def _send_shutdown(self, worker: WorkerHandle) -> None:
         worker.state = "stopping"
         self._send(worker, Shutdown())
+        if worker.remote:
+            worker.process.kill()  # it will not tell us it left: count it gone now
 
     def _kill(self, worker: WorkerHandle, reason: str) -> None:
         worker.killed_for = worker.killed_for or reason
         if worker.state != "dead":
             worker.state = "stopping"
+        if worker.remote:
+            self._send(worker, Shutdown())  # no signal crosses machines: ask it to go
         worker.process.kill()
 
     def _recycle(self, pool: Pool, worker: WorkerHandle) -> bool:
@@ -691,16 +738,20 @@ class Broker:
 
     # ------------------------------------------------------------------ messages
 
-    def _drain_router(self) -> None:
+    def _drain_router(self, router: zmq.Socket[Any]) -> None:
+        remote = router is self._remote
         while True:
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             identity = frames[0].bytes
             beat = identity.endswith(b".hb")
             worker = self._workers.get(identity[:-3] if beat else identity)
-            if worker is None or worker.state == "dead":
+            if worker is None and remote and not beat:
+                worker = self._admit_remote(identity, frames[1:])
+                continue
+            if worker is None or worker.state == "dead" or worker.remote != remote:
                 self._verifier.rejected += 1
                 log.warning("dropped a message from an unknown peer")
                 continue
@@ -730,12 +781,39 @@ class Broker:
             elif isinstance(message, Hello):
                 self._on_hello(worker, message)
 
+    def _admit_remote(self, identity: bytes, frames: list[Any]) -> WorkerHandle | None:
+        """A worker on another machine says hello: make it one of its environment's workers."""
+        from ._process import RemoteProcess
+
+        try:
+            hello = unpack(scope("from", identity), [f.buffer for f in frames], self._verifier)
+        except ProtocolError as exc:
+            log.warning("refused a remote worker %r: %s", identity, exc)
+            return None
+        if not isinstance(hello, Hello) or not identity.startswith(b"r-"):
+            log.warning("dropped a message from an unknown remote peer %r", identity)
+            return None
+        pool = self._pools.get(hello.env)
+        if pool is None or self._stopping:
+            log.warning("refused a remote worker for unknown environment %r", hello.env)
+            return None
+        worker = WorkerHandle(identity, hello.env, RemoteProcess(hello.pid, hello.platform))
+        worker.remote = True
+        worker.out_open = worker.err_open = False  # its output stays on its machine
+        self._workers[identity] = worker
+        pool.workers.append(worker)
+        if pool.state == "new":
+            pool.state = "ready" if not pool.config.local else pool.state
+        log.info("remote worker %s joined environment %r", identity.decode(), hello.env)
+        self._on_hello(worker, hello)
+        return worker
+
     def _on_hello(self, worker: WorkerHandle, hello: Hello) -> None:
         if worker.state != "starting":
             return
         pool = self._pools[worker.env]
         options: dict[str, Any] = {}
-        if self._shm_threshold:
+        if self._shm_threshold and not worker.remote:
             options["shm"] = {"owner": os.getpid(), "threshold": self._shm_threshold}
         if self._heartbeat_timeout is not None:
             options["heartbeat"] = min(5.0, max(0.2, self._heartbeat_timeout / 6))
@@ -992,6 +1070,24 @@ class Broker:
                 idle = self._pools[worker.env].config.idle_timeout
                 if idle is not None and now >= worker.idle_since + idle:
                     self._send_shutdown(worker)
+        for pool in self._pools.values():
+            waiting = pool.waiting_since
+            if pool.queue and waiting is not None and now >= waiting + self._start_timeout:
+                if any(w.live for w in pool.workers):
+                    pool.waiting_since = None
+                    continue
+                error = WorkerStartError(
+                    pool.env,
+                    0,
+                    f"no worker on another machine joined within {self._start_timeout:g}s; start "
+                    f"one there with: envrunner worker {pool.env} --connect "
+                    f"{self.remote_address or 'tcp://HOST:PORT'} --keys DIR --client NAME",
+                )
+                pool.waiting_since = None
+                while pool.queue:
+                    self._fail(pool.queue.popleft(), error)
+            elif not pool.queue:
+                pool.waiting_since = None
         if self._stop_deadline is not None and now >= self._stop_deadline:
             for worker in list(self._workers.values()):
                 if worker.state != "dead":
@@ -1020,11 +1116,10 @@ class Broker:
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
+            if worker.remote:
+                self._send(worker, Shutdown())
             worker.process.kill()
-            try:
-                worker.process.popen.wait(timeout=SHUTDOWN_GRACE)
-            except Exception:
-                pass  # nothing more can be done for it
+            worker.process.wait(SHUTDOWN_GRACE)
             with self._lock:
                 worker.state = "dead"
                 if not worker.in_direct_call:
@@ -1036,6 +1131,10 @@ class Broker:
                 EnvrunnerError("the runner shut down before this call was handled")
             )
         self._router.close(linger=0)
+        if self._remote is not None:
+            self._remote.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._context.term()
         shutil.rmtree(self._rundir, ignore_errors=True)
         with self._wake_lock:

@@ -47,6 +47,7 @@ class PoolConfig:
     workers: int = 1
     idle_timeout: float | None = None
     max_calls: int | None = None
+    local: bool = True  # False: its workers all run on other machines
 
 
 @dataclass(eq=False)

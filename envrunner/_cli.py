@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--delete", action="store_true", help="really remove them")
     gc.set_defaults(handler=_gc)
+
+    from ._cli_remote import add_verbs
+
+    add_verbs(verbs, common)
     return parser
 
 

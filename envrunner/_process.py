@@ -34,6 +34,7 @@ __all__ = [
     "LaunchRequest",
     "Launcher",
     "LocalLauncher",
+    "RemoteProcess",
     "WorkerProcess",
     "caller_project_paths",
     "compile_runtime",
@@ -102,6 +103,13 @@ class WorkerProcess:
             except ProcessLookupError:
                 pass
 
+    def wait(self, timeout: float) -> int | None:
+        """Wait for the exit, at most ``timeout`` seconds; its status, or None if still running."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def close(self) -> None:
         """Close the caller's ends of every pipe (the key pipe's close tells the worker to go)."""
         if self.closed:
@@ -113,6 +121,38 @@ class WorkerProcess:
                     os.close(fd)
                 except OSError:
                     pass
+
+
+class RemoteProcess:
+    """A worker on another machine: no process here, only what it says about itself.
+
+    It counts as exited once it is told to go or killed for missing heartbeats (there is no
+    signal to send across machines: a SHUTDOWN goes instead).
+    """
+
+    stdout_fd = stderr_fd = pidfd = key_fd = -1
+
+    def __init__(self, pid: int, host: str) -> None:
+        self.pid = pid
+        self.host = host
+        self.returncode: int | None = None
+        self.closed = False
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            self.returncode = -9
+
+    def terminate(self) -> None:
+        self.kill()
+
+    def wait(self, timeout: float) -> int | None:
+        return self.returncode
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class Launcher(Protocol):

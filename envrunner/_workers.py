@@ -32,7 +32,7 @@ from ._runtime.protocol import Signer, Verifier, scope
 
 if TYPE_CHECKING:
     from ._calls import PendingCall
-    from ._process import WorkerProcess
+    from ._process import RemoteProcess, WorkerProcess
 
 __all__ = ["STDERR_TAIL", "DirectChannel", "WorkerHandle"]
 
@@ -81,8 +81,9 @@ class WorkerHandle:
 
     identity: bytes
     env: str
-    process: WorkerProcess
+    process: WorkerProcess | RemoteProcess
     direct: DirectChannel | None = None
+    remote: bool = False  # on another machine, connected over tcp
     state: str = "starting"
     call: PendingCall | None = None
     started: float = field(default_factory=time.monotonic)

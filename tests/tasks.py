@@ -34,6 +34,10 @@ def identify() -> dict[str, Any]:
     }
 
 
+def whoami() -> dict[str, Any]:
+    return {"env": envrunner.current_environment(), "pid": os.getpid()}
+
+
 def prefix() -> str:
     return sys.prefix
 

@@ -84,6 +84,7 @@ class Hello(Message):
 
     TAG: ClassVar[int] = 1
     worker_id: str
+    env: str
     pid: int
     python: Tuple[int, int, int]
     implementation: str

@@ -31,7 +31,7 @@ import sys
 import threading
 import traceback
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, shm
 from .code import load_function
@@ -69,6 +69,52 @@ def _read_key(fd: int) -> bytes:
             os._exit(EXIT_PARENT_GONE)
         key += chunk
     return key
+
+
+def _read_key_file(path: str) -> bytes:
+    """The session key from a file only its owner can read (a worker on another machine)."""
+    info = os.stat(path)
+    if info.st_mode & 0o077:
+        print(f"envrunner worker: {path} is readable by others; chmod 600 it", file=sys.stderr)
+        raise SystemExit(2)
+    with open(path) as stream:
+        return bytes.fromhex(stream.read().strip())
+
+
+def _curve(socket: Any, server_key: str, client_key: str) -> None:
+    """Make ``socket`` a CurveZMQ client of the broker whose public key is in ``server_key``."""
+    import zmq.auth
+
+    server_public, _ = zmq.auth.load_certificate(server_key)
+    public, secret = zmq.auth.load_certificate(client_key)
+    socket.curve_serverkey = server_public
+    socket.curve_publickey = public
+    socket.curve_secretkey = secret
+
+
+def _watch_connection(socket: Any, leaving: threading.Event) -> threading.Thread:
+    """A worker on another machine exits when it loses its broker (no parent pipe to watch)."""
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED)
+
+    def watch() -> None:
+        try:
+            while True:
+                event = recv_monitor_message(monitor)["event"]
+                if event == zmq.EVENT_MONITOR_STOPPED or leaving.is_set():
+                    return
+                if event == zmq.EVENT_DISCONNECTED:
+                    os._exit(EXIT_PARENT_GONE)
+        except zmq.ZMQError:
+            return
+        finally:
+            monitor.close(linger=0)
+
+    thread = threading.Thread(target=watch, name="envrunner-connection-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _watch_parent(fd: int) -> None:
@@ -171,6 +217,7 @@ class Worker:
         self.control.send(
             Hello(
                 worker_id=self.worker_id,
+                env=self.env,
                 pid=os.getpid(),
                 python=tuple(sys.version_info[:3]),  # type: ignore[arg-type]
                 implementation=sys.implementation.name,
@@ -375,7 +422,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--direct", default="")
     parser.add_argument("--max-message", type=int, default=-1)
     parser.add_argument("--id", required=True)
-    parser.add_argument("--key-fd", type=int, required=True)
+    parser.add_argument("--key-fd", type=int, default=-1)
+    parser.add_argument("--key-file", default="")
+    parser.add_argument("--curve-server-key", default="")
+    parser.add_argument("--curve-client-key", default="")
     parser.add_argument("--env", required=True)
     parser.add_argument("--append-path", action="append", default=[])  # applied by the entry
     args = parser.parse_args(argv)
@@ -386,8 +436,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
-    key = _read_key(args.key_fd)
-    _watch_parent(args.key_fd)
+    remote = args.key_fd < 0
+    if remote:
+        key = _read_key_file(args.key_file)
+    else:
+        key = _read_key(args.key_fd)
+        _watch_parent(args.key_fd)
 
     import zmq
 
@@ -396,6 +450,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     control.setsockopt(zmq.IDENTITY, args.id.encode())
     control.setsockopt(zmq.LINGER, 1000)
     control.setsockopt(zmq.MAXMSGSIZE, args.max_message)
+    curve = (args.curve_server_key, args.curve_client_key)
+    if args.curve_server_key:
+        _curve(control, *curve)
+    leaving = threading.Event()
+    watching = None
+    if remote:
+        control.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        control.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        watching = _watch_connection(control, leaving)
     control.connect(args.connect)
     direct = None
     if args.direct:
@@ -413,8 +476,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     worker.settle(welcome)
     interval = float(welcome.options.get("heartbeat") or 0)
     stop = threading.Event()
-    beating = _heartbeat(context, args.connect, args.id, key, interval, stop) if interval else None
+    beating = None
+    if interval:
+        beating = _heartbeat(context, args.connect, args.id, key, interval, stop, curve)
     code = worker.serve()
+    leaving.set()
+    if watching is not None:
+        control.disable_monitor()
+        watching.join(5)
     stop.set()
     if beating is not None:
         beating.join(interval + 1)
@@ -426,7 +495,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _heartbeat(
-    context: Any, address: str, worker_id: str, key: bytes, interval: float, stop: threading.Event
+    context: Any,
+    address: str,
+    worker_id: str,
+    key: bytes,
+    interval: float,
+    stop: threading.Event,
+    curve: Tuple[str, str] = ("", ""),
 ) -> threading.Thread:
     """Say "alive" every ``interval`` seconds from a thread of its own, with a socket of its own.
 
@@ -439,6 +514,8 @@ def _heartbeat(
         socket = context.socket(zmq.DEALER)
         socket.setsockopt(zmq.IDENTITY, f"{worker_id}.hb".encode())
         socket.setsockopt(zmq.LINGER, 0)
+        if curve[0]:
+            _curve(socket, *curve)
         socket.connect(address)
         channel = Channel(socket, key, f"{worker_id}.hb".encode())
         pid = os.getpid()

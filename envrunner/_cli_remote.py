@@ -1,0 +1,113 @@
+"""``envrunner keys`` and ``envrunner worker``: workers on other machines.
+
+May import: the standard library and the caller-side ``envrunner`` modules.
+
+On the caller's machine::
+
+    envrunner keys keys/ --client gpu1         # broker pair, session key, a pair for gpu1
+    # copy keys/broker.key, keys/session.key and keys/gpu1.key_secret to gpu1 (privately)
+
+    runner = envrunner.Runner(listen="tcp://0.0.0.0:5555", keys="keys/", remote_envs=["gpu"])
+
+On the worker's machine (with the same manifest)::
+
+    envrunner worker gpu --connect tcp://caller:5555 --keys keys/ --client gpu1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
+    keys = verbs.add_parser(
+        "keys",
+        help="create the keys for workers on other machines (CurveZMQ and the session key)",
+    )
+    keys.add_argument("folder", metavar="DIR", type=Path)
+    keys.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also create a key pair for a worker machine (repeatable)",
+    )
+    keys.set_defaults(handler=_keys)
+
+    worker = verbs.add_parser(
+        "worker",
+        parents=[common],
+        help="run a worker of an environment here, for a caller on another machine",
+    )
+    worker.add_argument("name", metavar="NAME")
+    worker.add_argument("--connect", required=True, metavar="ADDRESS", help="tcp://HOST:PORT")
+    worker.add_argument("--keys", required=True, type=Path, metavar="DIR")
+    worker.add_argument("--client", metavar="NAME", help="this machine's key pair in DIR")
+    worker.add_argument(
+        "--insecure", action="store_true", help="connect without CurveZMQ (the caller must agree)"
+    )
+    worker.set_defaults(handler=_worker)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from ._keys import create_keys
+
+    created = create_keys(args.folder, args.client)
+    for path in created:
+        print(f"created {path}")
+    if not created:
+        print(f"{args.folder} already holds every key asked for")
+    print(
+        f"Copy {args.folder / 'broker.key'} and {args.folder / 'session.key'} (privately) to each "
+        "worker machine, with that machine's NAME.key_secret."
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ._cli import _manifest
+    from ._environments import build, overlay, resolve
+    from ._keys import check_private
+    from ._process import compile_runtime, runtime_root, worker_environ
+    from ._progress import auto_progress
+    from ._runtime.errors import EnvrunnerError
+
+    args.keys = args.keys.absolute()  # the worker starts in another folder
+    session = args.keys / "session.key"
+    check_private(session)
+    curve: list[str] = []
+    if not args.insecure:
+        if not args.client:
+            raise EnvrunnerError("envrunner worker needs --client NAME (or --insecure)")
+        secret = args.keys / f"{args.client}.key_secret"
+        check_private(secret)
+        curve = ["--curve-server-key", str(args.keys / "broker.key")]
+        curve += ["--curve-client-key", str(secret)]
+    manifest = _manifest(args)
+    spec = manifest[args.name]
+    resolved = resolve(spec)
+    append: list[str] = []
+    if resolved.key is None:
+        append = ["--append-path", str(overlay(resolved.interpreter))]
+    else:
+        build(resolved, progress=auto_progress(), manifest_path=manifest.path)
+    root = runtime_root()
+    compile_runtime(root, resolved.python, resolved.interpreter.cache_tag)
+    identity = f"r-{args.client or 'insecure'}-{socket.gethostname()}-{os.getpid()}"
+    argv = [str(resolved.python), "-m", "envrunner.worker", "--connect", args.connect]
+    argv += ["--id", identity, "--env", spec.name, "--key-file", str(session.absolute())]
+    argv += [*curve, *append]
+    virtual_env = resolved.path if resolved.key else None
+    environ = worker_environ(os.environ, resolved.bin_dir, virtual_env, spec.env)
+    print(
+        f"envrunner: {spec.name}: worker {identity} connecting to {args.connect}", file=sys.stderr
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(root)
+    os.execve(argv[0], argv, environ)
