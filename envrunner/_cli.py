@@ -130,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     from ._cli_remote import add_verbs
 
     add_verbs(verbs, common)
+
+    schema = verbs.add_parser(
+        "schema", help="print the manifest's JSON Schema (for editors: see docs/manifest.md)"
+    )
+    schema.set_defaults(handler=_schema)
     return parser
 
 
@@ -400,4 +405,11 @@ def _gc(args: argparse.Namespace) -> int:
             "remove them (name every manifest whose environments to keep with --manifest "
             "and --also)."
         )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from ._schema import manifest_schema
+
+    print(json.dumps(manifest_schema(), indent=2))
     return 0

@@ -21,11 +21,14 @@ code  payload
 16    pathlib path: [class name, text]
 20    numpy array: [dtype, shape, order, buffer]
 21    numpy scalar: [dtype, raw bytes]
-30    pickle: [type name, pickle bytes, [buffer, ...]]
+30    pickle: [type name, pickle bytes, [buffer, ...], plain value or None]
 31    cloudpickle (same Python minor version only): as 30
 40    a reference the caller passes back to the worker that holds the object: [id]
 41    a reference to an object kept in the worker: [id, type name, repr]
 ====  ==============================================================
+
+An instance of a subclass of a built-in type (``torch.__version__`` is a ``str`` subclass) also
+carries its *plain value* (``str(obj)``): a receiver that cannot import the subclass gets that.
 
 A *buffer* is the index of a frame sent after the body, or, for a large buffer sent through
 shared memory, ``[segment, offset, size]`` (see ``shm.py``).
@@ -267,7 +270,15 @@ class Encoder:
                 f"a {type_name(obj)} cannot be sent: {type(exc).__name__}: {exc}",
                 what=type_name(obj),
             ) from exc
-        return msgpack.ExtType(code, self._pack([type_name(obj), data, refs]))
+        plain = None
+        base = next((b for b in _PLAIN_BASES if isinstance(obj, b)), None)
+        if base is not None:
+            plain = self._pack(base(obj))
+        return msgpack.ExtType(code, self._pack([type_name(obj), data, refs, plain]))
+
+
+#: Built-in types whose subclasses' instances also travel as the built-in value, as a fallback.
+_PLAIN_BASES = (str, bytes, bool, int, float, complex, list, tuple, dict, set, frozenset)
 
 
 def encode_kept(ident: int, name: str, text: str) -> bytes:
@@ -485,8 +496,16 @@ class Decoder:
         return np.frombuffer(raw, dtype=_dtype_in(np, dtype_spec))[0]
 
     def _pickled(self, data: bytes) -> Any:
-        name, payload, refs = self._unpack(data)
+        name, payload, refs, plain = self._unpack(data)
         buffers = [self._resolve(ref) for ref in refs]
+        try:
+            return pickle.loads(payload, buffers=buffers)
+        except Exception:
+            if plain is not None:  # its class is not to be had here: the built-in value is
+                return self._unpack(plain)
+            return self._pickled_error(name, payload, buffers)
+
+    def _pickled_error(self, name: str, payload: bytes, buffers: List[Any]) -> Any:
         try:
             return pickle.loads(payload, buffers=buffers)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,135 @@
+"""A JSON Schema of the manifest, for editors (``envrunner schema``).
+
+May import: the standard library, ``envrunner._manifest`` (for the keys it reads).
+
+The loader (``_manifest.py``) is the authority: it checks more than a schema can (files that
+exist, interpreters, line numbers in messages). This schema lets an editor complete keys and flag
+mistakes as you type; a test keeps its keys and the loader's the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["manifest_schema"]
+
+_SECONDS_OR_NULL = {"type": ["number", "null"]}
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema (draft-07, as VS Code's YAML extension reads it) of a version 1 manifest."""
+    settings: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "python": {
+                "type": ["string", "number"],
+                "description": 'A Python version ("3.12", newest patch wins) or the path of an '
+                "interpreter or virtualenv (relative to the manifest). Default: the running "
+                "Python's version. A path with no requirements is used as it is.",
+                "examples": ["3.12", "3.9", "./venv/bin/python"],
+            },
+            "requirements": {
+                "description": "Requirement strings, or the path of a requirements file "
+                "(relative to the manifest; -r, -c and --hash lines work).",
+                "oneOf": [
+                    {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    {"type": "string", "minLength": 1},
+                ],
+                "examples": [["numpy>=2", "six==1.16.0"], "requirements/torch.txt"],
+            },
+            "env": {
+                "type": "object",
+                "description": "Environment variables set in the workers (values as written).",
+                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+            },
+            "workers": {
+                "type": "integer",
+                "minimum": 1,
+                "default": 1,
+                "description": "The most calls at once in this environment.",
+            },
+            "pip": {
+                "type": "object",
+                "description": "Installer options that change what gets installed.",
+                "additionalProperties": False,
+                "properties": {
+                    "index_url": {"type": ["string", "null"]},
+                    "extra_index_urls": {"type": "array", "items": {"type": "string"}},
+                    "find_links": {"type": "array", "items": {"type": "string"}},
+                    "pre": {"type": "boolean", "default": False},
+                },
+            },
+            "system_site_packages": {
+                "type": "boolean",
+                "default": False,
+                "description": "Let the environment see its interpreter's own packages.",
+            },
+            "installer": {
+                "enum": ["auto", "uv", "pip"],
+                "default": "auto",
+                "description": "auto: uv when installed, else virtualenv + pip.",
+            },
+            "smoke": {
+                "type": "array",
+                "description": "Checks for envrunner smoke: Python snippets run in a worker, "
+                "or shell commands with their expected exit code.",
+                "items": {
+                    "oneOf": [
+                        {"type": "string", "minLength": 1},
+                        {
+                            "type": "object",
+                            "required": ["run"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "run": {"type": "string", "minLength": 1},
+                                "exit_code": {"type": "integer", "default": 0},
+                            },
+                        },
+                    ]
+                },
+            },
+            "timeout": {
+                **_SECONDS_OR_NULL,
+                "exclusiveMinimum": 0,
+                "description": "Seconds one call may run before its worker is killed.",
+            },
+            "idle_timeout": {
+                **_SECONDS_OR_NULL,
+                "minimum": 0,
+                "description": "Seconds an idle worker lives before it exits.",
+            },
+            "max_calls": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "description": "Calls a worker serves before a fresh one replaces it.",
+            },
+            "build_timeout": {
+                **_SECONDS_OR_NULL,
+                "exclusiveMinimum": 0,
+                "description": "Seconds a build may take before it is stopped.",
+            },
+        },
+    }
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "envrunner manifest (version 1)",
+        "description": "Named Python environments for envrunner: environments.yaml.",
+        "type": "object",
+        "required": ["version", "environments"],
+        "additionalProperties": False,
+        "properties": {
+            "version": {"const": 1, "description": "The manifest format: 1."},
+            "defaults": {
+                **settings,
+                "description": "Merged into every environment (env and pip key by key).",
+            },
+            "environments": {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+                "additionalProperties": {"anyOf": [settings, {"type": "null"}]},
+            },
+        },
+    }
