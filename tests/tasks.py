@@ -232,3 +232,13 @@ def describe_array(array: Any) -> dict[str, Any]:
 def scale_in_place(array: Any, factor: float) -> Any:
     array *= factor
     return array
+
+
+def version_like() -> Any:
+    """A str subclass from a module only the worker has, like torch.__version__."""
+    import types
+
+    module = types.ModuleType("only_in_worker_version")
+    exec("class Version(str):\n    pass\n", module.__dict__)
+    sys.modules["only_in_worker_version"] = module
+    return module.Version("2.13.0+cpu")

@@ -382,3 +382,10 @@ def test_a_worker_keeping_objects_outlives_its_idle_timeout(
             time.sleep(0.02)
         assert ref.worker_pid in scoped.worker_pids()  # ...the keeper stays
         assert scoped.call("other", tasks.use_model, ref, 1)[1] == ref.worker_pid
+
+
+def test_a_builtin_subclass_the_caller_lacks_arrives_as_the_builtin(
+    runner: envrunner.Runner, env: str
+) -> None:
+    value = runner.call(env, tasks.version_like)
+    assert value == "2.13.0+cpu" and type(value) is str
