@@ -53,6 +53,7 @@ import zmq
 
 from ._calls import PendingCall, PoolConfig, Prepared, RawResult, remote_error
 from ._process import Launcher, LaunchRequest, LocalLauncher, worker_environ
+from ._runtime import wire
 from ._runtime.errors import (
     EnvrunnerError,
     ProtocolError,
@@ -320,8 +321,7 @@ class Broker:
             buffers=call.buffers,
         )
         try:
-            frames = pack(message, direct.signer, direct.outgoing)
-            direct.socket.send_multipart(frames, copy=len(frames) == 2)
+            wire.send(direct.socket, pack(message, direct.signer, direct.outgoing))
             result = self._wait_direct(worker, direct, call, deadline)
         except KeyboardInterrupt:
             self._kill_from_outside(worker, "interrupted")
@@ -350,8 +350,7 @@ class Broker:
                 wait = 0.1 if wait is None else min(wait, 0.1)
             events = dict(direct.poller.poll(None if wait is None else int(wait * 1000)))
             if direct.socket in events:
-                frames = direct.socket.recv_multipart(copy=False)
-                message = unpack(direct.incoming, [f.buffer for f in frames], direct.verifier)
+                message = unpack(direct.incoming, wire.receive(direct.socket), direct.verifier)
                 if isinstance(message, Result) and message.call_id == call.call_id:
                     return message
                 continue
@@ -374,7 +373,7 @@ class Broker:
                     worker.state = "stopping"
                     assert worker.direct is not None
                     direct = worker.direct
-                    direct.socket.send_multipart(pack(Shutdown(), direct.signer, direct.outgoing))
+                    wire.send(direct.socket, pack(Shutdown(), direct.signer, direct.outgoing))
                 else:
                     worker.state = "idle"
                     worker.idle_since = time.monotonic()
@@ -712,7 +711,7 @@ class Broker:
         router = self._remote if worker.remote and self._remote is not None else self._router
         try:
             frames = pack(message, self._signer, scope("to", worker.identity))
-            router.send_multipart([worker.identity, *frames], copy=len(frames) == 2)
+            wire.send(router, frames, (worker.identity,))
         except zmq.ZMQError as exc:
             # The worker is gone (EHOSTUNREACH): its exit, seen next, fails its call.
             log.debug("cannot send to %r: %s", worker, exc)
@@ -742,10 +741,10 @@ class Broker:
         remote = router is self._remote
         while True:
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = wire.receive(router, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity = frames[0].bytes
+            identity = frames[0]
             beat = identity.endswith(b".hb")
             worker = self._workers.get(identity[:-3] if beat else identity)
             if worker is None and remote and not beat:
@@ -756,9 +755,7 @@ class Broker:
                 log.warning("dropped a message from an unknown peer")
                 continue
             try:
-                message = unpack(
-                    scope("from", identity), [f.buffer for f in frames[1:]], self._verifier
-                )
+                message = unpack(scope("from", identity), frames[1:], self._verifier)
             except ProtocolError as exc:
                 # Another version of the runtime: every new worker would say the same.
                 self._kill(worker, "protocol")
@@ -786,7 +783,7 @@ class Broker:
         from ._process import RemoteProcess
 
         try:
-            hello = unpack(scope("from", identity), [f.buffer for f in frames], self._verifier)
+            hello = unpack(scope("from", identity), frames, self._verifier)
         except ProtocolError as exc:
             log.warning("refused a remote worker %r: %s", identity, exc)
             return None

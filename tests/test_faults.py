@@ -361,7 +361,7 @@ def test_the_broker_survives_whatever_a_peer_sends(runner: envrunner.Runner) -> 
             peer.connect(f"ipc://{runner.rundir / 'broker'}")
             for frames in (
                 [b"garbage"],
-                [b"\x00" * 32, b"\x95\x01\x04\x09"],  # well formed, wrongly signed
+                [b"\x00" * 32 + b"\x95\x01\x04\x09"],  # well formed, wrongly signed
                 [b"\x00" * 32],  # truncated
                 [b"\x00" * 32, b"\xc1" * 100, os.urandom(2_000_000)],  # oversized, invalid
                 [],

@@ -92,16 +92,16 @@ def forged(path: Path, key: bytes) -> dict[str, list[bytes]]:
     """Every way an attacker could shape the poisoned answer (``key`` is not the session key)."""
     good = result_frames(path, key)
     return {
-        "unsigned": good[1:],
+        "unsigned": [good[0][32:]],
         "wrongly signed": result_frames(path, os.urandom(32)),
         "signed for another scope": pack(
             Result(call_id=1, ok=False, payload=poisoned_error(path)),
             Signer(key),
             scope("to", b"w1"),
         ),
-        "truncated": good[:1],
-        "oversized header": [b"\x00" * 32, b"\x00" * (65 * 1024 * 1024)],
-        "garbage": [os.urandom(32), os.urandom(200)],
+        "truncated": [good[0][:32]],
+        "oversized header": [b"\x00" * (32 + 65 * 1024 * 1024)],
+        "garbage": [os.urandom(232)],
     }
 
 

@@ -20,8 +20,10 @@
 
 Every message is a list of frames (the ROUTER adds the peer's identity in front)::
 
-    [signature, header, buffer, buffer, ...]
+    [signature + header, buffer, buffer, ...]
 
+- The first frame is the 32-byte signature followed by the header (one frame: a small call
+  is a single frame each way, and zmq sends one frame much faster than two).
 - ``header`` is msgpack: ``[PROTOCOL_VERSION, tag, sequence, field, field, ...]`` with the fields
   of the message type in declaration order; ``bytes`` fields hold codec bodies.
 - ``buffer`` frames carry large data (array contents) without copying it into the header.
@@ -193,9 +195,12 @@ class Signer:
         return next(self._sequence)
 
     def sign(self, frames: Sequence[Any], scope: bytes = b"") -> bytes:
-        mac = hmac.new(self._key, digestmod=hashlib.sha256)
-        mac.update(len(scope).to_bytes(8, "little"))
-        mac.update(scope)
+        prefix = len(scope).to_bytes(8, "little") + scope
+        if len(frames) == 1:  # the common case: one small frame, one call into OpenSSL
+            frame = frames[0]
+            data = prefix + _nbytes(frame).to_bytes(8, "little") + frame
+            return hmac.digest(self._key, data, "sha256")
+        mac = hmac.new(self._key, prefix, hashlib.sha256)
         for frame in frames:
             mac.update(_nbytes(frame).to_bytes(8, "little"))
             mac.update(frame)
@@ -211,24 +216,25 @@ class Verifier:
         self.rejected = 0
 
     def verify(self, scope: bytes, frames: Sequence[Any]) -> Optional[Tuple[int, int, List[Any]]]:
-        """Verify ``[signature, header, *buffers]`` received in ``scope``.
+        """Verify ``[signature + header, *buffers]`` received in ``scope``.
 
         Returns:
             ``(tag, sequence, fields)`` of a valid message, or None (counted in ``rejected``).
         """
-        if (
-            len(frames) < 2
-            or _nbytes(frames[0]) != SIGNATURE_BYTES
-            or _nbytes(frames[1]) > MAX_HEADER_BYTES
-        ):
+        if not frames:
             self.rejected += 1
             return None
-        expected = self._signer.sign(frames[1:], scope)
-        if not hmac.compare_digest(expected, bytes(frames[0])):
+        first = memoryview(frames[0]).cast("B")
+        if not SIGNATURE_BYTES < first.nbytes <= SIGNATURE_BYTES + MAX_HEADER_BYTES:
+            self.rejected += 1
+            return None
+        signature, header_bytes = first[:SIGNATURE_BYTES], first[SIGNATURE_BYTES:]
+        expected = self._signer.sign([header_bytes, *frames[1:]], scope)
+        if not hmac.compare_digest(expected, signature):
             self.rejected += 1
             return None
         try:
-            header = msgpack.unpackb(frames[1], raw=False, use_list=True)
+            header = msgpack.unpackb(header_bytes, raw=False, use_list=True)
             version, tag, sequence = header[0], header[1], header[2]
         except Exception:
             self.rejected += 1
@@ -250,7 +256,7 @@ class Verifier:
 
 
 def pack(message: Message, signer: Signer, scope: bytes = b"") -> List[Any]:
-    """Turn a message into frames ``[signature, header, *buffers]`` signed for ``scope``."""
+    """Turn a message into frames ``[signature + header, *buffers]`` signed for ``scope``."""
     cls = type(message)
     header = msgpack.packb(
         [PROTOCOL_VERSION, cls.TAG, signer.next_sequence()]
@@ -258,8 +264,7 @@ def pack(message: Message, signer: Signer, scope: bytes = b"") -> List[Any]:
         use_bin_type=True,
     )
     buffers = list(getattr(message, "buffers", ()))
-    body = [header, *buffers]
-    return [signer.sign(body, scope), *body]
+    return [signer.sign([header, *buffers], scope) + header, *buffers]
 
 
 def scope(direction: str, identity: bytes, channel: str = "") -> bytes:
@@ -281,18 +286,18 @@ def unpack(scope: bytes, frames: Sequence[Any], verifier: Verifier) -> Optional[
     if cls is None or len(values) != len(_FIELDS[cls]):
         verifier.rejected += 1
         return None
-    kwargs = dict(zip(_FIELDS[cls], values))
     if cls in _HAS_BUFFERS:
-        kwargs["buffers"] = frames[2:]
-    elif len(frames) > 2:
+        values.append(frames[1:])
+    elif len(frames) > 1:
         verifier.rejected += 1
         return None
-    if cls is Hello:
-        kwargs["python"] = tuple(kwargs["python"])
-    elif cls is Welcome:
-        kwargs["caller_python"] = tuple(kwargs["caller_python"])
     try:
-        return cls(**kwargs)
+        message = cls(*values)
     except TypeError:
         verifier.rejected += 1
         return None
+    if cls is Hello:
+        object.__setattr__(message, "python", tuple(message.python))  # type: ignore[attr-defined]
+    elif cls is Welcome:
+        object.__setattr__(message, "caller_python", tuple(message.caller_python))  # type: ignore[attr-defined]
+    return message

@@ -33,7 +33,7 @@ import traceback
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, shm
+from . import __version__, shm, wire
 from .code import load_function
 from .codec import Decoder, Encoder, encode_kept, type_name
 from .errors import DecodeError, EncodeError
@@ -167,14 +167,12 @@ class Channel:
         self.incoming = scope("to", identity, channel)
 
     def send(self, message: Any) -> None:
-        frames = pack(message, self.signer, self.outgoing)
-        self.socket.send_multipart(frames, copy=len(frames) == 2)
+        wire.send(self.socket, pack(message, self.signer, self.outgoing))
 
     def receive(self) -> Any:
         """The next valid message (invalid ones are dropped and counted)."""
         while True:
-            frames = self.socket.recv_multipart(copy=False)
-            message = unpack(self.incoming, [f.buffer for f in frames], self.verifier)
+            message = unpack(self.incoming, wire.receive(self.socket), self.verifier)
             if message is not None:
                 return message
 
