@@ -397,7 +397,8 @@ class Runner:
             an environment's ``idle_timeout:`` wins.
         start_timeout: Seconds a new worker has to come up.
         progress: Show build progress on stderr (None: a status line on a terminal, log lines
-            otherwise; False: nothing).
+            otherwise; False: nothing), or an object with methods ``step(env, text)``,
+            ``output(env, line)`` and ``done(env, text)`` that receives it.
         heartbeat_timeout: Seconds without a heartbeat from a worker (a thread of its own sends
             one every few seconds) after which it counts as hung and is killed; None: never.
         max_message_bytes: The largest message a worker or the broker accepts; a larger one is
@@ -426,7 +427,7 @@ class Runner:
         *,
         idle_timeout: float | None = 300.0,
         start_timeout: float = 60.0,
-        progress: bool | None = None,
+        progress: bool | Progress | None = None,
         heartbeat_timeout: float | None = 30.0,
         max_message_bytes: int = 1 << 30,
         listen: str | None = None,
@@ -447,6 +448,7 @@ class Runner:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_message_bytes = max_message_bytes
         self._progress_setting = progress
+        self._cancel_builds = threading.Event()  # set at shutdown: builds of prepare() stop
         self.listen = listen
         self.keys = Path(keys) if keys is not None else None
         self.insecure = insecure
@@ -553,6 +555,8 @@ class Runner:
             already = self._closed
             self._closed = True
             broker = self._broker
+        if cancel_futures:
+            self._cancel_builds.set()
         if broker is None:
             return
         if not already or cancel_futures:
@@ -636,8 +640,10 @@ class Runner:
         specs = [self.manifest[name] for name in names]
         failure: BaseException | None = None
         for spec in specs:
+            if self._closed:
+                raise RunnerClosedError(f"{self!r} was shut down")
             try:
-                self._build(spec, threading.Event())
+                self._build(spec, self._cancel_builds)
             except EnvrunnerError as exc:
                 failure = failure or exc
         if failure is not None:
@@ -853,7 +859,10 @@ class Runner:
     def _progress(self) -> Progress:
         from ._progress import auto_progress
 
-        return auto_progress(self._progress_setting)
+        setting = self._progress_setting
+        if setting is None or isinstance(setting, bool):
+            return auto_progress(setting)
+        return setting
 
     def _prepare(self, env: str, cancel: threading.Event) -> Prepared:
         """Build (or find) ``env`` and say how to start its workers; runs in its own thread."""
