@@ -22,7 +22,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from ._runtime.errors import DecodeError, EncodeError, EnvrunnerError, RunnerClosedError
+from ._runtime import current_environment
+from ._runtime.errors import (
+    DecodeError,
+    EncodeError,
+    EnvrunnerError,
+    ReferenceLostError,
+    RunnerClosedError,
+)
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -168,7 +175,7 @@ class Ref:
     @property
     def __envrunner_ref__(self) -> int:
         if not self._released.alive:
-            raise EncodeError(f"{self!r} was released: it cannot be used any more")
+            raise ReferenceLostError(self.env, f"the {self.type_name}", "it was released")
         return self._ident
 
     def fetch(self, timeout: float | None = None) -> Any:
@@ -353,13 +360,6 @@ def call(env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     return current_runner().call(env, fn, *args, **kwargs)
 
 
-def current_environment() -> str | None:
-    """The environment this code runs in: its name inside a worker, None in the caller."""
-    from . import _runtime
-
-    return _runtime.WORKER_ENV
-
-
 # --------------------------------------------------------------------------- the runner
 
 _runners: weakref.WeakSet[Runner] = weakref.WeakSet()
@@ -412,7 +412,8 @@ class Runner:
         insecure: Accept workers over tcp without CurveZMQ (anyone who can reach the port and
             has the session key gets in, and traffic is readable). Refused unless asked for.
         remote_envs: Environments whose workers all run on other machines: no local worker is
-            started for them; their calls wait for one to join (up to ``start_timeout``).
+            started for them; their calls wait for one to join (up to ``start_timeout``). Only
+            these accept workers from other machines.
         shm_threshold: Buffers (array contents) of at least this many bytes go through shared
             memory instead of socket frames; 0 turns shared memory off. Default:
             ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
@@ -460,7 +461,7 @@ class Runner:
             self._session_key = self._check_listen(listen)
         if shm_threshold is None:
             shm_threshold = int(os.environ.get("ENVRUNNER_SHM_THRESHOLD", DEFAULT_SHM_THRESHOLD))
-        self.shm_threshold = shm_threshold if shm.available() and listen is None else 0
+        self.shm_threshold = shm_threshold if shm.available() else 0
         self._arena = (
             shm.Arena(f"envrunner-{os.getpid()}-{os.getpid()}.{next(_arena_numbers)}")
             if self.shm_threshold
@@ -731,7 +732,8 @@ class Runner:
         same = version[:2] == tuple(sys.version_info[:2])
         name = describe(fn) + "()"
         code = self._code(fn, same, env, version, by_reference)
-        body, frames, encoder = self._encode_arguments(fn, name, env, args, kwargs, same)
+        local = env not in self.remote_envs  # no shared memory across machines
+        body, frames, encoder = self._encode_arguments(fn, name, env, args, kwargs, same, local)
         try:
             pin, pinned_what = self._pin(encoder.refs, env, name)
             future: CallFuture[Any] = CallFuture(env, name, self)
@@ -813,11 +815,13 @@ class Runner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         same: bool,
+        shared_memory: bool = True,
     ) -> tuple[bytes, list[Any], Encoder]:
         """Encode a call's arguments: body, frames, and the encoder (its blocks and refs)."""
         from ._runtime.codec import Encoder, type_name
 
-        encoder = Encoder(by_value=same, arena=self._arena, threshold=self.shm_threshold)
+        threshold = self.shm_threshold if shared_memory else 0
+        encoder = Encoder(by_value=same, arena=self._arena, threshold=threshold)
         try:
             body, frames = encoder.encode([list(args), kwargs])
             return body, frames, encoder

@@ -17,7 +17,8 @@
       checkout(): an idle worker ──── no broker thread involved ──── CALL (direct) ──────────►
       wait on its direct channel  ◄──────────────────────────────────── RESULT (direct) ──────
       give it back; decode          worker stdout/stderr ─► "[env] line" on the caller's streams
-                                    HEARTBEAT (every second, a thread of the worker's own)
+                                    HEARTBEAT (every heartbeat_timeout/6, 0.2-5 s, from a
+                                               thread of the worker's own)
                                     pidfd readable ─► reap: the running call fails with
                                                       WorkerCrashed; queued calls get a new one
                                     deadline passed / heartbeats stopped ─► kill, report
@@ -791,8 +792,12 @@ class Broker:
             log.warning("dropped a message from an unknown remote peer %r", identity)
             return None
         pool = self._pools.get(hello.env)
-        if pool is None or self._stopping:
-            log.warning("refused a remote worker for unknown environment %r", hello.env)
+        if pool is None or pool.config.local or self._stopping:
+            log.warning(
+                "refused a worker from another machine for environment %r: not one of the "
+                "runner's remote_envs",
+                hello.env,
+            )
             return None
         worker = WorkerHandle(identity, hello.env, RemoteProcess(hello.pid, hello.platform))
         worker.remote = True
@@ -800,7 +805,7 @@ class Broker:
         self._workers[identity] = worker
         pool.workers.append(worker)
         if pool.state == "new":
-            pool.state = "ready" if not pool.config.local else pool.state
+            pool.state = "ready"
         log.info("remote worker %s joined environment %r", identity.decode(), hello.env)
         self._on_hello(worker, hello)
         return worker

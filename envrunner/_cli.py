@@ -38,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (envrunner schema | head): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ManifestError, UnknownEnvironmentError, InterpreterNotFoundError) as exc:
         print(f"envrunner: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -161,6 +166,7 @@ def _build(args: argparse.Namespace) -> int:
     specs = _specs(manifest, args.names)
     progress = auto_progress(False if args.quiet else None)
     failures: list[str] = []
+    bad_input = False
     for spec in specs:
         try:
             resolved = resolve(spec)
@@ -177,6 +183,7 @@ def _build(args: argparse.Namespace) -> int:
                 print(f"{spec.name}: built in {record['build_seconds']:.1f}s at {resolved.path}")
         except (BuildError, InterpreterNotFoundError) as exc:
             failures.append(spec.name)
+            bad_input = bad_input or isinstance(exc, InterpreterNotFoundError)
             print(f"envrunner: {exc}", file=sys.stderr)
     if failures:
         print(
@@ -184,7 +191,7 @@ def _build(args: argparse.Namespace) -> int:
             + ", ".join(failures),
             file=sys.stderr,
         )
-        return EXIT_FAILED
+        return EXIT_USAGE if bad_input else EXIT_FAILED
     return 0
 
 

@@ -495,8 +495,11 @@ def find_interpreter(request: str, *, env: str = "", where: str = "") -> Interpr
     if not matching:
         detail = f"no CPython {request} was found"
         raise _not_found(request, found, env, detail, asked)
-    matching.sort(key=lambda interpreter: (not interpreter.is_venv, interpreter.version))
-    return matching[-1]
+    # Newest first, outside a virtualenv first; on a tie the place searched first wins.
+    ranked = sorted(
+        enumerate(matching), key=lambda item: (not item[1].is_venv, item[1].version, -item[0])
+    )
+    return ranked[-1][1]
 
 
 def _find_path(request: str, env: str, asked: str) -> Interpreter:

@@ -95,7 +95,7 @@ class EnvSpec:
         timeout: Default deadline in seconds for one call, or None.
         idle_timeout: Seconds an idle worker lives before it exits, or None for the runner's.
         max_calls: Calls a worker serves before it is replaced by a fresh one, or None.
-        build_timeout: Seconds a build step may take before it is stopped, or None.
+        build_timeout: Seconds a whole build may take before it is stopped, or None.
         location: Where the environment's name was written.
         locations: Where each of its keys was written (for later errors).
     """

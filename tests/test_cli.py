@@ -170,3 +170,24 @@ def test_gc_is_a_dry_run_until_asked(tmp_path: Path) -> None:
     done = envrunner_cli("gc", "--delete", cwd=kept, home=home)
     assert f"removing {dropped_path}" in done.stdout and f"removing {partial}" in done.stdout
     assert not dropped_path.exists() and not partial.exists() and kept_path.exists()
+
+
+def test_a_missing_python_is_a_usage_error_for_build(tmp_path: Path) -> None:
+    (tmp_path / "environments.yaml").write_text(
+        'version: 1\nenvironments:\n  nope:\n    python: "3.99"\n'
+    )
+    result = envrunner_cli("build", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no Python interpreter matches '3.99'" in result.stderr
+
+
+def test_a_closed_pipe_is_not_an_error() -> None:
+    result = subprocess.run(
+        f"{sys.executable} -m envrunner schema | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.stdout.strip() == "{"
+    assert "Traceback" not in result.stderr

@@ -369,3 +369,22 @@ def test_warm_discovery_starts_no_subprocess(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(subprocess, "Popen", refuse)
     assert discover() == cold
     assert find_interpreter("3").version == cold[0].version
+
+
+def test_a_tie_goes_to_the_place_searched_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENVRUNNER_PYTHONS is searched before pyenv: with the same version in both, it wins."""
+    import shutil
+
+    originals = sorted((Path.home() / ".pyenv" / "versions").glob("3.9.*/bin/python3.9"))
+    if not originals:
+        pytest.skip("no Python 3.9 under pyenv here")
+    folder = tmp_path / "mine" / "bin"
+    folder.mkdir(parents=True)
+    copy = folder / "python3.9"
+    shutil.copy2(originals[-1], copy)
+    monkeypatch.setenv("ENVRUNNER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ENVRUNNER_PYTHONS", str(folder))
+    found = find_interpreter(".".join(map(str, inspect_interpreter(originals[-1]).version)))
+    assert found.path == copy and found.source == "ENVRUNNER_PYTHONS"

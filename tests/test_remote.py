@@ -204,3 +204,54 @@ def test_a_remote_worker_that_goes_silent_fails_its_call(manifest_path: Path, ke
         finally:
             os.kill(worker.pid, signal.SIGKILL)
             stop(worker)
+
+
+def test_a_remote_worker_leaves_when_its_caller_dies(
+    manifest_path: Path, keys: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys, time, envrunner\n"
+        f"sys.path.insert(0, {str(Path(tasks.__file__).parent)!r})\n"
+        "import tasks\n"
+        f"runner = envrunner.Runner({str(manifest_path)!r}, progress=False, "
+        f"listen='tcp://127.0.0.1:*', keys={str(keys)!r}, remote_envs=['modern'])\n"
+        "print(runner.remote_address, flush=True)\n"
+        "print(runner.call('modern', tasks.add, 1, 1), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    caller = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert caller.stdout is not None
+    address = caller.stdout.readline().strip()
+    worker = start_worker(manifest_path, "modern", address, keys, "gpu1")
+    try:
+        assert caller.stdout.readline().strip() == "2"  # the remote worker served a call
+        caller.kill()
+        caller.communicate(timeout=30)
+        worker.communicate(timeout=30)  # it noticed and left on its own
+        assert worker.returncode == 75
+    finally:
+        for process in (caller, worker):
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=30)
+
+
+def test_a_remote_worker_for_a_local_environment_is_refused(
+    manifest_path: Path, keys: Path
+) -> None:
+    with envrunner.Runner(
+        manifest_path,
+        progress=False,
+        listen="tcp://127.0.0.1:*",
+        keys=keys,
+        remote_envs=["modern"],
+    ) as runner:
+        stray = start_worker(manifest_path, "same", runner.remote_address, keys, "gpu1")
+        try:
+            local = runner.call("same", tasks.whoami)
+            assert local["pid"] != stray.pid  # "same" runs here, on its own workers
+        finally:
+            stop(stray)

@@ -456,3 +456,18 @@ def test_a_module_function_can_travel_by_value_or_source_when_asked(
     assert future.result(60) == 101
     with pytest.raises(envrunner.DecodeError, match="No module named 'pytest'"):
         runner.call(env, module_function_using_a_sibling, 1)
+
+
+def test_envrunner_functions_travel_too(runner: envrunner.Runner, env: str) -> None:
+    assert runner.call(env, envrunner.current_environment) == env
+    assert envrunner.current_environment() is None
+
+
+def test_errors_are_named_as_users_import_them() -> None:
+    assert envrunner.WorkerCrashed.__module__ == "envrunner"
+    assert envrunner.RemoteTraceback.__module__ == "envrunner"
+    import pickle
+
+    error = envrunner.TaskTimeoutError("e", "f()", 1.5, 7)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is envrunner.TaskTimeoutError and str(again) == str(error)

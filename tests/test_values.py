@@ -332,7 +332,7 @@ def test_fetch_brings_a_kept_value_over(runner: envrunner.Runner) -> None:
     numpy.testing.assert_array_equal(fetched, numpy.arange(6.0).reshape(3, 2))
     numpy.testing.assert_array_equal(ref.fetch(), fetched)  # still kept
     ref.release()
-    with pytest.raises(envrunner.EncodeError, match="was released"):
+    with pytest.raises(envrunner.ReferenceLostError, match="it was released"):
         ref.fetch()
 
 
@@ -389,3 +389,11 @@ def test_a_builtin_subclass_the_caller_lacks_arrives_as_the_builtin(
 ) -> None:
     value = runner.call(env, tasks.version_like)
     assert value == "2.13.0+cpu" and type(value) is str
+
+
+def test_ndarray_subclasses_keep_their_type_and_extras() -> None:
+    masked = numpy.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+    body, frames = Encoder(by_value=False).encode(masked)
+    back = Decoder().decode(body, frames)
+    assert isinstance(back, numpy.ma.MaskedArray)
+    assert back.mask.tolist() == [False, True, False] and back.data.tolist() == [1.0, 2.0, 3.0]

@@ -20,6 +20,11 @@ RUNTIME_DISTRIBUTIONS = ("pyzmq", "msgpack", "cloudpickle")
 WORKER_ENV: Optional[str] = None
 
 
+def current_environment() -> Optional[str]:
+    """The environment this code runs in: its name inside a worker, None in the caller."""
+    return WORKER_ENV
+
+
 def value_of(obj: object) -> object:
     """Return ``obj``: run in a worker on a reference, it brings the kept object back."""
     return obj

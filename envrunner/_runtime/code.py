@@ -220,7 +220,8 @@ class _SourceBundle:
         except EncodeError as exc:
             raise EncodeError(
                 f"{describe(self.fn)} uses the global {name!r} (a {type_name(value)}), which "
-                f"cannot be sent to {self.target}: {exc}. Pass it as an argument instead.",
+                f"cannot be sent to {self.target}: {exc}. Create it inside the function, or "
+                "keep it in a module the environment can import.",
                 what=name,
             ) from exc
         self.data[name] = value

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional,
 
 import msgpack
 
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, ReferenceLostError
 
 if TYPE_CHECKING:
     from .shm import Arena, Mapper
@@ -135,7 +135,7 @@ class Encoder:
         self._buffers, self.segments, self.blocks, self.refs = [], [], [], []
         try:
             body = self._pack(obj)
-        except EncodeError:
+        except (EncodeError, ReferenceLostError):
             self.release()
             raise
         except Exception as exc:
@@ -212,8 +212,9 @@ class Encoder:
         else:
             np = sys.modules.get("numpy")
             if np is not None:
-                if hasattr(obj, "__array_interface__") and not isinstance(obj, np.generic):
-                    obj = np.asarray(obj)
+                foreign = not isinstance(obj, (np.ndarray, np.generic))
+                if foreign and hasattr(obj, "__array_interface__"):
+                    obj = np.asarray(obj)  # an array-like of another library: its data
                 packed = self._numpy(np, obj)
                 if packed is not None:
                     return packed

@@ -421,9 +421,6 @@ class RemoteTraceback(Exception):  # noqa: N818 - a traceback, not an error: the
         return self.text
 
 
-RemoteTraceback.__module__ = "envrunner"
-
-
 class SerializationError(EnvrunnerError, TypeError):
     """A value or function could not cross between environments."""
 
@@ -473,3 +470,12 @@ def _closest(word: str, candidates: Sequence[str]) -> str:
 
     match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return match[0] if match else ""
+
+
+# Tracebacks and pickles name them as users import them: envrunner.WorkerCrashed, not the
+# private module (workers' `envrunner` exports the same names).
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and issubclass(_value, BaseException):
+        _value.__module__ = "envrunner"
+del _name, _value

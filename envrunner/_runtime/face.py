@@ -16,7 +16,7 @@ import functools
 from typing import Any, Callable, Optional
 
 from envrunner import _runtime
-from envrunner._runtime import __version__
+from envrunner._runtime import __version__, current_environment
 from envrunner._runtime.errors import (
     BuildError,
     DecodeError,
@@ -58,11 +58,6 @@ __all__ = [
     "current_environment",
     "task",
 ]
-
-
-def current_environment() -> Optional[str]:
-    """The name of the environment this code runs in (inside a worker), else None."""
-    return _runtime.WORKER_ENV
 
 
 def task(fn: Optional[Callable[..., Any]] = None, *, env: Optional[str] = None, **options: Any):  # type: ignore[no-untyped-def]
