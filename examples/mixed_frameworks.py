@@ -87,7 +87,8 @@ def main() -> int:
             f"tensorflow {result['tensorflow']} (numpy {result['numpy']}): "
             f"accuracy {result['accuracy']:.1%} on 500 new points"
         )
-    print(f"caller: Python {sys.version.split()[0]}, numpy {np.__version__}, no torch, no TensorFlow")
+    python = sys.version.split()[0]
+    print(f"caller: Python {python}, numpy {np.__version__}, no torch, no TensorFlow")
     return 0 if result["accuracy"] > 0.9 else 1
 
 
