@@ -260,7 +260,10 @@ def envrunner_revision() -> str:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return f"not a git checkout ({package})"
+        # An exported tree (git archive) may say where it came from in a REVISION file.
+        marker = package.parent / "REVISION"
+        origin = f", {marker.read_text().strip()}" if marker.is_file() else ""
+        return f"not a git checkout ({package}{origin})"
     return head + (" with uncommitted changes under envrunner/" if dirty else " (clean)")
 
 
@@ -298,12 +301,19 @@ def machine_facts(pythons: dict[str, Path], blas: dict[str, Any]) -> dict[str, A
         "kernel": f"{platform.system()} {platform.release()}",
         "virtualized": "hypervisor" in _first(cpuinfo, "flags").split(),
         "caller_python": platform.python_version(),
-        "pythons": {minor: str(path) for minor, path in sorted(pythons.items())},
+        "pythons": {
+            minor: str(path)
+            for minor, path in sorted(pythons.items(), key=lambda item: _version(item[0]))
+        },
         "packages": packages,
         "blas": blas,
         "envrunner_revision": envrunner_revision(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
+
+
+def _version(minor: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in minor.split("."))
 
 
 def facts_lines(facts: dict[str, Any]) -> list[str]:
