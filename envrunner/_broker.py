@@ -52,17 +52,24 @@ from typing import Any
 
 import zmq
 
-from ._calls import PendingCall, PoolConfig, Prepared, RawResult, remote_error
+from ._calls import (
+    SHUTDOWN_GRACE,
+    START_FAILURE_LIMIT,
+    PendingCall,
+    PoolConfig,
+    Prepared,
+    RawResult,
+    remote_error,
+)
+from ._direct import DirectCalls
 from ._process import Launcher, LaunchRequest, LocalLauncher, worker_environ
+from ._remote import RemoteWorkers
 from ._runtime import wire
 from ._runtime.errors import (
     EnvrunnerError,
     ProtocolError,
     ReferenceLostError,
-    TaskTimeoutError,
-    WorkerCrashed,
     WorkerStartError,
-    describe_exit,
 )
 from ._runtime.protocol import (
     KEY_BYTES,
@@ -80,12 +87,10 @@ from ._runtime.protocol import (
     unpack,
 )
 from ._runtime.shm import Arena, Mapper, unlink_owned
+from ._supervision import Supervision
 from ._workers import DirectChannel, WorkerHandle
 
 log = logging.getLogger("envrunner.broker")
-
-START_FAILURE_LIMIT = 3
-SHUTDOWN_GRACE = 5.0
 
 
 @dataclass(eq=False)
@@ -103,7 +108,7 @@ class Pool:
     waiting_since: float | None = None  # calls wait for a remote worker since then
 
 
-class Broker:
+class Broker(DirectCalls, RemoteWorkers, Supervision):
     """Owns the ROUTER socket, the pools and the workers; runs in its own thread.
 
     Args:
@@ -185,29 +190,6 @@ class Broker:
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
         self.closed = threading.Event()
 
-    def _listen(self, address: str, keys: Path | None) -> None:
-        """Bind a second ROUTER for workers on other machines (CurveZMQ unless ``keys`` is None)."""
-        router = self._context.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.setsockopt(zmq.MAXMSGSIZE, self._max_message)
-        if keys is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            from ._keys import server_keys
-
-            public, secret = server_keys(keys)
-            self._auth = ThreadAuthenticator(self._context)
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(keys / "clients"))
-            router.curve_secretkey = secret
-            router.curve_publickey = public
-            router.curve_server = True
-        router.bind(address)
-        self.remote_address = router.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self._remote = router
-        self._poller.register(router, zmq.POLLIN)
-
     # ------------------------------------------------------------------ any thread
 
     def start(self) -> None:
@@ -273,133 +255,6 @@ class Broker:
                 os.write(self._wake_w, b"\0")
             except BlockingIOError:
                 pass  # the pipe is full of wake-ups already: the broker will drain the deque
-
-    # ------------------------------------------------------------------ the direct path
-
-    def checkout(self, env: str, pin: bytes | None) -> WorkerHandle | None:
-        """An idle worker for the calling thread to run a synchronous call on, or None.
-
-        None when the pool is not ready, has calls queued (they go first), or has no idle
-        worker (or not the one ``pin`` names): the call then goes through the broker.
-        """
-        with self._lock:
-            pool = self._pools[env]
-            if self._stopping or pool.state != "ready" or pool.queue:
-                return None
-            if pin is not None:
-                pinned = self._workers.get(pin)
-                candidates = [pinned] if pinned is not None and not pinned.pinned else []
-            else:
-                candidates = pool.workers
-            for worker in candidates:
-                if worker.state == "idle" and worker.direct is not None:
-                    worker.state = "direct"
-                    worker.in_direct_call = True
-                    return worker
-        return None
-
-    def run_direct(self, worker: WorkerHandle, call: PendingCall) -> RawResult:
-        """Run a call on a checked-out worker, in the calling thread; give the worker back.
-
-        Raises:
-            Whatever the call raised (rebuilt), ``TaskTimeoutError``, ``WorkerCrashed``.
-        """
-        direct = worker.direct
-        assert direct is not None
-        with self._lock:
-            worker.call = call
-            call.worker = worker
-            worker.lent.update((name, offset) for name, offset in call.blocks)
-        call.future.set_running_or_notify_cancel()
-        deadline = None if call.timeout is None else time.monotonic() + call.timeout
-        message = Call(
-            call_id=call.call_id,
-            name=call.name,
-            code=call.code,
-            payload=call.payload,
-            segments=call.segments,
-            keep=call.keep,
-            buffers=call.buffers,
-        )
-        try:
-            wire.send(direct.socket, pack(message, direct.signer, direct.outgoing))
-            result = self._wait_direct(worker, direct, call, deadline)
-        except KeyboardInterrupt:
-            self._kill_from_outside(worker, "interrupted")
-            self._end_direct(worker)
-            raise
-        if result is None:  # it died or ran out of time: the broker's report says which
-            self._end_direct(worker)
-            value: RawResult = call.future.result()
-            return value
-        return self._give_back(worker, call, result)
-
-    def _end_direct(self, worker: WorkerHandle) -> None:
-        """The calling thread is done with the worker's channel (close it if the worker died)."""
-        with self._lock:
-            worker.in_direct_call = False
-            if worker.state == "dead":
-                self._close_worker(worker)
-
-    def _wait_direct(
-        self, worker: WorkerHandle, direct: DirectChannel, call: PendingCall, deadline: float | None
-    ) -> Result | None:
-        watching_exit = worker.process.pidfd >= 0
-        while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not watching_exit:
-                wait = 0.1 if wait is None else min(wait, 0.1)
-            events = dict(direct.poller.poll(None if wait is None else int(wait * 1000)))
-            if direct.socket in events:
-                message = unpack(direct.incoming, wire.receive(direct.socket), direct.verifier)
-                if isinstance(message, Result) and message.call_id == call.call_id:
-                    return message
-                continue
-            if events or worker.process.poll() is not None or worker.state == "dead":
-                return None  # the worker exited: the broker reaps it and fails the call
-            if deadline is not None and time.monotonic() >= deadline:
-                self._kill_from_outside(worker, "timeout")
-                return None
-
-    def _give_back(self, worker: WorkerHandle, call: PendingCall, result: Result) -> RawResult:
-        """Book a direct call's answer and return the worker to its pool (calling thread)."""
-        wake = False
-        with self._lock:
-            call.finished = True
-            self._book_result(worker, result)
-            if worker.state == "direct":
-                pool = self._pools[worker.env]
-                worker.call = None
-                if self._recycle(pool, worker):
-                    worker.state = "stopping"
-                    assert worker.direct is not None
-                    direct = worker.direct
-                    wire.send(direct.socket, pack(Shutdown(), direct.signer, direct.outgoing))
-                else:
-                    worker.state = "idle"
-                    worker.idle_since = time.monotonic()
-                wake = bool(pool.queue or worker.pinned or self._stopping)
-            worker.in_direct_call = False
-            if worker.state == "dead":  # it died right after answering
-                self._close_worker(worker)
-        if wake:
-            self._command("pump", worker.env)
-        if worker.pending_output():
-            drained = threading.Event()
-            self._command("drain", worker, drained)
-            drained.wait(5.0)
-        if not result.ok:
-            raise remote_error(call, result.payload)
-        if result.segments and self._mapper is not None:
-            self._mapper.attach(result.segments)
-        return RawResult(
-            result.payload, list(result.buffers), worker.identity, worker.pid, result.kept
-        )
-
-    def _kill_from_outside(self, worker: WorkerHandle, reason: str) -> None:
-        with self._lock:
-            if worker.state != "dead":
-                self._kill(worker, reason)
 
     # ------------------------------------------------------------------ the loop
 
@@ -779,37 +634,6 @@ class Broker:
             elif isinstance(message, Hello):
                 self._on_hello(worker, message)
 
-    def _admit_remote(self, identity: bytes, frames: list[Any]) -> WorkerHandle | None:
-        """A worker on another machine says hello: make it one of its environment's workers."""
-        from ._process import RemoteProcess
-
-        try:
-            hello = unpack(scope("from", identity), frames, self._verifier)
-        except ProtocolError as exc:
-            log.warning("refused a remote worker %r: %s", identity, exc)
-            return None
-        if not isinstance(hello, Hello) or not identity.startswith(b"r-"):
-            log.warning("dropped a message from an unknown remote peer %r", identity)
-            return None
-        pool = self._pools.get(hello.env)
-        if pool is None or pool.config.local or self._stopping:
-            log.warning(
-                "refused a worker from another machine for environment %r: not one of the "
-                "runner's remote_envs",
-                hello.env,
-            )
-            return None
-        worker = WorkerHandle(identity, hello.env, RemoteProcess(hello.pid, hello.platform))
-        worker.remote = True
-        worker.out_open = worker.err_open = False  # its output stays on its machine
-        self._workers[identity] = worker
-        pool.workers.append(worker)
-        if pool.state == "new":
-            pool.state = "ready"
-        log.info("remote worker %s joined environment %r", identity.decode(), hello.env)
-        self._on_hello(worker, hello)
-        return worker
-
     def _on_hello(self, worker: WorkerHandle, hello: Hello) -> None:
         if worker.state != "starting":
             return
@@ -891,210 +715,6 @@ class Broker:
             for name, offset in call.blocks:
                 self._arena.free(name, offset)
         call.blocks = []
-
-    # ------------------------------------------------------------------ processes
-
-    def _fd_ready(self, fd: int) -> None:
-        entry = self._fds.get(fd)
-        if entry is None:
-            return
-        worker, kind = entry
-        if kind == "exit":
-            self._reap(worker)
-        elif not worker.read(kind):
-            self._close_stream(worker, kind)
-
-    def _close_stream(self, worker: WorkerHandle, kind: str) -> None:
-        if kind == "out":
-            worker.out_open = False
-        else:
-            worker.err_open = False
-        fd = worker.fd(kind)
-        if fd in self._fds:
-            del self._fds[fd]
-            self._poller.unregister(fd)
-
-    def _drain_output(self, worker: WorkerHandle) -> None:
-        """Forward what the worker wrote before its result, so output precedes the result."""
-        for kind, open_ in (("out", worker.out_open), ("err", worker.err_open)):
-            if open_ and not worker.read(kind):
-                self._close_stream(worker, kind)
-
-    def _reap(self, worker: WorkerHandle) -> None:
-        if worker.state == "dead":
-            return
-        returncode = worker.process.poll()
-        if returncode is None:
-            return
-        self._drain_output(worker)
-        for kind in ("out", "err"):
-            self._close_stream(worker, kind)
-        pidfd = worker.process.pidfd
-        if pidfd in self._fds:
-            del self._fds[pidfd]
-            self._poller.unregister(pidfd)
-        previous = worker.state
-        worker.state = "dead"
-        if not worker.in_direct_call:  # else the calling thread closes it when it is done
-            self._close_worker(worker)
-        self._verifier.forget(scope("from", worker.identity))
-        self._verifier.forget(scope("from", worker.identity + b".hb"))
-        self._workers.pop(worker.identity, None)
-        pool = self._pools[worker.env]
-        if worker in pool.workers:
-            pool.workers.remove(worker)
-        log.debug("%r exited: %s", worker, returncode)
-        call, worker.call = worker.call, None
-        if call is not None and not call.finished and self._retry(call, worker, pool):
-            call = None
-        self._forget_memory(worker, returncode)
-        if call is not None:
-            self._fail(call, self._death_error(worker, call, returncode))
-        elif previous == "starting" and not worker.killed_for:
-            pool.start_failures += 1
-            error = WorkerStartError(
-                worker.env,
-                worker.pid,
-                f"it exited before saying hello ({describe_exit(returncode)})",
-                worker.tail,
-                returncode,
-            )
-            self._after_start_failure(pool, error)
-        elif previous in ("idle", "busy") and not self._stopping and not worker.killed_for:
-            log.warning(
-                "worker for environment %r (pid %d) exited while idle: %s",
-                worker.env,
-                worker.pid,
-                describe_exit(returncode),
-            )
-        self._pump(pool)
-        self._stop_idle_workers()
-
-    def _close_worker(self, worker: WorkerHandle) -> None:
-        if worker.direct is not None:
-            self._rejected_by_gone += worker.direct.verifier.rejected
-            worker.direct.close()
-        worker.process.close()
-
-    def _death_error(
-        self, worker: WorkerHandle, call: PendingCall, returncode: int | None
-    ) -> BaseException:
-        if worker.killed_for == "timeout":
-            return TaskTimeoutError(call.env, call.name, call.timeout or 0, worker.pid)
-        if worker.killed_for == "interrupted":
-            return CancelledError("interrupted (Ctrl-C): the worker was stopped")
-        reason = ""
-        if worker.killed_for == "heartbeat":
-            reason = (
-                f"it stopped answering heartbeats for {self._heartbeat_timeout:g}s (stuck in "
-                "native code that holds the GIL, or stopped), so envrunner killed it"
-            )
-        return WorkerCrashed(worker.env, worker.pid, returncode, worker.tail, call.name, reason)
-
-    def _retry(self, call: PendingCall, worker: WorkerHandle, pool: Pool) -> bool:
-        """Run a crashed call again if it asked for retries (never after a timeout)."""
-        if call.retries <= 0 or worker.killed_for in ("timeout", "interrupted", "shutdown"):
-            return False
-        call.retries -= 1
-        call.worker = None
-        call.deadline = None
-        for name, offset in call.blocks:  # its blocks travel again: keep them
-            worker.lent.discard((name, offset))
-        log.warning(
-            "%s: worker for environment %r (pid %d) died; running the call again (%d retries left)",
-            call.name,
-            worker.env,
-            worker.pid,
-            call.retries,
-        )
-        if call.pin is not None:
-            self._fail(call, ReferenceLostError(call.env, call.pinned_what, "its worker died"))
-        else:
-            pool.queue.appendleft(call)
-        return True
-
-    def _forget_memory(self, worker: WorkerHandle, returncode: int | None) -> None:
-        """A worker is gone: take back what it held, drop what it kept, fail what needed it."""
-        if self._arena is not None:
-            for name, offset in worker.lent:
-                self._arena.free(name, offset)
-        worker.lent.clear()
-        unlink_owned(worker.prefix)
-        if self._mapper is not None:
-            self._mapper.forget(worker.prefix)
-        reason = f"its worker (pid {worker.pid}) exited: {describe_exit(returncode)}"
-        while worker.pinned:
-            call = worker.pinned.popleft()
-            self._fail(call, ReferenceLostError(call.env, call.pinned_what, reason))
-        worker.kept.clear()
-
-    def _after_start_failure(self, pool: Pool, error: WorkerStartError) -> None:
-        if pool.start_failures >= START_FAILURE_LIMIT or self._stopping:
-            pool.state = "failed"
-            pool.error = WorkerStartError(
-                error.env,
-                error.pid,
-                f"{error.reason}; gave up after {pool.start_failures} attempts in a row",
-                error.stderr_tail,
-                error.returncode,
-            )
-            while pool.queue:
-                self._fail(pool.queue.popleft(), pool.error)
-
-    def _check_timers(self, now: float) -> None:
-        beat = self._heartbeat_timeout
-        for worker in list(self._workers.values()):
-            if worker.process.pidfd < 0 and worker.process.poll() is not None:
-                self._reap(worker)
-                continue
-            hung = beat is not None and now >= worker.last_beat + beat
-            if hung and worker.state in ("idle", "busy", "direct"):
-                self._kill(worker, "heartbeat")
-                continue
-            if worker.state == "busy" and worker.call is not None:
-                deadline = worker.call.deadline
-                if deadline is not None and now >= deadline:
-                    self._kill(worker, "timeout")
-            elif worker.state == "starting" and now >= worker.started + self._start_timeout:
-                self._kill(worker, "start timeout")
-                pool = self._pools[worker.env]
-                pool.start_failures += 1
-                self._after_start_failure(
-                    pool,
-                    WorkerStartError(
-                        worker.env,
-                        worker.pid,
-                        f"it did not say hello within {self._start_timeout:g}s",
-                        worker.tail,
-                    ),
-                )
-            elif worker.state == "idle" and not worker.kept:  # it keeps objects: it stays
-                idle = self._pools[worker.env].config.idle_timeout
-                if idle is not None and now >= worker.idle_since + idle:
-                    self._send_shutdown(worker)
-        for pool in self._pools.values():
-            waiting = pool.waiting_since
-            if pool.queue and waiting is not None and now >= waiting + self._start_timeout:
-                if any(w.live for w in pool.workers):
-                    pool.waiting_since = None
-                    continue
-                error = WorkerStartError(
-                    pool.env,
-                    0,
-                    f"no worker on another machine joined within {self._start_timeout:g}s; start "
-                    f"one there with: envrunner worker {pool.env} --connect "
-                    f"{self.remote_address or 'tcp://HOST:PORT'} --keys DIR --client NAME",
-                )
-                pool.waiting_since = None
-                while pool.queue:
-                    self._fail(pool.queue.popleft(), error)
-            elif not pool.queue:
-                pool.waiting_since = None
-        if self._stop_deadline is not None and now >= self._stop_deadline:
-            for worker in list(self._workers.values()):
-                if worker.state != "dead":
-                    self._kill(worker, "shutdown")
-            self._stop_deadline = now + SHUTDOWN_GRACE
 
     # ------------------------------------------------------------------ the end
 

@@ -24,7 +24,20 @@ if TYPE_CHECKING:
 
     from ._workers import WorkerHandle
 
-__all__ = ["PendingCall", "PoolConfig", "Prepared", "RawResult", "remote_error"]
+__all__ = [
+    "SHUTDOWN_GRACE",
+    "START_FAILURE_LIMIT",
+    "PendingCall",
+    "PoolConfig",
+    "Prepared",
+    "RawResult",
+    "remote_error",
+]
+
+#: Worker starts that may fail in a row before a pool gives up (and fails its calls).
+START_FAILURE_LIMIT = 3
+#: Seconds workers get to leave after SHUTDOWN before they are killed.
+SHUTDOWN_GRACE = 5.0
 
 
 @dataclass(frozen=True)
