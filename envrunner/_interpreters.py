@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -330,6 +331,31 @@ def discover() -> list[Interpreter]:
     Returns:
         The interpreters, newest version first; equal versions keep the search order.
     """
+    # Within one process a fresh answer is reused for a while: every new Runner resolves its
+    # environments, and running each candidate again (even cached) costs about 10 ms.
+    where = tuple(os.environ.get(name, "") for name in _DISCOVERY_VARIABLES)
+    memo = _discovered.get(where)
+    if memo is not None and time.monotonic() - memo[0] < _DISCOVERY_MEMO_SECONDS:
+        return list(memo[1])
+    found = _discover()
+    _discovered[where] = (time.monotonic(), tuple(found))
+    return found
+
+
+_DISCOVERY_VARIABLES = (
+    "PATH",
+    "ENVRUNNER_PYTHONS",
+    "ENVRUNNER_HOME",
+    "PYENV_ROOT",
+    "UV_PYTHON_INSTALL_DIR",
+    "XDG_DATA_HOME",
+    "HOME",
+)
+_DISCOVERY_MEMO_SECONDS = 30.0
+_discovered: dict[tuple[str, ...], tuple[float, tuple[Interpreter, ...]]] = {}
+
+
+def _discover() -> list[Interpreter]:
     candidates = list(_candidates())
     cache = _Cache()
 

@@ -51,11 +51,8 @@ This module is part of the sealed worker runtime: standard library, msgpack, clo
 from __future__ import annotations
 
 import datetime as _dt
-import decimal
-import pathlib
 import pickle
 import sys
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import msgpack
@@ -73,16 +70,15 @@ NDARRAY, NPSCALAR = 20, 21
 PICKLE, CLOUDPICKLE = 30, 31
 REF, KEPT = 40, 41
 
-_PATH_TYPES = {
-    cls.__name__: cls
-    for cls in (
-        pathlib.PurePath,
-        pathlib.PurePosixPath,
-        pathlib.PureWindowsPath,
-        pathlib.Path,
-        pathlib.PosixPath,
-    )
-}
+_PATH_NAMES = frozenset({"PurePath", "PurePosixPath", "PureWindowsPath", "Path", "PosixPath"})
+
+
+def _path_types() -> Dict[str, Any]:
+    """pathlib's classes by name (pathlib, decimal and uuid load only when a value needs them:
+    a worker starts faster without them)."""
+    import pathlib
+
+    return {name: getattr(pathlib, name) for name in _PATH_NAMES}
 
 
 def type_name(obj: Any) -> str:
@@ -203,11 +199,11 @@ class Encoder:
                 return msgpack.ExtType(TIME, self._pack(fields))
         elif cls is _dt.timedelta:
             return msgpack.ExtType(TIMEDELTA, self._pack([obj.days, obj.seconds, obj.microseconds]))
-        elif cls is decimal.Decimal:
+        elif cls.__name__ == "Decimal" and cls.__module__ in ("decimal", "_decimal"):
             return msgpack.ExtType(DECIMAL, str(obj).encode("ascii"))
-        elif cls is uuid.UUID:
+        elif cls.__name__ == "UUID" and cls.__module__ == "uuid":
             return msgpack.ExtType(UUID, obj.bytes)
-        elif cls.__name__ in _PATH_TYPES and _PATH_TYPES[cls.__name__] is cls:
+        elif cls.__module__.startswith("pathlib") and _path_types().get(cls.__name__) is cls:
             return msgpack.ExtType(PATH, self._pack([cls.__name__, str(obj)]))
         else:
             np = sys.modules.get("numpy")
@@ -435,14 +431,18 @@ class Decoder:
         return _dt.timedelta(days=days, seconds=seconds, microseconds=micro)
 
     def _decimal(self, data: bytes) -> Any:
+        import decimal
+
         return decimal.Decimal(data.decode("ascii"))
 
     def _uuid(self, data: bytes) -> Any:
+        import uuid
+
         return uuid.UUID(bytes=bytes(data))
 
     def _path(self, data: bytes) -> Any:
         name, text = self._unpack(data)
-        return _PATH_TYPES[name](text)
+        return _path_types()[name](text)
 
     def _numpy_module(self, what: str) -> Any:
         try:

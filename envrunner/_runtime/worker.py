@@ -24,12 +24,10 @@ Run as ``python -m envrunner.worker --connect ADDR --id ID --key-fd FD --env NAM
 
 from __future__ import annotations
 
-import argparse
 import faulthandler
 import os
 import sys
 import threading
-import traceback
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -142,13 +140,29 @@ def _versions() -> Dict[str, str]:
         "msgpack": ".".join(str(x) for x in msgpack.version),
         "pyzmq": zmq.__version__,
     }
-    try:
-        from importlib.metadata import version
-
-        versions["cloudpickle"] = version("cloudpickle")
-    except Exception:
-        versions["cloudpickle"] = ""
+    versions["cloudpickle"] = _cloudpickle_version()
     return versions
+
+
+def _cloudpickle_version() -> str:
+    """cloudpickle's version without importing it (or importlib.metadata): both cost tens of
+    milliseconds at every worker start, and only by-value calls need cloudpickle."""
+    import importlib.util
+    import re
+
+    loaded = sys.modules.get("cloudpickle")
+    if loaded is not None:
+        return str(getattr(loaded, "__version__", ""))
+    try:
+        spec = importlib.util.find_spec("cloudpickle")
+        origin = spec.origin if spec is not None else None
+        if origin is None:
+            return ""
+        with open(origin, encoding="utf-8") as stream:
+            match = re.search(r"^__version__\s*=\s*[\"']([^\"']+)", stream.read(), re.M)
+    except (OSError, ImportError, ValueError):
+        return ""
+    return match.group(1) if match else ""
 
 
 class Channel:
@@ -210,7 +224,6 @@ class Worker:
 
     def hello(self) -> Welcome:
         import pickle
-        import platform
 
         self.control.send(
             Hello(
@@ -219,7 +232,7 @@ class Worker:
                 pid=os.getpid(),
                 python=tuple(sys.version_info[:3]),  # type: ignore[arg-type]
                 implementation=sys.implementation.name,
-                platform=platform.platform(),
+                platform=f"{sys.platform}-{os.uname().machine}",  # platform.platform() forks
                 versions=_versions(),
                 pickle_protocol=pickle.HIGHEST_PROTOCOL,
             )
@@ -371,6 +384,8 @@ class Worker:
 
     def failure(self, call: Call, exc: BaseException, skip_frames: Optional[int]) -> Result:
         """An error answer: type, message, traceback text, and the exception if it travels."""
+        import traceback
+
         tb = exc.__traceback__
         for _ in range(skip_frames or 0):
             if tb is not None and tb.tb_next is not None:
@@ -414,19 +429,45 @@ def _flush() -> None:
             pass
 
 
+class _Arguments:
+    """The worker's command line (read by hand: argparse costs a worker's start 2 ms)."""
+
+    connect = direct = id = key_file = curve_server_key = curve_client_key = env = ""
+    max_message = key_fd = -1
+
+
+def _arguments(argv: List[str]) -> _Arguments:
+    args = _Arguments()
+    known = {
+        "--connect",
+        "--direct",
+        "--id",
+        "--key-file",
+        "--curve-server-key",
+        "--curve-client-key",
+        "--env",
+        "--max-message",
+        "--key-fd",
+        "--append-path",  # applied by the entry module, before the runtime is imported
+    }
+    if len(argv) % 2:
+        raise SystemExit(f"python -m envrunner.worker: options come in pairs, got {argv}")
+    for flag, value in zip(argv[::2], argv[1::2]):
+        if flag not in known:
+            raise SystemExit(f"python -m envrunner.worker: unknown option {flag}")
+        name = flag[2:].replace("-", "_")
+        if name in ("max_message", "key_fd"):
+            setattr(args, name, int(value))
+        elif name != "append_path":
+            setattr(args, name, value)
+    for required in ("connect", "id", "env"):
+        if not getattr(args, required):
+            raise SystemExit(f"python -m envrunner.worker: --{required} is required")
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m envrunner.worker")
-    parser.add_argument("--connect", required=True)
-    parser.add_argument("--direct", default="")
-    parser.add_argument("--max-message", type=int, default=-1)
-    parser.add_argument("--id", required=True)
-    parser.add_argument("--key-fd", type=int, default=-1)
-    parser.add_argument("--key-file", default="")
-    parser.add_argument("--curve-server-key", default="")
-    parser.add_argument("--curve-client-key", default="")
-    parser.add_argument("--env", required=True)
-    parser.add_argument("--append-path", action="append", default=[])  # applied by the entry
-    args = parser.parse_args(argv)
+    args = _arguments(sys.argv[1:] if argv is None else list(argv))
     sys.argv = sys.argv[:1]
 
     faulthandler.enable(all_threads=False)  # the crashing thread: the others are ours
