@@ -70,6 +70,8 @@ class CallFuture(Future[T]):
         self.env = env
         self.name = name
         self._runner = runner
+        # Set by the runner once the call is made; weak, as the call refers to its future.
+        self._pending: weakref.ref[PendingCall] | None = None
         self._decode_lock = threading.Lock()
         self._value: Any = _UNSET
         self._decode_error: BaseException | None = None
@@ -130,6 +132,19 @@ class CallFuture(Future[T]):
             del self
             raise error
         return self._value
+
+    def cancel(self) -> bool:
+        """Cancel the call if it has not started (as ``concurrent.futures.Future.cancel``).
+
+        A call the broker had already sent ahead to a busy worker is withdrawn from it too.
+        """
+        cancelled = super().cancel()
+        pending = self._pending() if self._pending is not None else None
+        if cancelled and self._runner is not None and pending is not None:
+            broker = self._runner._broker
+            if broker is not None:
+                broker.cancel(pending)
+        return cancelled
 
     def _make_ref(self, raw: Any, ident: int, type_name: str, text: str) -> Ref:
         assert self._runner is not None
@@ -222,7 +237,8 @@ class Task(Generic[P, R]):
         self.keep = keep
         self.retries = retries
         self.__envrunner_fn__ = fn
-        self._code: dict[tuple[bool, bool], bytes] = {}  # by (same Python, by reference)
+        # (encoding, name) by (same Python, by reference)
+        self._code: dict[tuple[bool, bool], tuple[bytes, str]] = {}
         self._takes_keep = "keep" in _parameter_names(fn, keyword=True)
 
     def options(
@@ -363,6 +379,10 @@ def call(env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 # --------------------------------------------------------------------------- the runner
 
 _runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+#: Encoded functions given to Runner.call/submit without a task, by function (weakly).
+_codes: weakref.WeakKeyDictionary[Any, dict[tuple[bool, bool], tuple[bytes, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 _arena_numbers = itertools.count(1)  # one arena per runner: their segment names differ
 _active: list[Runner] = []
 _default: Runner | None = None
@@ -721,7 +741,6 @@ class Runner:
     ) -> PendingCall:
         """Encode a call in the calling thread, ready for a worker."""
         from ._calls import PendingCall
-        from ._runtime.code import describe
 
         if self._closed:
             raise RunnerClosedError(
@@ -730,8 +749,7 @@ class Runner:
         spec = self.manifest[env]
         version = self._resolve(spec).interpreter.version
         same = version[:2] == tuple(sys.version_info[:2])
-        name = describe(fn) + "()"
-        code = self._code(fn, same, env, version, by_reference)
+        code, name = self._code(fn, same, env, version, by_reference)
         local = env not in self.remote_envs  # no shared memory across machines
         body, frames, encoder = self._encode_arguments(fn, name, env, args, kwargs, same, local)
         try:
@@ -756,6 +774,7 @@ class Runner:
         except BaseException:
             encoder.release()
             raise
+        future._pending = weakref.ref(pending)
         return pending
 
     @staticmethod
@@ -795,17 +814,24 @@ class Runner:
         env: str,
         version: tuple[int, ...],
         by_reference: bool,
-    ) -> bytes:
-        cache = fn._code if isinstance(fn, Task) else None
-        if cache is not None and (same, by_reference) in cache:
-            return cache[same, by_reference]
-        from ._runtime.code import encode_function
+    ) -> tuple[bytes, str]:
+        """A function's encoding for a worker, and its name for messages (cached per function)."""
+        if isinstance(fn, Task):
+            cache = fn._code
+        else:
+            try:
+                cache = _codes.setdefault(fn, {})
+            except TypeError:  # not weak-referenceable (a builtin method, say): no cache
+                cache = {}
+        found = cache.get((same, by_reference))
+        if found is not None:
+            return found
+        from ._runtime.code import describe, encode_function
 
         target = f"environment {env!r} (Python {'.'.join(map(str, version[:2]))})"
-        code = encode_function(fn, same, target, by_reference)
-        if cache is not None:
-            cache[same, by_reference] = code
-        return code
+        found = (encode_function(fn, same, target, by_reference), describe(fn) + "()")
+        cache[same, by_reference] = found
+        return found
 
     def _encode_arguments(
         self,
@@ -933,6 +959,7 @@ class Runner:
                         ),
                         max_calls=spec.max_calls,
                         local=spec.name not in self.remote_envs,
+                        window=PoolConfig.window_for(spec.workers),
                     )
                     for spec in self.manifest
                 }

@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ from ._runtime.errors import (
 from ._runtime.protocol import (
     KEY_BYTES,
     Call,
+    Cancel,
     Heartbeat,
     Hello,
     Release,
@@ -246,15 +247,17 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         """
         self._command("release", target, blocks, refs)
 
-    def _command(self, *command: Any) -> None:
+    def _command(self, *command: Any) -> bool:
+        """Hand the broker thread a command; False if the broker is gone."""
         with self._wake_lock:
             if self._wake_w < 0:
-                return  # the broker is gone; the runner refuses calls before that happens
+                return False  # the runner refuses calls before that happens
             self._commands.append(command)
             try:
                 os.write(self._wake_w, b"\0")
             except BlockingIOError:
                 pass  # the pipe is full of wake-ups already: the broker will drain the deque
+            return True
 
     # ------------------------------------------------------------------ the loop
 
@@ -362,6 +365,8 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
                 self._begin_shutdown(cancel=command[1])
             elif kind == "release":
                 self._queue_release(command[1], command[2], command[3])
+            elif kind == "cancel":
+                self._cancel_ahead(command[1], command[2])
         self._flush_releases()
 
     def _queue_release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
@@ -376,6 +381,26 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         worker.releases[1].extend(refs)
         for ident in refs:
             worker.kept.discard(ident)
+
+    def cancel(self, call: PendingCall) -> None:
+        """A pending call's future was cancelled (any thread): stop it if it was sent ahead.
+
+        Returns once the CANCEL is on its way, so that it is in the worker's inbox before
+        anything the caller does next could let the call ahead of it finish.
+        """
+        if threading.current_thread() is self._thread:
+            self._cancel_ahead(call, None)  # a done-callback of another call
+            return
+        sent = threading.Event()
+        if self._command("cancel", call, sent):
+            sent.wait(5.0)
+
+    def _cancel_ahead(self, call: PendingCall, sent: threading.Event | None) -> None:
+        worker = call.worker
+        if worker is not None and call in worker.ahead:
+            self._send(worker, Cancel(call_id=call.call_id))
+        if sent is not None:
+            sent.set()
 
     def _flush_releases(self) -> None:
         for worker in self._workers.values():
@@ -433,6 +458,10 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
                 if worker.state in ("busy", "direct") and worker.call is not None:
                     call, worker.call = worker.call, None
                     self._fail(call, CancelledError("the runner shut down while the call ran"))
+                    while worker.ahead:
+                        ahead = worker.ahead.popleft()
+                        Future.cancel(ahead.future)  # never started: cancelled, like a queued one
+                        self._fail(ahead, CancelledError("the runner shut down first"))
                     self._kill(worker, "shutdown")
         for pool in self._pools.values():
             if pool.state == "preparing" and not pool.queue:
@@ -466,6 +495,7 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
                     self._free_blocks(call)
                     continue  # cancelled while queued
                 self._dispatch(worker, call)
+        self._send_ahead(pool)
         if not pool.queue:
             return
         if not pool.config.local:
@@ -489,6 +519,36 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         wanted = min(len(pool.queue) - starting, pool.config.workers - len(live))
         for _ in range(max(0, wanted)):
             self._start_worker(pool)
+
+    def _send_ahead(self, pool: Pool) -> None:
+        """With a backlog, keep every busy worker a few calls ahead: no round trip between them.
+
+        Only while calls wait (so a free worker is never passed over) and only for calls not
+        yet started, which go back to the queue if their worker dies.
+        """
+        window = pool.config.window
+        if window <= 1 or not pool.queue:
+            return
+        local = [w for w in pool.workers if w.live and not w.remote]
+        if len(local) < pool.config.workers or any(w.state == "starting" for w in local):
+            return  # a worker will be free (or started) for them: no need to queue behind one
+        busy = [w for w in local if w.state == "busy"]
+        for _ in range(window - 1):
+            for worker in busy:
+                if not pool.queue:
+                    return
+                if len(worker.ahead) + 1 >= window or self._recycle_soon(pool, worker):
+                    continue
+                call = pool.queue.popleft()
+                if call.future.cancelled():
+                    self._free_blocks(call)
+                    continue
+                self._dispatch(worker, call)  # its future stays pending: it can be cancelled
+
+    def _recycle_soon(self, pool: Pool, worker: WorkerHandle) -> bool:
+        limit = pool.config.max_calls
+        in_flight = 1 + len(worker.ahead)
+        return limit is not None and worker.calls + in_flight >= limit
 
     def _prepare_thread(self, env: str) -> None:
         try:
@@ -547,10 +607,13 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
 
     def _dispatch(self, worker: WorkerHandle, call: PendingCall) -> None:
         worker.state = "busy"
-        worker.call = call
         call.worker = worker
-        if call.timeout is not None:
-            call.deadline = time.monotonic() + call.timeout
+        if worker.call is None:
+            worker.call = call
+            if call.timeout is not None:
+                call.deadline = time.monotonic() + call.timeout
+        else:  # sent ahead: the worker starts it when the one before is answered
+            worker.ahead.append(call)
         worker.lent.update((name, offset) for name, offset in call.blocks)
         message = Call(
             call_id=call.call_id,
@@ -678,9 +741,12 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
             return
         self._drain_output(worker)
         self._book_result(worker, result)
-        worker.call = None
+        worker.call = worker.ahead.popleft() if worker.ahead else None
         pool = self._pools[worker.env]
-        if self._recycle(pool, worker):
+        if worker.call is not None:  # the next one sent ahead starts now (unless cancelled)
+            if worker.call.future.set_running_or_notify_cancel() and worker.call.timeout:
+                worker.call.deadline = time.monotonic() + worker.call.timeout
+        elif self._recycle(pool, worker):
             self._send_shutdown(worker)
         else:
             worker.state = "idle"
@@ -726,6 +792,8 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
             if worker.call is not None:
                 self._fail(worker.call, error)
                 worker.call = None
+            while worker.ahead:
+                self._fail(worker.ahead.popleft(), error)
             while worker.pinned:
                 self._fail(worker.pinned.popleft(), error)
         while self._commands:

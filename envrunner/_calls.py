@@ -61,6 +61,15 @@ class PoolConfig:
     idle_timeout: float | None = None
     max_calls: int | None = None
     local: bool = True  # False: its workers all run on other machines
+    window: int = 2  # calls in flight per busy worker while others wait (1: one at a time)
+
+    @staticmethod
+    def window_for(workers: int) -> int:
+        """How far ahead to keep a busy worker: far with one worker, where the calls have
+        nowhere else to go; one call with several, where a call sent ahead to a worker that
+        turns out slow could have run on another that came free (head-of-line blocking).
+        Measured: 5,000 noop calls/s at 2, 10,000 at 8-16 (benchmarks/run.py, pipelined)."""
+        return 16 if workers == 1 else 2
 
 
 @dataclass(eq=False)

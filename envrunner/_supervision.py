@@ -90,6 +90,12 @@ class Supervision:
             pool.workers.remove(worker)
         log.debug("%r exited: %s", worker, returncode)
         call, worker.call = worker.call, None
+        while worker.ahead:  # sent ahead, never started: they go back to the front of the queue
+            waiting = worker.ahead.pop()
+            waiting.worker = None
+            for name, offset in waiting.blocks:
+                worker.lent.discard((name, offset))
+            pool.queue.appendleft(waiting)  # (only unpinned calls are ever sent ahead)
         if call is not None and not call.finished and self._retry(call, worker, pool):
             call = None
         self._forget_memory(worker, returncode)

@@ -16,11 +16,9 @@ prefixed with the environment's name, and the last stderr lines are kept for cra
 from __future__ import annotations
 
 import collections
-import fcntl
 import os
-import struct
+import select
 import sys
-import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -85,7 +83,10 @@ class WorkerHandle:
     direct: DirectChannel | None = None
     remote: bool = False  # on another machine, connected over tcp
     state: str = "starting"
-    call: PendingCall | None = None
+    call: PendingCall | None = None  # the call it runs now
+    ahead: collections.deque[PendingCall] = field(
+        default_factory=collections.deque
+    )  # sent, waiting
     started: float = field(default_factory=time.monotonic)
     idle_since: float = field(default_factory=time.monotonic)
     last_beat: float = field(default_factory=time.monotonic)
@@ -103,6 +104,7 @@ class WorkerHandle:
         default_factory=lambda: collections.deque(maxlen=STDERR_TAIL)
     )
     output_lock: threading.Lock = field(default_factory=threading.Lock)
+    _pipes: select.poll | None = None
 
     @property
     def pid(self) -> int:
@@ -142,18 +144,21 @@ class WorkerHandle:
                 self._emit(kind, self.partial[kind] + data)
 
     def pending_output(self) -> bool:
-        """Whether its pipes hold output not yet forwarded (checked without reading them)."""
+        """Whether its pipes hold output not yet forwarded (checked without reading them).
+
+        One poll(2) on both pipes; the lock makes sure the broker is not between reading some
+        output and writing it out.
+        """
         with self.output_lock:
-            for kind, open_ in (("out", self.out_open), ("err", self.err_open)):
-                if not open_:
-                    continue
-                try:
-                    raw = fcntl.ioctl(self.fd(kind), termios.FIONREAD, b"\0\0\0\0")
-                except OSError:
-                    continue
-                if struct.unpack("i", raw)[0] > 0:
-                    return True
-        return False
+            if self._pipes is None:
+                self._pipes = select.poll()
+                for fd in (self.process.stdout_fd, self.process.stderr_fd):
+                    if fd >= 0:
+                        self._pipes.register(fd, select.POLLIN)
+            try:
+                return any(event & select.POLLIN for _, event in self._pipes.poll(0))
+            except OSError:
+                return False
 
     def _emit(self, kind: str, data: bytes, final: bool = False) -> None:
         *lines, rest = data.split(b"\n")

@@ -393,6 +393,42 @@ def test_a_queued_call_can_be_cancelled(runner: envrunner.Runner) -> None:
     assert runner.call("other", tasks.add, 2, 2) == 4
 
 
+def test_a_call_sent_ahead_to_a_busy_worker_can_still_be_cancelled(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    """The broker keeps a busy worker a call ahead; cancelling that call withdraws it."""
+    folder = str(tmp_path)
+    blocker = runner.submit("other", tasks.rendezvous, folder, "blocker", "go")
+    wait_for(lambda: (tmp_path / "blocker").exists(), what="the first call to start")
+    ahead = runner.submit("other", tasks.rendezvous, folder, "ahead", "never", 0.0)
+    after = runner.submit("other", tasks.add, 2, 3)
+    # The broker takes submissions in order: once a later one is answered, it has sent
+    # ``ahead`` on to the busy worker (the window is two calls).
+    assert runner.submit("same", tasks.add, 0, 0).result(60) == 0
+    assert ahead.running() is False and ahead.cancel()
+    (tmp_path / "go").touch()
+    assert blocker.result(60) == "together"
+    assert after.result(60) == 5
+    assert ahead.cancelled()
+    assert not (tmp_path / "ahead").exists(), "the cancelled call ran"
+    assert runner.call("other", tasks.add, 1, 1) == 2
+
+
+def test_calls_sent_ahead_to_a_worker_that_dies_run_on_its_successor(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    folder = str(tmp_path)
+    blocker = runner.submit("other", tasks.rendezvous, folder, "blocker", "go")
+    wait_for(lambda: (tmp_path / "blocker").exists(), what="the first call to start")
+    ahead = runner.submit("other", tasks.identify)
+    assert runner.submit("same", tasks.add, 0, 0).result(60) == 0  # ``ahead`` was sent ahead
+    victim = int((tmp_path / "blocker").read_text())
+    os.kill(victim, 9)
+    with pytest.raises(envrunner.WorkerCrashed):
+        blocker.result(60)
+    assert ahead.result(60)["pid"] != victim  # it never started, so it ran again elsewhere
+
+
 def test_repr_shows_state(runner: envrunner.Runner) -> None:
     runner.call("same", tasks.add, 1, 1)
     text = repr(runner)

@@ -53,6 +53,7 @@ from .errors import ProtocolError
 __all__ = [
     "PROTOCOL_VERSION",
     "Call",
+    "Cancel",
     "Heartbeat",
     "Hello",
     "Message",
@@ -169,8 +170,16 @@ class Heartbeat(Message):
     pid: int
 
 
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Broker to worker: do not start this call (it was sent ahead and then cancelled)."""
+
+    TAG: ClassVar[int] = 8
+    call_id: int
+
+
 _TYPES: Dict[int, Type[Message]] = {
-    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown, Release, Heartbeat)
+    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown, Release, Heartbeat, Cancel)
 }
 _FIELDS: Dict[Type[Message], Tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name != "buffers") for cls in _TYPES.values()

@@ -24,12 +24,13 @@ Run as ``python -m envrunner.worker --connect ADDR --id ID --key-fd FD --env NAM
 
 from __future__ import annotations
 
+import collections
 import faulthandler
 import os
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import __version__, shm, wire
 from .code import load_function
@@ -39,6 +40,7 @@ from .protocol import (
     KEY_BYTES,
     PROTOCOL_VERSION,
     Call,
+    Cancel,
     Heartbeat,
     Hello,
     Release,
@@ -270,17 +272,36 @@ class Worker:
             channels[self.direct.socket] = self.direct
         for socket in channels:
             poller.register(socket, zmq.POLLIN)
+        # Calls may arrive ahead of time (the broker keeps a busy worker a call or two ahead);
+        # before each call, everything already arrived is read, so that a CANCEL sent after a
+        # call is seen before that call starts.
+        inbox: Deque[Tuple[Channel, Any]] = collections.deque()
+        cancelled: Set[int] = set()
         try:
             while True:
-                for socket, _ in poller.poll():
+                if not inbox:
+                    poller.poll()
+                for socket, _ in poller.poll(0):
                     channel = channels[socket]
-                    message = channel.receive()
-                    if isinstance(message, Call):
+                    while socket.poll(0):
+                        message = channel.receive()
+                        if isinstance(message, Cancel):
+                            cancelled.add(message.call_id)
+                        else:
+                            inbox.append((channel, message))
+                if not inbox:
+                    continue
+                channel, message = inbox.popleft()
+                if isinstance(message, Call):
+                    if message.call_id in cancelled:
+                        cancelled.discard(message.call_id)
+                        channel.send(self.answer(message, False, _CANCELLED))
+                    else:
                         channel.send(self.run(message))
-                    elif isinstance(message, Release):
-                        self.release(message)
-                    elif isinstance(message, Shutdown):
-                        return 0
+                elif isinstance(message, Release):
+                    self.release(message)
+                elif isinstance(message, Shutdown):
+                    return 0
         finally:
             if self.arena is not None:
                 self.arena.close()
@@ -411,6 +432,8 @@ class Worker:
 
 
 _TB_HEAD = "Traceback (most recent call last):\n"
+#: The answer to a call cancelled before it started (nobody reads it: its future is cancelled).
+_CANCELLED = Encoder(False).encode(["CancelledError", "cancelled before it started", "", None])[0]
 
 
 def _short_repr(value: Any, limit: int = 120) -> str:
