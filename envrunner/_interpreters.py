@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,6 +365,8 @@ def _discover() -> list[Interpreter]:
             return None
 
     if len(candidates) > 1:
+        from concurrent.futures import ThreadPoolExecutor  # not needed when nothing is probed
+
         with ThreadPoolExecutor(max_workers=min(8, len(candidates))) as pool:
             results = list(pool.map(probe, candidates))
     else:
