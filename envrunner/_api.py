@@ -7,6 +7,7 @@ Importing this module is cheap: the broker (and zmq) load when the first call is
 from __future__ import annotations
 
 import atexit
+import enum
 import functools
 import itertools
 import os
@@ -20,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from ._runtime import current_environment
 from ._runtime.errors import (
@@ -215,6 +216,15 @@ class Ref:
         )
 
 
+class _Same(enum.Enum):
+    """The default of :meth:`Task.options` for an option whose None means something."""
+
+    SAME = "as before"
+
+    def __repr__(self) -> str:
+        return "<as before>"
+
+
 class Task(Generic[P, R]):
     """A function pinned to an environment: calling it runs it in a worker of that environment.
 
@@ -245,18 +255,19 @@ class Task(Generic[P, R]):
         self,
         *,
         env: str | None = None,
-        timeout: float | None = None,
+        timeout: float | Literal[_Same.SAME] | None = _Same.SAME,
         keep: bool | None = None,
         retries: int | None = None,
     ) -> Task[P, R]:
         """The same task with other options (those not given stay as they are).
 
-        ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`.
+        ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`;
+        ``task.options(timeout=None)`` removes its timeout.
         """
         other: Task[P, R] = Task(
             self.fn,
             env=self.env if env is None else env,
-            timeout=self.timeout if timeout is None else timeout,
+            timeout=self.timeout if timeout is _Same.SAME else timeout,
             keep=self.keep if keep is None else keep,
             retries=self.retries if retries is None else retries,
         )
@@ -421,9 +432,10 @@ class Runner:
             ``output(env, line)`` and ``done(env, text)`` that receives it.
         heartbeat_timeout: Seconds without a heartbeat from a worker (a thread of its own sends
             one every few seconds) after which it counts as hung and is killed; None: never.
-        max_message_bytes: The largest message a worker or the broker accepts; a larger one is
-            refused before it is read (arrays above ``shm_threshold`` do not count: they go
-            through shared memory). Default 1 GiB.
+        max_message_bytes: The largest frame of a message (its header, or one array's
+            buffer) a worker or the broker accepts; a larger one is refused before it is read
+            (arrays above ``shm_threshold`` do not count: they go through shared memory).
+            Default 1 GiB.
         listen: Also accept workers from other machines on this address (``tcp://0.0.0.0:5555``);
             they are started there with ``envrunner worker``.
         keys: The keys folder (``envrunner keys DIR``): the session key that signs messages and

@@ -222,6 +222,11 @@ def test_a_timeout_kills_the_worker_and_the_next_call_gets_a_new_one(
     assert isinstance(caught.value, TimeoutError)
     wait_for(lambda: pid_gone(before), what="the timed-out worker to die")
     assert runner.call("other", tasks.identify)["pid"] != before
+    # options() keeps the timeout unless told otherwise, and None takes it away
+    assert slow.options(keep=False).timeout == 0.5
+    patient = slow.options(timeout=None)
+    assert patient.timeout is None
+    assert patient(0.7) == 0.7  # longer than the timeout it no longer has
 
 
 # --------------------------------------------------------------------------- output

@@ -153,7 +153,9 @@ class _SourceBundle:
         self.fn = fn
         self.home = fn.__module__
         self.target = target or "a worker on another Python version"
-        self.entries: List[List[Any]] = []  # ["def", name, source, filename] | ["module", ...]
+        # ["def", name, source, filename, first line] | ["module", name, module]
+        # | ["attr", name, module, qualname] | ["task", name, env]
+        self.entries: List[List[Any]] = []
         self.data: Dict[str, Any] = {}
         self.seen: Set[str] = set()
 

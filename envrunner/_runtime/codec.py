@@ -21,7 +21,7 @@ code  payload
 16    pathlib path: [class name, text]
 20    numpy array: [dtype, shape, order, buffer]
 21    numpy scalar: [dtype, raw bytes]
-30    pickle: [type name, pickle bytes, [buffer, ...], plain value or None]
+30    pickle: [type name, pickle bytes, [buffer, ...], plain value (packed as a body) or None]
 31    cloudpickle (same Python minor version only): as 30
 40    a reference the caller passes back to the worker that holds the object: [id]
 41    a reference to an object kept in the worker: [id, type name, repr]

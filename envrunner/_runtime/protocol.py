@@ -1,22 +1,21 @@
 """The wire protocol between the broker and its workers: message types, frames, signatures.
 
-::
+Three channels join a worker to its caller (arrows: who sends)::
 
-    caller process                                         worker process (one per slot)
-    ┌────────────────────────────┐   ipc://<rundir>/broker   ┌───────────────────────────┐
-    │ broker thread: ROUTER      │◄──────────────────────────│ DEALER, identity = id     │
-    │                            │  HELLO (versions, pid)    │                           │
-    │                            │──────────────────────────►│                           │
-    │                            │  WELCOME (cwd, sys.path)  │                           │
-    │                            │──────────────────────────►│ runs calls one at a time  │
-    │                            │  CALL (code, args)        │                           │
-    │                            │◄──────────────────────────│                           │
-    │                            │  RESULT (value | error)   │                           │
-    │                            │──────────────────────────►│                           │
-    │                            │  RELEASE (blocks, refs)   │                           │
-    │                            │──────────────────────────►│                           │
-    │                            │  SHUTDOWN                 │                           │
-    └────────────────────────────┘                           └───────────────────────────┘
+    caller process                                    worker process
+    broker thread, ROUTER  ◄── control (ipc) ──►  main thread, DEALER (identity = its id)
+        HELLO      ◄──  versions, pid
+        WELCOME    ──►  cwd, sys.path, options
+        CALL       ──►  code, args (several when the broker sends calls ahead)
+        RESULT     ◄──  value, or the error with its traceback
+        CANCEL     ──►  a call sent ahead whose future was cancelled: do not start it
+        RELEASE    ──►  arena blocks and kept objects the caller let go of
+        SHUTDOWN   ──►
+    calling thread, PAIR   ◄── direct (ipc) ───►  main thread, PAIR (one per worker)
+        CALL ──► RESULT ◄──  a synchronous call on an idle worker, no broker thread woken
+        SHUTDOWN   ──►  after a direct call that reached ``max_calls``
+    broker thread, ROUTER  ◄── heartbeat ───────  heartbeat thread, DEALER (identity id.hb)
+        HEARTBEAT  ◄──  every ``heartbeat`` seconds while the process lives
 
 Every message is a list of frames (the ROUTER adds the peer's identity in front)::
 
@@ -32,8 +31,8 @@ Every message is a list of frames (the ROUTER adds the peer's identity in front)
   ``to:w3/direct``, ``from:w3.hb``...), so a message signed for one worker, channel or direction
   is refused on any other. A receiver checks the signature before decoding anything, and refuses
   a sequence number that is not larger than the last one it accepted in that scope (replays).
-- A header larger than ``MAX_HEADER_BYTES`` is refused unread; sockets refuse messages larger
-  than their configured limit before they are received whole.
+- A header larger than ``MAX_HEADER_BYTES`` is refused unread; sockets refuse a frame larger
+  than their configured limit (``MAXMSGSIZE``, per frame) before it is received whole.
 
 This module is pure (no sockets, no processes) and part of the sealed worker runtime.
 """

@@ -15,7 +15,8 @@
 
 Segments are reused, so after the first call their pages are warm in both processes and a large
 array moves at memory speed: one copy into the arena on the sending side, none on the receiving
-side. A segment's name starts with its owner's prefix, ``envrunner-<caller pid>-<owner pid>``:
+side. A segment's name starts with its owner's prefix, ``envrunner-<caller pid>-<owner pid>``
+(a caller's own arenas, one per runner, add ``.<n>`` to it):
 
 - the owner unlinks its segments when it closes;
 - the broker unlinks a dead worker's segments (``envrunner-<caller pid>-<worker pid>-*``);
@@ -112,7 +113,8 @@ class Arena:
     """Blocks in shared-memory segments that one process owns and writes.
 
     Args:
-        prefix: Segment names start with it (``envrunner-<caller pid>-<owner pid>``).
+        prefix: Segment names start with it (``envrunner-<caller pid>-<owner pid>``, and
+            ``.<n>`` after it for the caller's own arenas).
     """
 
     def __init__(self, prefix: str) -> None:

@@ -6,13 +6,17 @@
     ───────────────────────            ──────────────────                 ───────────────
     spawns `python -m envrunner.worker`
       with the session key on an  ───► read key from the inherited pipe ─► blocks reading the
-      inherited pipe, keeps the        connect DEALER, send HELLO          same pipe; EOF means
-      write end open                                                       the caller is gone:
+      inherited pipe, keeps the        connect DEALER (and the direct      same pipe; EOF means
+      write end open                   PAIR the caller bound), send HELLO  the caller is gone:
                                   ◄─── HELLO                               os._exit at once
-    WELCOME (cwd, sys.path) ──────────► chdir, extend sys.path
-    CALL ─────────────────────────────► load function (cached), decode args, run,
-                                        flush stdout/stderr, encode result
+    WELCOME (cwd, sys.path) ──────────► chdir, extend sys.path, start the heartbeat
+                                        thread (a DEALER of its own)
+    CALL ─────────────────────────────► read every arrived message first (CANCEL,
+      (control, or direct from a        RELEASE); load function (cached), decode args,
+      calling thread)                   run, flush stdout/stderr, encode result
                                   ◄─── RESULT (value, or the error with its traceback)
+    CANCEL ───────────────────────────► answer that call, when it comes, without running it
+    RELEASE ──────────────────────────► drop kept objects, free arena blocks
     SHUTDOWN ─────────────────────────► exit 0
 
 stdout and stderr are pipes the broker reads line by line; they are flushed before every RESULT
