@@ -398,18 +398,27 @@ def test_a_queued_call_can_be_cancelled(runner: envrunner.Runner) -> None:
     assert runner.call("other", tasks.add, 2, 2) == 4
 
 
+def occupy_the_other_worker(runner: envrunner.Runner, folder: Path) -> concurrent.futures.Future:
+    """Start a call on the "other" worker that runs until ``folder/go`` exists."""
+    blocker = runner.submit("other", tasks.rendezvous, str(folder), "blocker", "go")
+    wait_for(lambda: (folder / "blocker").exists(), what="the first call to start")
+    return blocker
+
+
+def let_the_broker_catch_up(runner: envrunner.Runner) -> None:
+    """The broker takes submissions in order: once a later one is answered, it has sent the
+    earlier ones on (to a busy worker, ahead of time)."""
+    assert runner.submit("same", tasks.add, 0, 0).result(60) == 0
+
+
 def test_a_call_sent_ahead_to_a_busy_worker_can_still_be_cancelled(
     runner: envrunner.Runner, tmp_path: Path
 ) -> None:
-    """The broker keeps a busy worker a call ahead; cancelling that call withdraws it."""
-    folder = str(tmp_path)
-    blocker = runner.submit("other", tasks.rendezvous, folder, "blocker", "go")
-    wait_for(lambda: (tmp_path / "blocker").exists(), what="the first call to start")
-    ahead = runner.submit("other", tasks.rendezvous, folder, "ahead", "never", 0.0)
+    """The broker keeps a busy worker calls ahead; cancelling one of them withdraws it."""
+    blocker = occupy_the_other_worker(runner, tmp_path)
+    ahead = runner.submit("other", tasks.rendezvous, str(tmp_path), "ahead", "never", 0.0)
     after = runner.submit("other", tasks.add, 2, 3)
-    # The broker takes submissions in order: once a later one is answered, it has sent
-    # ``ahead`` on to the busy worker (the window is two calls).
-    assert runner.submit("same", tasks.add, 0, 0).result(60) == 0
+    let_the_broker_catch_up(runner)
     assert ahead.running() is False and ahead.cancel()
     (tmp_path / "go").touch()
     assert blocker.result(60) == "together"
@@ -422,11 +431,9 @@ def test_a_call_sent_ahead_to_a_busy_worker_can_still_be_cancelled(
 def test_calls_sent_ahead_to_a_worker_that_dies_run_on_its_successor(
     runner: envrunner.Runner, tmp_path: Path
 ) -> None:
-    folder = str(tmp_path)
-    blocker = runner.submit("other", tasks.rendezvous, folder, "blocker", "go")
-    wait_for(lambda: (tmp_path / "blocker").exists(), what="the first call to start")
+    blocker = occupy_the_other_worker(runner, tmp_path)
     ahead = runner.submit("other", tasks.identify)
-    assert runner.submit("same", tasks.add, 0, 0).result(60) == 0  # ``ahead`` was sent ahead
+    let_the_broker_catch_up(runner)
     victim = int((tmp_path / "blocker").read_text())
     os.kill(victim, 9)
     with pytest.raises(envrunner.WorkerCrashed):
