@@ -73,7 +73,6 @@ from ._runtime.errors import (
 )
 from ._runtime.protocol import (
     KEY_BYTES,
-    Call,
     Cancel,
     Heartbeat,
     Hello,
@@ -619,15 +618,7 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         else:  # sent ahead: the worker starts it when the one before is answered
             worker.ahead.append(call)
         worker.lent.update((name, offset) for name, offset in call.blocks)
-        message = Call(
-            call_id=call.call_id,
-            name=call.name,
-            code=call.code,
-            payload=call.payload,
-            segments=call.segments,
-            keep=call.keep,
-            buffers=call.buffers,
-        )
+        message = call.message()
         self._send(worker, message)
 
     def _send(self, worker: WorkerHandle, message: Any) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._runtime.codec import Decoder
 from ._runtime.errors import EnvrunnerError, RemoteError, RemoteTraceback
+from ._runtime.protocol import Call
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -93,6 +94,18 @@ class PendingCall:
     worker: WorkerHandle | None = None
     deadline: float | None = None
     finished: bool = False
+
+    def message(self) -> Call:
+        """The CALL message that asks a worker to run it."""
+        return Call(
+            call_id=self.call_id,
+            name=self.name,
+            code=self.code,
+            payload=self.payload,
+            segments=self.segments,
+            keep=self.keep,
+            buffers=self.buffers,
+        )
 
 
 @dataclass(eq=False)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from ._calls import PendingCall, RawResult, remote_error
 from ._runtime import wire
-from ._runtime.protocol import Call, Result, Shutdown, pack, unpack
+from ._runtime.protocol import Result, Shutdown, pack, unpack
 from ._workers import DirectChannel, WorkerHandle
 
 if TYPE_CHECKING:
@@ -74,15 +74,7 @@ class DirectCalls:
             worker.lent.update((name, offset) for name, offset in call.blocks)
         call.future.set_running_or_notify_cancel()
         deadline = None if call.timeout is None else time.monotonic() + call.timeout
-        message = Call(
-            call_id=call.call_id,
-            name=call.name,
-            code=call.code,
-            payload=call.payload,
-            segments=call.segments,
-            keep=call.keep,
-            buffers=call.buffers,
-        )
+        message = call.message()
         try:
             wire.send(direct.socket, pack(message, direct.signer, direct.outgoing))
             result = self._wait_direct(worker, direct, call, deadline)

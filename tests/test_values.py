@@ -21,6 +21,7 @@ import tasks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from waiting import wait_for_file
 
 import envrunner
 from envrunner._runtime.codec import Decoder, Encoder
@@ -314,15 +315,6 @@ def test_a_kept_result_is_used_in_place_by_later_calls(
     assert not (tmp_path / "collected").exists()
     del ref  # the worker lets go of it, no garbage collection needed
     wait_for_file(tmp_path / "collected")
-
-
-def wait_for_file(path: Path, timeout: float = 20.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
 
 
 def test_fetch_brings_a_kept_value_over(runner: envrunner.Runner) -> None:
