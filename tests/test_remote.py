@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy
 import pytest
@@ -66,16 +67,22 @@ def test_keys_are_created_once_with_private_secrets(keys: Path) -> None:
     assert "already holds every key" in again.stdout
 
 
-def test_a_worker_on_another_machine_serves_calls_over_curve(
-    manifest_path: Path, keys: Path
-) -> None:
-    with envrunner.Runner(
+def listening_runner(manifest_path: Path, keys: Path, **options: Any) -> envrunner.Runner:
+    """A runner that accepts remote workers for "modern" on a local tcp port, with Curve."""
+    return envrunner.Runner(
         manifest_path,
         progress=False,
         listen="tcp://127.0.0.1:*",
         keys=keys,
         remote_envs=["modern"],
-    ) as runner:
+        **options,
+    )
+
+
+def test_a_worker_on_another_machine_serves_calls_over_curve(
+    manifest_path: Path, keys: Path
+) -> None:
+    with listening_runner(manifest_path, keys) as runner:
         address = runner.remote_address
         assert address.startswith("tcp://127.0.0.1:")
         worker = start_worker(manifest_path, "modern", address, keys, "gpu1")
@@ -101,14 +108,7 @@ def test_a_worker_whose_key_is_not_listed_never_gets_in(
     for name in ("session.key", "broker.key"):
         (stranger / name).write_bytes((keys / name).read_bytes())
         (stranger / name).chmod(0o600)
-    with envrunner.Runner(
-        manifest_path,
-        progress=False,
-        listen="tcp://127.0.0.1:*",
-        keys=keys,
-        remote_envs=["modern"],
-        start_timeout=3,
-    ) as runner:
+    with listening_runner(manifest_path, keys, start_timeout=3) as runner:
         intruder = start_worker(manifest_path, "modern", runner.remote_address, stranger, "evil")
         try:
             with pytest.raises(envrunner.WorkerStartError, match="no worker on another machine"):
@@ -182,14 +182,7 @@ def test_a_secret_readable_by_others_is_refused(
 
 
 def test_a_remote_worker_that_goes_silent_fails_its_call(manifest_path: Path, keys: Path) -> None:
-    with envrunner.Runner(
-        manifest_path,
-        progress=False,
-        listen="tcp://127.0.0.1:*",
-        keys=keys,
-        remote_envs=["modern"],
-        heartbeat_timeout=2.0,
-    ) as runner:
+    with listening_runner(manifest_path, keys, heartbeat_timeout=2.0) as runner:
         worker = start_worker(manifest_path, "modern", runner.remote_address, keys, "gpu1")
         assert runner.call("modern", tasks.add, 1, 1) == 2
         long = runner.submit("modern", tasks.sleep, 600)
@@ -242,13 +235,7 @@ def test_a_remote_worker_leaves_when_its_caller_dies(
 def test_a_remote_worker_for_a_local_environment_is_refused(
     manifest_path: Path, keys: Path
 ) -> None:
-    with envrunner.Runner(
-        manifest_path,
-        progress=False,
-        listen="tcp://127.0.0.1:*",
-        keys=keys,
-        remote_envs=["modern"],
-    ) as runner:
+    with listening_runner(manifest_path, keys) as runner:
         stray = start_worker(manifest_path, "same", runner.remote_address, keys, "gpu1")
         try:
             local = runner.call("same", tasks.whoami)
