@@ -85,6 +85,8 @@ def main() -> int:
     for label in sorted(labels, key=lambda key: -statistics.median(times[key] or [0])):
         if times[label]:
             print(f"{statistics.median(times[label]) / 1000:8.1f} us  {label}")
+        else:  # patched where the call path no longer looks it up: fix TIMED
+            print(f"   never called  {label}")
     return 0
 
 
