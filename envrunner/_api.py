@@ -71,8 +71,6 @@ class CallFuture(Future[T]):
         self.env = env
         self.name = name
         self._runner = runner
-        # Set by the runner once the call is made; weak, as the call refers to its future.
-        self._pending: weakref.ref[PendingCall] | None = None
         self._decode_lock = threading.Lock()
         self._value: Any = _UNSET
         self._decode_error: BaseException | None = None
@@ -133,19 +131,6 @@ class CallFuture(Future[T]):
             del self
             raise error
         return self._value
-
-    def cancel(self) -> bool:
-        """Cancel the call if it has not started (as ``concurrent.futures.Future.cancel``).
-
-        A call the broker had already sent ahead to a busy worker is withdrawn from it too.
-        """
-        cancelled = super().cancel()
-        pending = self._pending() if self._pending is not None else None
-        if cancelled and self._runner is not None and pending is not None:
-            broker = self._runner._broker
-            if broker is not None:
-                broker.cancel(pending)
-        return cancelled
 
     def _make_ref(self, raw: Any, ident: int, type_name: str, text: str) -> Ref:
         assert self._runner is not None
@@ -262,7 +247,8 @@ class Task(Generic[P, R]):
         """The same task with other options (those not given stay as they are).
 
         ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`;
-        ``task.options(timeout=None)`` removes its timeout.
+        ``task.options(timeout=None)`` drops the task's own timeout, back to the environment's
+        (its manifest ``timeout:``, else none).
         """
         other: Task[P, R] = Task(
             self.fn,
@@ -786,7 +772,6 @@ class Runner:
         except BaseException:
             encoder.release()
             raise
-        future._pending = weakref.ref(pending)
         return pending
 
     @staticmethod

@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,6 @@ from ._runtime.errors import (
 )
 from ._runtime.protocol import (
     KEY_BYTES,
-    Cancel,
     Heartbeat,
     Hello,
     Release,
@@ -368,8 +367,6 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
                 self._begin_shutdown(cancel=command[1])
             elif kind == "release":
                 self._queue_release(command[1], command[2], command[3])
-            elif kind == "cancel":
-                self._cancel_ahead(command[1], command[2])
         self._flush_releases()
 
     def _queue_release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
@@ -384,26 +381,6 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         worker.releases[1].extend(refs)
         for ident in refs:
             worker.kept.discard(ident)
-
-    def cancel(self, call: PendingCall) -> None:
-        """A pending call's future was cancelled (any thread): stop it if it was sent ahead.
-
-        Returns once the CANCEL is on its way, so that it is in the worker's inbox before
-        anything the caller does next could let the call ahead of it finish.
-        """
-        if threading.current_thread() is self._thread:
-            self._cancel_ahead(call, None)  # a done-callback of another call
-            return
-        sent = threading.Event()
-        if self._command("cancel", call, sent):
-            sent.wait(5.0)
-
-    def _cancel_ahead(self, call: PendingCall, sent: threading.Event | None) -> None:
-        worker = call.worker
-        if worker is not None and call in worker.ahead:
-            self._send(worker, Cancel(call_id=call.call_id))
-        if sent is not None:
-            sent.set()
 
     def _flush_releases(self) -> None:
         for worker in self._workers.values():
@@ -458,13 +435,12 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
                 call.future.cancel()
                 self._fail(call, CancelledError("the runner shut down first"))
             for worker in list(self._workers.values()):
+                while worker.ahead:  # given to a worker: running, as far as the caller knows
+                    ahead = worker.ahead.popleft()
+                    self._fail(ahead, CancelledError("the runner shut down while the call ran"))
                 if worker.state in ("busy", "direct") and worker.call is not None:
                     call, worker.call = worker.call, None
                     self._fail(call, CancelledError("the runner shut down while the call ran"))
-                    while worker.ahead:
-                        ahead = worker.ahead.popleft()
-                        Future.cancel(ahead.future)  # never started: cancelled, like a queued one
-                        self._fail(ahead, CancelledError("the runner shut down first"))
                     self._kill(worker, "shutdown")
         for pool in self._pools.values():
             if pool.state == "preparing" and not pool.queue:
@@ -526,8 +502,12 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
     def _send_ahead(self, pool: Pool) -> None:
         """With a backlog, keep every busy worker a few calls ahead: no round trip between them.
 
-        Only while calls wait (so a free worker is never passed over) and only for calls not
-        yet started, which go back to the queue if their worker dies.
+        Only while calls wait (so a free worker is never passed over), never to a worker that
+        calls on its kept objects wait for (they would wait behind every call sent ahead), and
+        only unpinned calls. A call sent ahead counts as running from then on, as in
+        ``ProcessPoolExecutor``'s call queue: the worker starts it the moment it has answered
+        the one before, so ``cancel()`` could not promise it will not run. Its timeout starts
+        when the broker sees the call before it answered.
         """
         window = pool.config.window
         if window <= 1 or not pool.queue:
@@ -535,7 +515,7 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         local = [w for w in pool.workers if w.live and not w.remote]
         if len(local) < pool.config.workers or any(w.state == "starting" for w in local):
             return  # a worker will be free (or started) for them: no need to queue behind one
-        busy = [w for w in local if w.state == "busy"]
+        busy = [w for w in local if w.state == "busy" and not w.pinned]
         for _ in range(window - 1):
             for worker in busy:
                 if not pool.queue:
@@ -543,10 +523,10 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
                 if len(worker.ahead) + 1 >= window or self._recycle_soon(pool, worker):
                     continue
                 call = pool.queue.popleft()
-                if call.future.cancelled():
+                if not call.future.running() and not call.future.set_running_or_notify_cancel():
                     self._free_blocks(call)
-                    continue
-                self._dispatch(worker, call)  # its future stays pending: it can be cancelled
+                    continue  # cancelled while queued
+                self._dispatch(worker, call)
 
     def _recycle_soon(self, pool: Pool, worker: WorkerHandle) -> bool:
         limit = pool.config.max_calls
@@ -573,6 +553,8 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
             identity,
             self._max_message,
         )
+        started = self._rundir / f"s{self._worker_count}"
+        started.write_bytes(bytes(8))
         request = LaunchRequest(
             env=pool.env,
             python=prepared.python,
@@ -586,17 +568,19 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
             append_paths=prepared.append_paths,
             direct_address=direct.address,
             max_message=self._max_message,
+            started_path=str(started),
         )
         try:
             process = self._launcher.launch(request)
         except OSError as exc:
             direct.close()
+            started.unlink(missing_ok=True)
             pool.start_failures += 1
             self._after_start_failure(
                 pool, WorkerStartError(pool.env, 0, f"cannot run {prepared.python}: {exc}")
             )
             return
-        worker = WorkerHandle(identity, pool.env, process, direct)
+        worker = WorkerHandle(identity, pool.env, process, direct, started_file=started)
         direct.watch(process.pidfd)
         pool.workers.append(worker)
         self._workers[identity] = worker
@@ -738,8 +722,8 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         self._book_result(worker, result)
         worker.call = worker.ahead.popleft() if worker.ahead else None
         pool = self._pools[worker.env]
-        if worker.call is not None:  # the next one sent ahead starts now (unless cancelled)
-            if worker.call.future.set_running_or_notify_cancel() and worker.call.timeout:
+        if worker.call is not None:  # the next one sent ahead has started
+            if worker.call.timeout is not None:
                 worker.call.deadline = time.monotonic() + worker.call.timeout
         elif self._recycle(pool, worker):
             self._send_shutdown(worker)

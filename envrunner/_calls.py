@@ -66,11 +66,15 @@ class PoolConfig:
 
     @staticmethod
     def window_for(workers: int) -> int:
-        """How far ahead to keep a busy worker: far with one worker, where the calls have
-        nowhere else to go; one call with several, where a call sent ahead to a worker that
-        turns out slow could have run on another that came free (head-of-line blocking).
-        Measured: 5,000 noop calls/s at 2, 10,000 at 8-16 (benchmarks/run.py, pipelined)."""
-        return 16 if workers == 1 else 2
+        """How many calls a busy worker may hold (running, then sent ahead).
+
+        Eight with one worker, where the calls have nowhere else to go; two with several, where
+        a call sent ahead to a worker that turns out slow could have run on another that came
+        free (head-of-line blocking). A call sent ahead can no longer be cancelled, so the
+        window is not deeper than the throughput needs: noop calls through one worker went
+        5,000/s at 2, 6,000-8,500 at 4, 8,000-12,600 at 8 and no better at 16
+        (benchmarks/run.py, pipelined)."""
+        return 8 if workers == 1 else 2
 
 
 @dataclass(eq=False)

@@ -577,11 +577,12 @@ def _install(resolved: Resolved, steps: _Steps, uv: bool, cwd: Path) -> None:
 def _packages(resolved: Resolved) -> list[tuple[str, str, str]]:
     """What the new environment holds: (name, version, installer) of each distribution.
 
-    Its Python runs once (it must start before the build counts as complete); the metadata is
-    read here, from its site-packages, which is much faster than asking that Python for it.
+    Its Python runs once, to say where it looks for packages (it must start before the build
+    counts as complete); the metadata there is read in this process, which is much faster
+    than importing importlib.metadata in that Python.
     """
     check = subprocess.run(
-        [str(resolved.python), "-I", "-c", "import sys; print(sys.prefix)"],
+        [str(resolved.python), "-I", "-c", "import sys; print('\\n'.join(sys.path))"],
         capture_output=True,
         text=True,
         check=False,
@@ -594,9 +595,7 @@ def _packages(resolved: Resolved) -> list[tuple[str, str, str]]:
         )
     from importlib import metadata
 
-    root = resolved.path
-    folders = [str(p) for p in sorted(root.glob("lib*/*/site-packages"))]
-    folders += [str(p) for p in (root / "Lib" / "site-packages",) if p.is_dir()]
+    folders = [line for line in check.stdout.splitlines() if line and Path(line).is_dir()]
     found = set()
     for dist in metadata.distributions(path=folders):
         name = dist.metadata["Name"]

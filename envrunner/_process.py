@@ -67,6 +67,7 @@ class LaunchRequest:
     append_paths: Sequence[str] = ()
     direct_address: str = ""
     max_message: int = -1
+    started_path: str = ""  # a file the worker writes each call's id to as it starts it
 
 
 @dataclass
@@ -183,6 +184,7 @@ class LocalLauncher:
                     request.env,
                     *(arg for path in request.append_paths for arg in ("--append-path", path)),
                     *(("--direct", request.direct_address) if request.direct_address else ()),
+                    *(("--started", request.started_path) if request.started_path else ()),
                     "--max-message",
                     str(request.max_message),
                 ],

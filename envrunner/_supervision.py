@@ -71,6 +71,8 @@ class Supervision:
         returncode = worker.process.poll()
         if returncode is None:
             return
+        if worker.ahead and not worker.remote:
+            self._drain_router(self._router)  # answers it sent before it died settle first
         self._drain_output(worker)
         for kind in ("out", "err"):
             self._close_stream(worker, kind)
@@ -89,16 +91,12 @@ class Supervision:
         if worker in pool.workers:
             pool.workers.remove(worker)
         log.debug("%r exited: %s", worker, returncode)
-        call, worker.call = worker.call, None
-        while worker.ahead:  # sent ahead, never started: they go back to the front of the queue
-            waiting = worker.ahead.pop()
-            waiting.worker = None
-            for name, offset in waiting.blocks:
-                worker.lent.discard((name, offset))
-            pool.queue.appendleft(waiting)  # (only unpinned calls are ever sent ahead)
+        call, lost = self._sort_out_calls(worker, pool)
         if call is not None and not call.finished and self._retry(call, worker, pool):
             call = None
         self._forget_memory(worker, returncode)
+        for done in lost:
+            self._fail(done, self._death_error(worker, done, returncode, answer_lost=True))
         if call is not None:
             self._fail(call, self._death_error(worker, call, returncode))
         elif previous == "starting" and not worker.killed_for:
@@ -121,6 +119,32 @@ class Supervision:
         self._pump(pool)
         self._stop_idle_workers()
 
+    def _sort_out_calls(
+        self: Broker, worker: WorkerHandle, pool: Pool
+    ) -> tuple[PendingCall | None, list[PendingCall]]:
+        """A dead worker's calls: the one it was running, those it finished but whose answers
+        died with it, and (back to the front of the queue) those it never started.
+
+        It held its running call and the calls sent ahead, in the order it runs them; the id
+        it wrote to its ``--started`` file as it began each one says how far it got. Without
+        that record (or if it names none of them), the first is the one that was running.
+        """
+        given = ([worker.call] if worker.call is not None else []) + list(worker.ahead)
+        worker.call = None
+        worker.ahead.clear()
+        if not given:
+            return None, []
+        started = worker.started_call()
+        ids = [call.call_id for call in given]
+        running = ids.index(started) if started in ids else 0
+        for waiting in reversed(given[running + 1 :]):  # never started: run them elsewhere
+            waiting.worker = None
+            waiting.deadline = None
+            for name, offset in waiting.blocks:
+                worker.lent.discard((name, offset))
+            pool.queue.appendleft(waiting)  # (only unpinned calls are ever sent ahead)
+        return given[running], given[:running]
+
     def _close_worker(self: Broker, worker: WorkerHandle) -> None:
         if worker.direct is not None:
             self._rejected_by_gone += worker.direct.verifier.rejected
@@ -128,8 +152,18 @@ class Supervision:
         worker.process.close()
 
     def _death_error(
-        self: Broker, worker: WorkerHandle, call: PendingCall, returncode: int | None
+        self: Broker,
+        worker: WorkerHandle,
+        call: PendingCall,
+        returncode: int | None,
+        answer_lost: bool = False,
     ) -> BaseException:
+        if answer_lost:
+            reason = (
+                "it had finished, but the worker died before its answer left the process "
+                "(while running the call after it)"
+            )
+            return WorkerCrashed(worker.env, worker.pid, returncode, worker.tail, call.name, reason)
         if worker.killed_for == "timeout":
             return TaskTimeoutError(call.env, call.name, call.timeout or 0, worker.pid)
         if worker.killed_for == "interrupted":
@@ -170,6 +204,8 @@ class Supervision:
             for name, offset in worker.lent:
                 self._arena.free(name, offset)
         worker.lent.clear()
+        if worker.started_file is not None:
+            worker.started_file.unlink(missing_ok=True)
         unlink_owned(worker.prefix)
         if self._mapper is not None:
             self._mapper.forget(worker.prefix)

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -105,6 +106,16 @@ class WorkerHandle:
     )
     output_lock: threading.Lock = field(default_factory=threading.Lock)
     _pipes: select.poll | None = None
+    started_file: Path | None = None  # where the worker writes the id of each call it starts
+
+    def started_call(self) -> int:
+        """The id of the last call the worker started (0: none, or no record kept)."""
+        if self.started_file is None:
+            return 0
+        try:
+            return int.from_bytes(self.started_file.read_bytes()[:8], "little")
+        except OSError:
+            return 0
 
     @property
     def pid(self) -> int:

@@ -141,6 +141,25 @@ def exit_hard(code: int) -> None:
     os._exit(code)
 
 
+def note(path: str) -> int:
+    """Append this worker's pid to a file (one line per run), and return it."""
+    with open(path, "a") as file:
+        file.write(f"{os.getpid()}\n")
+    return os.getpid()
+
+
+def record(path: str, label: str, kept: Any = None) -> str:
+    """Append a label to a file: the file's lines give the order calls ran in."""
+    with open(path, "a") as file:
+        file.write(label + "\n")
+    return label
+
+
+def note_then_exit(path: str, code: int) -> None:
+    note(path)
+    os._exit(code)
+
+
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds

@@ -16,6 +16,7 @@ import tasks
 from waiting import pid_gone, wait_for
 
 import envrunner
+from envrunner._calls import PoolConfig
 
 # --------------------------------------------------------------------------- calls
 
@@ -201,7 +202,7 @@ def test_a_timeout_kills_the_worker_and_the_next_call_gets_a_new_one(
     assert isinstance(caught.value, TimeoutError)
     wait_for(lambda: pid_gone(before), what="the timed-out worker to die")
     assert runner.call("other", tasks.identify)["pid"] != before
-    # options() keeps the timeout unless told otherwise, and None takes it away
+    # options() keeps the timeout unless told otherwise; None drops it (the manifest sets none)
     assert slow.options(keep=False).timeout == 0.5
     patient = slow.options(timeout=None)
     assert patient.timeout is None
@@ -351,13 +352,17 @@ def test_shutdown_waits_for_running_calls(manifest_path: Path) -> None:
 def test_shutdown_can_cancel_queued_and_running_calls(manifest_path: Path) -> None:
     scoped = envrunner.Runner(manifest_path, progress=False)
     running = scoped.submit("other", tasks.sleep, 60)
-    queued = scoped.submit("other", tasks.sleep, 60)
+    # the worker's window fills with calls sent ahead (running, as far as the caller knows);
+    # the last one waits in the queue
+    sent = [scoped.submit("other", tasks.sleep, 60) for _ in range(PoolConfig.window_for(1))]
+    queued = sent.pop()
     wait_for(lambda: running.running(), what="the first call to start")
     pids = scoped.worker_pids()
     scoped.shutdown(wait=True, cancel_futures=True)
     assert queued.cancelled()
-    with pytest.raises(concurrent.futures.CancelledError):
-        running.result(5)
+    for future in [running, *sent]:
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(5)
     assert all(pid_gone(pid) for pid in pids)
 
 
@@ -366,15 +371,6 @@ def test_idle_workers_exit_after_the_idle_timeout(manifest_path: Path) -> None:
         pid = scoped.call("same", tasks.identify)["pid"]
         wait_for(lambda: pid_gone(pid) and not scoped.worker_pids(), what="the idle worker to exit")
         assert scoped.call("same", tasks.identify)["pid"] != pid
-
-
-def test_a_queued_call_can_be_cancelled(runner: envrunner.Runner) -> None:
-    blocker = runner.submit("other", tasks.sleep, 0.3)
-    queued = runner.submit("other", tasks.add, 1, 1)
-    assert queued.cancel()
-    assert blocker.result(60) == 0.3
-    assert queued.cancelled()
-    assert runner.call("other", tasks.add, 2, 2) == 4
 
 
 def occupy_the_other_worker(runner: envrunner.Runner, folder: Path) -> concurrent.futures.Future:
@@ -390,24 +386,71 @@ def let_the_broker_catch_up(runner: envrunner.Runner) -> None:
     assert runner.submit("same", tasks.add, 0, 0).result(60) == 0
 
 
-def test_a_call_sent_ahead_to_a_busy_worker_can_still_be_cancelled(
+def test_a_queued_call_can_be_cancelled_but_not_one_sent_ahead(
     runner: envrunner.Runner, tmp_path: Path
 ) -> None:
-    """The broker keeps a busy worker calls ahead; cancelling one of them withdraws it."""
+    """A busy worker holds a few calls sent ahead (running, as far as the caller knows); the
+    calls queued behind those can still be cancelled."""
     blocker = occupy_the_other_worker(runner, tmp_path)
-    ahead = runner.submit("other", tasks.rendezvous, str(tmp_path), "ahead", "never", 0.0)
-    after = runner.submit("other", tasks.add, 2, 3)
+    window = PoolConfig.window_for(1)  # "other" has one worker
+    ahead = [runner.submit("other", tasks.add, n, 1) for n in range(window - 1)]
+    queued = runner.submit("other", tasks.note, str(tmp_path / "queued"))
     let_the_broker_catch_up(runner)
-    assert ahead.running() is False and ahead.cancel()
+    assert all(future.running() for future in ahead)
+    assert not ahead[0].cancel()
+    assert not queued.running() and queued.cancel()
     (tmp_path / "go").touch()
     assert blocker.result(60) == "together"
-    assert after.result(60) == 5
-    assert ahead.cancelled()
-    assert not (tmp_path / "ahead").exists(), "the cancelled call ran"
-    assert runner.call("other", tasks.add, 1, 1) == 2
+    assert [future.result(60) for future in ahead] == [n + 1 for n in range(window - 1)]
+    assert queued.cancelled()
+    assert runner.call("other", tasks.add, 2, 2) == 4
+    assert not (tmp_path / "queued").exists(), "the cancelled call ran"
 
 
-def test_calls_sent_ahead_to_a_worker_that_dies_run_on_its_successor(
+def test_a_crash_fails_the_call_that_ran_and_runs_the_unstarted_ones_once_elsewhere(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    """The worker starts a call sent ahead as soon as it has answered the one before. If that
+    call kills it at once, the answer before may die with it; the calls after it never
+    started: each runs exactly once, on the next worker."""
+    blocker = occupy_the_other_worker(runner, tmp_path)
+    victim = int((tmp_path / "blocker").read_text())
+    crash = runner.submit("other", tasks.note_then_exit, str(tmp_path / "crash"), 3)
+    after = [runner.submit("other", tasks.note, str(tmp_path / f"after{n}")) for n in range(3)]
+    let_the_broker_catch_up(runner)
+    (tmp_path / "go").touch()
+    try:
+        assert blocker.result(60) == "together"
+    except envrunner.WorkerCrashed as exc:  # its answer was lost: it says so
+        assert "died before its answer left the process" in str(exc)
+    with pytest.raises(envrunner.WorkerCrashed, match="exit code 3"):
+        crash.result(60)
+    for n, future in enumerate(after):
+        pid = future.result(60)
+        assert pid != victim
+        assert (tmp_path / f"after{n}").read_text() == f"{pid}\n"  # it ran exactly once
+    assert (tmp_path / "crash").read_text() == f"{victim}\n"  # not run again (no retries)
+
+
+def test_a_call_on_a_kept_object_is_not_overtaken_by_calls_sent_ahead(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    kept = envrunner.task(env="other", keep=True)(tasks.make_model)(str(tmp_path / "collected"))
+    order = str(tmp_path / "order")
+    blocker = occupy_the_other_worker(runner, tmp_path)
+    before = [runner.submit("other", tasks.record, order, f"a{n}") for n in range(2)]
+    pinned = runner.submit("other", tasks.record, order, "pinned", kept)
+    after = [runner.submit("other", tasks.record, order, f"b{n}") for n in range(3)]
+    let_the_broker_catch_up(runner)
+    (tmp_path / "go").touch()
+    assert blocker.result(60) == "together"
+    assert pinned.result(60) == "pinned"
+    assert [f.result(60) for f in before + after] == ["a0", "a1", "b0", "b1", "b2"]
+    # the call waiting for the kept object's worker ran as soon as it was free
+    assert Path(order).read_text().split() == ["a0", "a1", "pinned", "b0", "b1", "b2"]
+
+
+def test_calls_sent_ahead_to_a_worker_that_is_killed_run_on_its_successor(
     runner: envrunner.Runner, tmp_path: Path
 ) -> None:
     blocker = occupy_the_other_worker(runner, tmp_path)

@@ -8,7 +8,6 @@ Three channels join a worker to its caller (arrows: who sends)::
         WELCOME    ──►  cwd, sys.path, options
         CALL       ──►  code, args (several when the broker sends calls ahead)
         RESULT     ◄──  value, or the error with its traceback
-        CANCEL     ──►  a call sent ahead whose future was cancelled: do not start it
         RELEASE    ──►  arena blocks and kept objects the caller let go of
         SHUTDOWN   ──►
     calling thread, PAIR   ◄── direct (ipc) ───►  main thread, PAIR (one per worker)
@@ -52,7 +51,6 @@ from .errors import ProtocolError
 __all__ = [
     "PROTOCOL_VERSION",
     "Call",
-    "Cancel",
     "Heartbeat",
     "Hello",
     "Message",
@@ -169,16 +167,8 @@ class Heartbeat(Message):
     pid: int
 
 
-@dataclass(frozen=True)
-class Cancel(Message):
-    """Broker to worker: do not start this call (it was sent ahead and then cancelled)."""
-
-    TAG: ClassVar[int] = 8
-    call_id: int
-
-
 _TYPES: Dict[int, Type[Message]] = {
-    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown, Release, Heartbeat, Cancel)
+    cls.TAG: cls for cls in (Hello, Welcome, Call, Result, Shutdown, Release, Heartbeat)
 }
 _FIELDS: Dict[Type[Message], Tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name != "buffers") for cls in _TYPES.values()

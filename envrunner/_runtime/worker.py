@@ -11,11 +11,10 @@
                                   ◄─── HELLO                               os._exit at once
     WELCOME (cwd, sys.path) ──────────► chdir, extend sys.path, start the heartbeat
                                         thread (a DEALER of its own)
-    CALL ─────────────────────────────► read every arrived message first (CANCEL,
-      (control, or direct from a        RELEASE); load function (cached), decode args,
-      calling thread)                   run, flush stdout/stderr, encode result
+    CALL ─────────────────────────────► write its id to the --started file, load the
+      (control, or direct from a        function (cached), decode args, run, flush
+      calling thread)                   stdout/stderr, encode result
                                   ◄─── RESULT (value, or the error with its traceback)
-    CANCEL ───────────────────────────► answer that call, when it comes, without running it
     RELEASE ──────────────────────────► drop kept objects, free arena blocks
     SHUTDOWN ─────────────────────────► exit 0
 
@@ -28,13 +27,12 @@ Run as ``python -m envrunner.worker --connect ADDR --id ID --key-fd FD --env NAM
 
 from __future__ import annotations
 
-import collections
 import faulthandler
 import os
 import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, shm, wire
 from .code import load_function
@@ -44,7 +42,6 @@ from .protocol import (
     KEY_BYTES,
     PROTOCOL_VERSION,
     Call,
-    Cancel,
     Heartbeat,
     Hello,
     Release,
@@ -192,9 +189,13 @@ class Channel:
     def receive(self) -> Any:
         """The next valid message (invalid ones are dropped and counted)."""
         while True:
-            message = unpack(self.incoming, wire.receive(self.socket), self.verifier)
+            message = self.receive_one()
             if message is not None:
                 return message
+
+    def receive_one(self) -> Any:
+        """One waiting message, or None if it was invalid (dropped and counted)."""
+        return unpack(self.incoming, wire.receive(self.socket), self.verifier)
 
 
 class Worker:
@@ -214,6 +215,7 @@ class Worker:
         self.worker_id = worker_id
         self.env = env
         self.functions: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+        self.started_fd = -1  # see mark_started
         self.by_value = True
         self.pickle_protocol = 5
         self.arena: Optional[Arena] = None
@@ -276,39 +278,32 @@ class Worker:
             channels[self.direct.socket] = self.direct
         for socket in channels:
             poller.register(socket, zmq.POLLIN)
-        # Calls may arrive ahead of time (the broker keeps a busy worker a call or two ahead);
-        # before each call, everything already arrived is read, so that a CANCEL sent after a
-        # call is seen before that call starts.
-        inbox: Deque[Tuple[Channel, Any]] = collections.deque()
-        cancelled: Set[int] = set()
         try:
             while True:
-                if not inbox:
-                    poller.poll()
-                for socket, _ in poller.poll(0):
+                for socket, _ in poller.poll():
                     channel = channels[socket]
-                    while socket.poll(0):
-                        message = channel.receive()
-                        if isinstance(message, Cancel):
-                            cancelled.add(message.call_id)
-                        else:
-                            inbox.append((channel, message))
-                if not inbox:
-                    continue
-                channel, message = inbox.popleft()
-                if isinstance(message, Call):
-                    if message.call_id in cancelled:
-                        cancelled.discard(message.call_id)
-                        channel.send(self.answer(message, False, _CANCELLED))
-                    else:
+                    message = channel.receive_one()
+                    if isinstance(message, Call):
+                        self.mark_started(message.call_id)
                         channel.send(self.run(message))
-                elif isinstance(message, Release):
-                    self.release(message)
-                elif isinstance(message, Shutdown):
-                    return 0
+                    elif isinstance(message, Release):
+                        self.release(message)
+                    elif isinstance(message, Shutdown):
+                        return 0
         finally:
             if self.arena is not None:
                 self.arena.close()
+
+    def mark_started(self, call_id: int) -> None:
+        """Record, where the broker can read it after a crash, which call starts now.
+
+        The broker sends calls ahead to a busy worker, which starts each as soon as it has
+        answered the one before; if the worker then dies, that answer may die with it (in
+        zmq's I/O thread). A write to this file outlives the process, so the broker knows
+        which call was running and which never started.
+        """
+        if self.started_fd >= 0:
+            os.pwrite(self.started_fd, call_id.to_bytes(8, "little"), 0)
 
     def release(self, message: Release) -> None:
         if self.arena is not None:
@@ -436,8 +431,6 @@ class Worker:
 
 
 _TB_HEAD = "Traceback (most recent call last):\n"
-#: The answer to a call cancelled before it started (nobody reads it: its future is cancelled).
-_CANCELLED = Encoder(False).encode(["CancelledError", "cancelled before it started", "", None])[0]
 
 
 def _short_repr(value: Any, limit: int = 120) -> str:
@@ -459,7 +452,7 @@ def _flush() -> None:
 class _Arguments:
     """The worker's command line (read by hand: argparse costs a worker's start 2 ms)."""
 
-    connect = direct = id = key_file = curve_server_key = curve_client_key = env = ""
+    connect = direct = id = key_file = curve_server_key = curve_client_key = env = started = ""
     max_message = key_fd = -1
 
 
@@ -468,6 +461,7 @@ def _arguments(argv: List[str]) -> _Arguments:
     known = {
         "--connect",
         "--direct",
+        "--started",
         "--id",
         "--key-file",
         "--curve-server-key",
@@ -538,6 +532,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.id,
         args.env,
     )
+    if args.started:
+        worker.started_fd = os.open(args.started, os.O_WRONLY)
     welcome = worker.hello()
     worker.settle(welcome)
     interval = float(welcome.options.get("heartbeat") or 0)
