@@ -21,7 +21,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import envrunner
 
 HERE = Path(__file__).resolve().parent
 
@@ -165,36 +168,28 @@ def table_lines(section: Section) -> list[str]:
     """The section's rows as a Markdown table."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in section.rows:
-        cells = [
-            row.case,
-            row.system,
-            number(row.median),
-            number(row.tail),
-            row.unit,
-            str(len(row.samples)),
-            ratio_text(row),
-            row.note,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cells(row)) + " |")
     return lines
+
+
+def _cells(row: Row) -> list[str]:
+    """One row's cells, in the order of HEADERS."""
+    return [
+        row.case,
+        row.system,
+        number(row.median),
+        number(row.tail),
+        row.unit,
+        str(len(row.samples)),
+        ratio_text(row),
+        row.note,
+    ]
 
 
 def print_table(section: Section) -> None:
     """The section's rows as an aligned text table on stdout."""
     cells = [HEADERS]
-    for row in section.rows:
-        cells.append(
-            [
-                row.case,
-                row.system,
-                number(row.median),
-                number(row.tail),
-                row.unit,
-                str(len(row.samples)),
-                ratio_text(row),
-                row.note,
-            ]
-        )
+    cells.extend(_cells(row) for row in section.rows)
     widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
     print(f"\n== {section.title} ({section.seconds:.0f} s)")
     for index, line in enumerate(cells):
@@ -465,6 +460,16 @@ class Bench:
         path = folder / "environments.yaml"
         path.write_text(json.dumps({"version": 1, "environments": environments}, indent=2))
         return path
+
+    @staticmethod
+    def prepare(runner: envrunner.Runner, section: Section, about: str) -> None:
+        """Build (or find) the runner's environments before measuring, and note how long."""
+        started = time.perf_counter()
+        runner.prepare()
+        section.note(
+            f"setup: environments built or found in {time.perf_counter() - started:.1f} s "
+            f"(not measured); {about}"
+        )
 
     def core_manifest(self) -> Path:
         """``same`` (the caller's Python), ``same-2w`` (the same, 2 workers), ``other``.

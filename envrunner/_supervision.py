@@ -161,7 +161,8 @@ class Supervision:
         if answer_lost:
             reason = (
                 "it had finished, but the worker died before its answer left the process "
-                "(while running the call after it)"
+                "(while running the call after it); its effects happened, its value is lost: "
+                "run it again if that is safe"
             )
             return WorkerCrashed(worker.env, worker.pid, returncode, worker.tail, call.name, reason)
         if worker.killed_for == "timeout":

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-
-def envrunner_cli(
-    *args: str, cwd: Path | None = None, home: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = dict(os.environ)
-    if home is not None:
-        environ["ENVRUNNER_HOME"] = home
-    return subprocess.run(
-        [sys.executable, "-m", "envrunner", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=environ,
-        timeout=300,
-        check=False,
-    )
+from support import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +22,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         '    env: {SECRET_TOKEN: "hunter2"}\n'
         '  new:\n    python: "3.12"\n    requirements: ["six==1.16.0"]\n'
     )
-    result = envrunner_cli("build", cwd=folder)
+    result = run_cli("build", cwd=folder)
     assert result.returncode == 0, result.stderr
     return folder
 
@@ -47,14 +30,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_build_finds_the_manifest_in_a_parent_folder_and_reuses_builds(project: Path) -> None:
     inner = project / "src" / "deep"
     inner.mkdir(parents=True, exist_ok=True)
-    result = envrunner_cli("build", cwd=inner)
+    result = run_cli("build", cwd=inner)
     assert result.returncode == 0, result.stderr
     assert "old: already built at" in result.stdout
     assert "new: already built at" in result.stdout
 
 
 def test_list_shows_every_environment_and_its_state(project: Path) -> None:
-    result = envrunner_cli("list", cwd=project)
+    result = run_cli("list", cwd=project)
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "PYTHON", "STATE", "SIZE", "PATH"]
@@ -64,7 +47,7 @@ def test_list_shows_every_environment_and_its_state(project: Path) -> None:
 
 
 def test_list_json_is_for_scripts(project: Path) -> None:
-    data = json.loads(envrunner_cli("list", "--json", cwd=project).stdout)
+    data = json.loads(run_cli("list", "--json", cwd=project).stdout)
     states = {row["name"]: row["state"] for row in data["environments"]}
     assert states == {"old": "built", "new": "built"}
     assert all(row["size_bytes"] > 0 for row in data["environments"])
@@ -75,7 +58,7 @@ def test_a_changed_manifest_makes_an_environment_stale(project: Path, tmp_path: 
     original = manifest.read_text()
     try:
         manifest.write_text(original.replace("six==1.16.0", "six==1.14.0"))
-        data = json.loads(envrunner_cli("list", "--json", cwd=project).stdout)
+        data = json.loads(run_cli("list", "--json", cwd=project).stdout)
         states = {row["name"]: row["state"] for row in data["environments"]}
         assert states == {"old": "built", "new": "stale"}
     finally:
@@ -83,21 +66,21 @@ def test_a_changed_manifest_makes_an_environment_stale(project: Path, tmp_path: 
 
 
 def test_info_shows_packages_and_hides_variable_values(project: Path) -> None:
-    result = envrunner_cli("info", "old", cwd=project)
+    result = run_cli("info", "old", cwd=project)
     assert result.returncode == 0
     assert "six==1.15.0  (requested)" in result.stdout
     assert "pyzmq==" in result.stdout and "(runtime)" in result.stdout
     assert "SECRET_TOKEN" in result.stdout and "hunter2" not in result.stdout
-    data = json.loads(envrunner_cli("info", "old", "--json", cwd=project).stdout)
+    data = json.loads(run_cli("info", "old", "--json", cwd=project).stdout)
     assert data["spec"]["env"] == ["SECRET_TOKEN"]
     assert {p["name"]: p["role"] for p in data["packages"]}["cloudpickle"] == "runtime"
 
 
 def test_exec_runs_inside_and_passes_the_exit_code(project: Path, tmp_path: Path) -> None:
-    result = envrunner_cli("exec", "old", "--", "python", "-V", cwd=tmp_path)
+    result = run_cli("exec", "old", "--", "python", "-V", cwd=tmp_path)
     assert result.returncode == 2  # no manifest here: a usage error, said clearly
     assert "no envrunner manifest found" in result.stderr
-    result = envrunner_cli(
+    result = run_cli(
         "exec",
         "old",
         "--",
@@ -111,18 +94,18 @@ def test_exec_runs_inside_and_passes_the_exit_code(project: Path, tmp_path: Path
 
 
 def test_path_prints_the_folder(project: Path) -> None:
-    result = envrunner_cli("path", "new", cwd=project)
+    result = run_cli("path", "new", cwd=project)
     assert result.returncode == 0
     assert (Path(result.stdout.strip()) / "bin" / "python").exists()
 
 
 def test_unknown_environments_and_bad_manifests_are_usage_errors(project: Path) -> None:
-    result = envrunner_cli("info", "olt", cwd=project)
+    result = run_cli("info", "olt", cwd=project)
     assert result.returncode == 2
     assert "did you mean 'old'?" in result.stderr
     bad = project / "bad.yaml"
     bad.write_text("version: 1\nenvironments:\n  x:\n    workers: many\n    pythn: '3.12'\n")
-    result = envrunner_cli("list", "--manifest", str(bad))
+    result = run_cli("list", "--manifest", str(bad))
     assert result.returncode == 2
     assert "bad.yaml:4: environments.x.workers" in result.stderr
     assert "bad.yaml:5: environments.x.pythn: unknown key (did you mean 'python'?)" in result.stderr
@@ -134,13 +117,13 @@ def test_a_failed_build_exits_1_and_the_others_still_build(tmp_path: Path) -> No
         '  broken:\n    requirements: ["envrunner-no-such-package-zz==1"]\n'
         '  fine:\n    python: "3.12"\n    requirements: ["six==1.16.0"]\n'
     )
-    result = envrunner_cli("build", cwd=tmp_path)
+    result = run_cli("build", cwd=tmp_path)
     assert result.returncode == 1
     assert "environment 'broken': installing" in result.stderr
     assert "1 of 2 environments failed to build: broken" in result.stderr
     states = {
         row["name"]: row["state"]
-        for row in json.loads(envrunner_cli("list", "--json", cwd=tmp_path).stdout)["environments"]
+        for row in json.loads(run_cli("list", "--json", cwd=tmp_path).stdout)["environments"]
     }
     assert states == {"broken": "missing", "fine": "built"}
 
@@ -154,20 +137,20 @@ def test_gc_is_a_dry_run_until_asked(tmp_path: Path) -> None:
             f'version: 1\nenvironments:\n  env:\n    python: "3.12"\n'
             f'    requirements: ["six=={version}"]\n'
         )
-        assert envrunner_cli("build", cwd=folder, home=home).returncode == 0
-    kept_path = Path(envrunner_cli("path", "env", cwd=kept, home=home).stdout.strip())
-    dropped_path = Path(envrunner_cli("path", "env", cwd=dropped, home=home).stdout.strip())
+        assert run_cli("build", cwd=folder, home=home).returncode == 0
+    kept_path = Path(run_cli("path", "env", cwd=kept, home=home).stdout.strip())
+    dropped_path = Path(run_cli("path", "env", cwd=dropped, home=home).stdout.strip())
     partial = kept_path.parent / "0000partialbuild0000"
     partial.mkdir()
-    dry = envrunner_cli("gc", cwd=kept, home=home)
+    dry = run_cli("gc", cwd=kept, home=home)
     assert dry.returncode == 0
     assert f"would remove {partial}" in dry.stdout and "partial build" in dry.stdout
     assert f"would remove {dropped_path}" in dry.stdout
     assert str(kept_path) not in dry.stdout
     assert partial.exists() and dropped_path.exists()
-    also = envrunner_cli("gc", "--also", str(dropped / "environments.yaml"), cwd=kept, home=home)
+    also = run_cli("gc", "--also", str(dropped / "environments.yaml"), cwd=kept, home=home)
     assert str(dropped_path) not in also.stdout
-    done = envrunner_cli("gc", "--delete", cwd=kept, home=home)
+    done = run_cli("gc", "--delete", cwd=kept, home=home)
     assert f"removing {dropped_path}" in done.stdout and f"removing {partial}" in done.stdout
     assert not dropped_path.exists() and not partial.exists() and kept_path.exists()
 
@@ -176,7 +159,7 @@ def test_a_missing_python_is_a_usage_error_for_build(tmp_path: Path) -> None:
     (tmp_path / "environments.yaml").write_text(
         'version: 1\nenvironments:\n  nope:\n    python: "3.99"\n'
     )
-    result = envrunner_cli("build", cwd=tmp_path)
+    result = run_cli("build", cwd=tmp_path)
     assert result.returncode == 2
     assert "no Python interpreter matches '3.99'" in result.stderr
 

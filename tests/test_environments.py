@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import tasks
 from localpkg import builds, make_package
+from support import run_cli
 
 import envrunner
 from envrunner._environments import build, read_record, resolve, state
@@ -24,19 +25,6 @@ SIX_116_WHEEL_SHA256 = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8a
 
 def spec_of(path: Path, name: str = "env"):  # type: ignore[no-untyped-def]
     return load_manifest(path)[name]
-
-
-def run_cli(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = dict(os.environ, **env)
-    return subprocess.run(
-        [sys.executable, "-m", "envrunner", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=environ,
-        timeout=300,
-        check=False,
-    )
 
 
 # --------------------------------------------------------------------------- keys

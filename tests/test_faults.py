@@ -20,7 +20,7 @@ from typing import Any
 
 import faults
 import pytest
-from waiting import alive, wait_for
+from support import alive, wait_for
 
 import envrunner
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy
 import pytest
 import tasks
+from support import make_keys
 
 import envrunner
 
@@ -44,13 +45,7 @@ def stop(process: subprocess.Popen[str]) -> str:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("keys")
-    result = subprocess.run(
-        [sys.executable, "-m", "envrunner", "keys", str(folder), "--client", "gpu1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "created" in result.stdout
+    assert "created" in make_keys(folder, "gpu1").stdout
     return folder
 
 
@@ -58,13 +53,7 @@ def test_keys_are_created_once_with_private_secrets(keys: Path) -> None:
     for secret in ("broker.key_secret", "session.key", "gpu1.key_secret"):
         assert stat.S_IMODE((keys / secret).stat().st_mode) == 0o600
     assert (keys / "broker.key").exists() and (keys / "clients" / "gpu1.key").exists()
-    again = subprocess.run(
-        [sys.executable, "-m", "envrunner", "keys", str(keys), "--client", "gpu1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "already holds every key" in again.stdout
+    assert "already holds every key" in make_keys(keys, "gpu1").stdout
 
 
 def listening_runner(manifest_path: Path, keys: Path, **options: Any) -> envrunner.Runner:
@@ -99,11 +88,7 @@ def test_a_worker_whose_key_is_not_listed_never_gets_in(
     manifest_path: Path, keys: Path, tmp_path: Path
 ) -> None:
     stranger = tmp_path / "stranger-keys"
-    subprocess.run(
-        [sys.executable, "-m", "envrunner", "keys", str(stranger), "--client", "evil"],
-        capture_output=True,
-        check=True,
-    )
+    make_keys(stranger, "evil")
     # the stranger has our session key and broker key, but its own, unlisted, client key
     for name in ("session.key", "broker.key"):
         (stranger / name).write_bytes((keys / name).read_bytes())
@@ -149,11 +134,7 @@ def test_a_secret_readable_by_others_is_refused(
     keys: Path, manifest_path: Path, tmp_path: Path
 ) -> None:
     leaky = tmp_path / "leaky"
-    subprocess.run(
-        [sys.executable, "-m", "envrunner", "keys", str(leaky), "--client", "w"],
-        capture_output=True,
-        check=True,
-    )
+    make_keys(leaky, "w")
     (leaky / "session.key").chmod(0o644)
     with pytest.raises(envrunner.EnvrunnerError, match="chmod 600"):
         envrunner.Runner(manifest_path, listen="tcp://127.0.0.1:*", keys=leaky)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy
 import pytest
 import tasks
-from waiting import pid_gone, wait_for
+from support import pid_gone, wait_for
 
 import envrunner
 from envrunner._calls import PoolConfig

@@ -21,7 +21,7 @@ import tasks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from waiting import wait_for_file
+from support import wait_for_file
 
 import envrunner
 from envrunner._runtime.codec import Decoder, Encoder

@@ -54,12 +54,7 @@ def run(bench: Bench, section: Section) -> None:
 
     manifest = bench.core_manifest()
     with envrunner.Runner(manifest, progress=False) as runner:
-        started = time.perf_counter()
-        runner.prepare()
-        section.note(
-            f"setup: environments built or found in {time.perf_counter() - started:.1f} s "
-            "(not measured); rate = 2 x array size / round-trip time"
-        )
+        bench.prepare(runner, section, "rate = 2 x array size / round-trip time")
         systems: list[System] = [InProcessCopy(), RawZmq(sys.executable, bench.tmp, 1)]
         systems.append(Envrunner(runner, "same", f"envrunner (Python {bench.caller_minor}, same)"))
         if bench.other_minor is not None:

@@ -42,12 +42,7 @@ def pipelined_case(workers: int) -> str:
 def run(bench: Bench, section: Section) -> None:
     manifest = bench.core_manifest()
     with envrunner.Runner(manifest, progress=False) as runner:
-        started = time.perf_counter()
-        runner.prepare()
-        section.note(
-            f"setup: environments built or found in {time.perf_counter() - started:.1f} s "
-            "(not measured); the raw pyzmq echo server runs the caller's Python"
-        )
+        bench.prepare(runner, section, "the raw pyzmq echo server runs the caller's Python")
         other = bench.other_minor
         envs = [("same", f"envrunner (Python {bench.caller_minor}, same)")]
         if other is not None:

@@ -240,43 +240,42 @@ class Mapper:
 
 def unlink_owned(prefix: str) -> int:
     """Unlink every segment of one owner (after it died); returns how many."""
-    removed = 0
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
-    for name in names:
-        if name.startswith(prefix + "-"):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-                removed += 1
-            except OSError:
-                pass
-    return removed
+    return _unlink_where(lambda name: name.startswith(prefix + "-"))
 
 
 def remove_stale() -> int:
     """Unlink the segments of callers that are no longer running; returns how many."""
-    removed = 0
+    return _unlink_where(_of_a_gone_caller)
+
+
+def _of_a_gone_caller(name: str) -> bool:
+    parts = name.split("-")
+    if len(parts) < 4 or parts[0] != "envrunner" or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    return False
+
+
+def _unlink_where(wanted: Callable[[str], bool]) -> int:
+    """Unlink the segments whose names ``wanted`` accepts; returns how many."""
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
         return 0
+    removed = 0
     for name in names:
-        parts = name.split("-")
-        if len(parts) < 4 or parts[0] != "envrunner" or not parts[1].isdigit():
-            continue
-        pid = int(parts[1])
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if wanted(name):
             try:
                 os.unlink(os.path.join(SHM_DIR, name))
                 removed += 1
             except OSError:
                 pass
-        except OSError:
-            continue
     return removed

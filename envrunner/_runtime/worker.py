@@ -11,7 +11,7 @@
                                   ◄─── HELLO                               os._exit at once
     WELCOME (cwd, sys.path) ──────────► chdir, extend sys.path, start the heartbeat
                                         thread (a DEALER of its own)
-    CALL ─────────────────────────────► write its id to the --started file, load the
+    CALL ─────────────────────────────► (control) write its id to the --started file; load the
       (control, or direct from a        function (cached), decode args, run, flush
       calling thread)                   stdout/stderr, encode result
                                   ◄─── RESULT (value, or the error with its traceback)
@@ -284,7 +284,8 @@ class Worker:
                     channel = channels[socket]
                     message = channel.receive_one()
                     if isinstance(message, Call):
-                        self.mark_started(message.call_id)
+                        if channel is self.control:  # direct calls are never sent ahead
+                            self.mark_started(message.call_id)
                         channel.send(self.run(message))
                     elif isinstance(message, Release):
                         self.release(message)
