@@ -40,8 +40,11 @@ from ._runtime.errors import (
 )
 
 if TYPE_CHECKING:
-    from ._api import CallFuture, Ref, Runner, Task, call, current_environment, task
+    from ._futures import CallFuture, Ref
     from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
+    from ._runner import Runner, current_runner
+    from ._runtime import current_environment
+    from ._tasks import Task, call, task
 
 __all__ = [
     "BuildError",
@@ -71,19 +74,21 @@ __all__ = [
     "__version__",
     "call",
     "current_environment",
+    "current_runner",
     "find_manifest",
     "load_manifest",
     "task",
 ]
 
 _LAZY = {
-    "CallFuture": "_api",
-    "Ref": "_api",
-    "Runner": "_api",
-    "Task": "_api",
-    "call": "_api",
-    "current_environment": "_api",
-    "task": "_api",
+    "CallFuture": "_futures",
+    "Ref": "_futures",
+    "Runner": "_runner",
+    "Task": "_tasks",
+    "call": "_tasks",
+    "current_environment": "_runtime",
+    "current_runner": "_runner",
+    "task": "_tasks",
     "EnvSpec": "_manifest",
     "Manifest": "_manifest",
     "find_manifest": "_manifest",

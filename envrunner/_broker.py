@@ -1,37 +1,35 @@
-"""The broker: one thread in the caller that owns the workers and supervises them.
+"""The broker: one thread in the caller that owns the sockets and carries out the scheduler.
 
 ::
 
-    caller threads                  broker thread                           workers
-    ──────────────                  ─────────────                           ───────
-    Task.submit()                   poll(ROUTER, wake pipe, worker pipes,
-      encode args                        pidfds, next deadline)
-      PendingCall ──► commands ───► new call ─► pool queue ─► idle worker ─► CALL (control) ──►
-      (deque) + wake byte             pool not ready? ─► prepare thread (build) ─► "prepared"
-                                    start workers up to `workers:` ───────────► spawn + key pipe
-                                    HELLO ◄────────────────────────────────────────────────────
-                                    WELCOME ──────────────────────────────────────────────────►
-    Future.result() ◄── set_result ◄── RESULT ◄────────────────────────────────────────────────
-      decode value
+    caller threads                 broker thread                                   workers
+    ──────────────                 ─────────────                                   ───────
+    Runner.submit()                poll(ROUTER, wake pipe, output pipes, pidfds,
+      encode args, Ticket               next deadline of the scheduler)
+      Submit ──► commands ───────► scheduler.submit ─► actions:
+      (deque) + wake byte            Prepare ─► prepare thread (build) ─► Prepared command
+                                     Start ─► Launcher.launch ─────────────► process + key
+                                   HELLO ◄──────────────────────────────────────────────────
+                                   WELCOME ─► scheduler.hello ─► Dispatch ─► CALL ─────────►
+    Future.result() ◄─ Complete ◄─ scheduler.result ◄─ RESULT ◄─────────────────────────────
+      decode value or error        (futures completed after the lock is dropped)
     Task(...)  (synchronous)
-      checkout(): an idle worker ──── no broker thread involved ──── CALL (direct) ──────────►
-      wait on its direct channel  ◄──────────────────────────────────── RESULT (direct) ──────
-      give it back; decode          worker stdout/stderr ─► "[env] line" on the caller's streams
-                                    HEARTBEAT (every heartbeat_timeout/6, 0.2-5 s, from a
-                                               thread of the worker's own)
-                                    pidfd readable ─► reap: the running call fails with
-                                                      WorkerCrashed; queued calls get a new one
-                                    deadline passed / heartbeats stopped ─► kill, report
-                                    idle too long, or max_calls ─► SHUTDOWN
+      DirectPath: checkout, CALL on the worker's own channel, answer; no broker thread woken
+                                   output pipe ─► "[env] line" on the caller's streams
+                                   HEARTBEAT ─► scheduler.heartbeat
+                                   pidfd readable ─► answers and output read first ─►
+                                       scheduler.exited ─► Complete (WorkerCrashed), Forget
+                                   clock ─► scheduler.tick ─► Kill, Shutdown, Complete
 
-State shared with calling threads (worker states, queues) is guarded by one lock, which the
-broker thread holds while it works and drops while it polls. Futures are completed after the
-lock is dropped, so callbacks may call back into envrunner. Every call ends in a result or an
-exception that says why: a dead worker fails the call it ran (retried on request), never the
-queued ones; a failed build fails its pool's calls; a failing broker fails everything pending.
+Every decision is the scheduler's (``_scheduler.py``); this module only does I/O: it turns
+commands, messages, pipe output, exits and the clock into the scheduler's events, and carries
+out the actions it returns, each through one table (``_COMMANDS``, ``_ACTIONS``). Workers are
+known through the :class:`~envrunner._process.Process` interface alone. State shared with
+calling threads (the scheduler) is guarded by one lock, which the broker thread holds while it
+works and drops while it polls.
 
-May import: the standard library, zmq, ``envrunner._calls``, ``_process``, ``_workers``,
-``_runtime``.
+May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_direct``,
+``_process``, ``_remote``, ``_scheduler``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -44,33 +42,21 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from ._calls import (
-    SHUTDOWN_GRACE,
-    START_FAILURE_LIMIT,
-    PendingCall,
-    PoolConfig,
-    Prepared,
-    RawResult,
-    remote_error,
-)
-from ._direct import DirectCalls
-from ._process import Launcher, LaunchRequest, LocalLauncher, worker_environ
-from ._remote import RemoteWorkers
+from . import _scheduler as sch
+from ._calls import CallRequest, Prepared, RawResult, UndecodedError
+from ._channels import DirectChannel, Output, WorkerIO
+from ._direct import DirectPath
+from ._process import Launcher, LaunchRequest, LocalLauncher, RemoteProcess, worker_environ
+from ._remote import RemoteDoor
 from ._runtime import wire
-from ._runtime.errors import (
-    EnvrunnerError,
-    ProtocolError,
-    ReferenceLostError,
-    WorkerStartError,
-)
+from ._runtime.errors import EnvrunnerError, ProtocolError, WorkerStartError
 from ._runtime.protocol import (
     KEY_BYTES,
     Heartbeat,
@@ -86,53 +72,89 @@ from ._runtime.protocol import (
     unpack,
 )
 from ._runtime.shm import Arena, Mapper, unlink_owned
-from ._supervision import Supervision
-from ._workers import DirectChannel, WorkerHandle
 
 log = logging.getLogger("envrunner.broker")
 
+__all__ = ["Broker"]
 
-@dataclass(eq=False)
-class Pool:
-    """The workers and queued calls of one environment."""
 
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Submit:
+    ticket: sch.Ticket
+
+
+@dataclass(frozen=True)
+class Cancel:
+    ticket: sch.Ticket
+
+
+@dataclass(frozen=True)
+class Ready:
     env: str
-    config: PoolConfig
-    state: str = "new"  # new | preparing | ready | failed
-    prepared: Prepared | None = None
-    error: BaseException | None = None
-    queue: collections.deque[PendingCall] = field(default_factory=collections.deque)
-    workers: list[WorkerHandle] = field(default_factory=list)
-    start_failures: int = 0
-    waiting_since: float | None = None  # calls wait for a remote worker since then
+    prepared: Prepared
 
 
-class Broker(DirectCalls, RemoteWorkers, Supervision):
-    """Owns the ROUTER socket, the pools and the workers; runs in its own thread.
+@dataclass(frozen=True)
+class PrepareFailed:
+    env: str
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class Stop:
+    cancel: bool
+
+
+@dataclass(frozen=True)
+class ReleaseHeld:
+    target: str | bytes  # a segment name (its prefix names the worker) or a worker's identity
+    blocks: list[Any]
+    refs: list[int]
+
+
+@dataclass(frozen=True)
+class Carry:
+    """Actions the scheduler returned to a calling thread, for the broker to carry out."""
+
+    actions: list[sch.Action]
+
+
+@dataclass(frozen=True)
+class Drain:
+    ident: bytes
+    done: threading.Event
+
+
+Command = Submit | Cancel | Ready | PrepareFailed | Stop | ReleaseHeld | Carry | Drain
+
+
+class Broker:
+    """Owns the ROUTER socket and the workers' I/O; runs in its own thread.
 
     Args:
-        pools: Per environment, how its workers run.
+        scheduler: The decisions (pools, workers, calls).
         prepare: Builds (or finds) an environment; runs in a thread of its own per pool.
         runtime_root: The sealed runtime copy a prepared environment's workers start from.
         sys_path: The caller's project folders, for the workers' import path.
-        start_timeout: Seconds a new worker has to say hello.
-        heartbeat_timeout: Seconds without a heartbeat after which a worker counts as hung
-            (None: never).
-        launcher: Starts worker processes.
         rundir: The private folder of the sockets.
+        launcher: Starts worker processes.
         arena, mapper, shm_threshold: The caller's shared memory (see ``_runtime/shm.py``).
+        max_message: The largest frame a socket accepts.
+        key: The session key (made here when None).
+        listen, keys: Also accept workers from other machines (see ``_remote.py``).
     """
 
     def __init__(
         self,
-        pools: Mapping[str, PoolConfig],
+        scheduler: sch.Scheduler,
         prepare: Callable[[str, threading.Event], Prepared],
-        runtime_root: Callable[[Prepared], Path],
+        runtime_root: Callable[[], Path],
         sys_path: list[str],
         *,
         rundir: Path,
-        start_timeout: float = 60.0,
-        heartbeat_timeout: float | None = 30.0,
         launcher: Launcher | None = None,
         arena: Arena | None = None,
         mapper: Mapper | None = None,
@@ -142,24 +164,25 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         listen: str | None = None,
         keys: Path | None = None,
     ) -> None:
-        self._pools = {name: Pool(name, config) for name, config in pools.items()}
+        self.scheduler = scheduler
+        self.lock = threading.RLock()
+        self.arena = arena
+        self.mapper = mapper
         self._prepare = prepare
         self._runtime_root = runtime_root
         self._sys_path = sys_path
-        self._start_timeout = start_timeout
-        self._heartbeat_timeout = heartbeat_timeout
         self._launcher = launcher or LocalLauncher()
         self._rundir = rundir
-        self._arena = arena
-        self._mapper = mapper
         self._shm_threshold = shm_threshold if arena is not None else 0
         self._max_message = max_message
         self._key = key or secrets.token_bytes(KEY_BYTES)
         self._signer = Signer(self._key)
         self._verifier = Verifier(self._key)
-        self._lock = threading.RLock()
-        self._done: list[tuple[PendingCall, Any, BaseException | None]] = []
-        self._commands: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._prepared: dict[str, Prepared] = {}
+        self._io: dict[bytes, WorkerIO] = {}
+        self._fds: dict[int, tuple[bytes, str]] = {}
+        self._done: list[tuple[sch.Complete, Any]] = []
+        self._commands: collections.deque[Command] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         self._wake_lock = threading.Lock()
         os.set_blocking(self._wake_r, False)
@@ -171,44 +194,78 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
         self._router.setsockopt(zmq.MAXMSGSIZE, max_message)
         self.address = f"ipc://{rundir / 'broker'}"
         self._router.bind(self.address)
-        self._workers: dict[bytes, WorkerHandle] = {}
-        self._fds: dict[int, tuple[WorkerHandle, str]] = {}
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
-        self._remote: zmq.Socket[Any] | None = None
-        self._auth: Any = None
-        self.remote_address = ""
+        self._door: RemoteDoor | None = None
         if listen is not None:
-            self._listen(listen, keys)
+            self._door = RemoteDoor(self._context, listen, keys, max_message)
+            self._poller.register(self._door.router, zmq.POLLIN)
         self._cancel_builds = threading.Event()
-        self._stopping = False
-        self._stop_deadline: float | None = None
         self._rejected_by_gone = 0  # counted on the direct channels of workers now gone
-        self._worker_count = 0
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
         self.closed = threading.Event()
+        self.direct = DirectPath(self)
+        self._commands_table: dict[type, Callable[[Any], None]] = {
+            Submit: lambda c: self._carry(self.scheduler.submit(c.ticket, time.monotonic())),
+            Cancel: lambda c: self._carry(self.scheduler.cancel(c.ticket, time.monotonic())),
+            Ready: self._on_ready,
+            PrepareFailed: lambda c: self._carry(
+                self.scheduler.prepare_failed(c.env, c.error, time.monotonic())
+            ),
+            Stop: lambda c: self._carry(self.scheduler.shutdown(c.cancel, time.monotonic())),
+            ReleaseHeld: self._on_release,
+            Carry: lambda c: self._carry(c.actions),
+            Drain: self._on_drain,
+        }
+        self._actions_table: dict[type, Callable[[Any], list[sch.Action] | None]] = {
+            sch.Prepare: self._do_prepare,
+            sch.StopBuilds: lambda _: self._cancel_builds.set(),
+            sch.Start: self._do_start,
+            sch.Dispatch: self._do_dispatch,
+            sch.Pump: lambda a: self.scheduler.pump(a.env, time.monotonic()),
+            sch.Complete: self._do_complete,
+            sch.Shutdown: self._do_shutdown,
+            sch.Kill: self._do_kill,
+            sch.Forget: self._do_forget,
+            sch.Ignored: lambda a: log.warning("dropped %s from worker %r", a.why, a.ident),
+        }
 
     # ------------------------------------------------------------------ any thread
+
+    @property
+    def remote_address(self) -> str:
+        return self._door.address if self._door is not None else ""
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, call: PendingCall) -> None:
-        """Hand a call over to the broker."""
-        self._command("call", call)
+    def submit(self, ticket: sch.Ticket) -> bool:
+        """Hand a call over; False if the broker is gone."""
+        return self._command(Submit(ticket))
+
+    def cancel(self, ticket: sch.Ticket) -> None:
+        """Withdraw a call that waits for a worker (its future was cancelled)."""
+        self._command(Cancel(ticket))
 
     def shutdown(self, cancel: bool) -> None:
         """Ask the broker to finish; ``closed`` is set once everything is down."""
-        self._command("shutdown", cancel)
+        self._command(Stop(cancel))
 
     def kill_all(self) -> None:
         """Kill every worker now (a second Ctrl-C): the broker reaps them and closes."""
-        with self._lock:
-            self._stopping = True
-            for worker in self._workers.values():
-                self._kill(worker, "shutdown")
-        self._command("shutdown", True)
+        later: list[sch.Action] = []
+        with self.lock:
+            actions = self.scheduler.shutdown(True, time.monotonic())
+            for ident in list(self.scheduler.slots):
+                actions += self.scheduler.kill(ident, sch.KillReason.SHUTDOWN)
+            for action in actions:
+                io = self._io.get(action.ident) if isinstance(action, sch.Kill) else None
+                if io is not None:
+                    io.process.kill()  # now, from this thread: the broker may be stuck
+                else:
+                    later.append(action)
+        self._command(Carry(later))
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -216,36 +273,64 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
 
     def snapshot(self) -> dict[str, int]:
         """Counts for ``repr``: pools in use and live workers."""
-        with self._lock:
-            workers = list(self._workers.values())
+        with self.lock:
+            slots = list(self.scheduler.slots.values())
+            busy = (sch.WorkerState.BUSY, sch.WorkerState.DIRECT)
             return {
-                "pools": sum(1 for p in self._pools.values() if p.state != "new"),
-                "workers": sum(1 for w in workers if w.live),
-                "busy": sum(1 for w in workers if w.state in ("busy", "direct")),
+                "pools": sum(
+                    1 for p in self.scheduler.pools.values() if p.state is not sch.PoolState.NEW
+                ),
+                "workers": sum(1 for s in slots if s.state.live),
+                "busy": sum(1 for s in slots if s.state in busy),
             }
 
     def worker_pids(self, env: str | None = None) -> list[int]:
         """Pids of live workers (of one environment, or all)."""
-        with self._lock:
+        with self.lock:
             return [
-                w.pid for w in self._workers.values() if w.live and (env is None or w.env == env)
+                s.pid
+                for s in self.scheduler.slots.values()
+                if s.state.live and s.pid and (env is None or s.env == env)
             ]
 
     def rejected(self) -> int:
         """Messages dropped unread (bad signature, replay, malformed), on every channel."""
-        with self._lock:
-            direct = sum(w.direct.verifier.rejected for w in self._workers.values() if w.direct)
+        with self.lock:
+            direct = sum(io.direct.verifier.rejected for io in self._io.values() if io.direct)
             return self._verifier.rejected + direct + self._rejected_by_gone
 
     def release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
-        """The caller is done with blocks of a worker's arena or with objects it keeps.
+        """The caller is done with blocks of a worker's arena or with objects it keeps."""
+        self._command(ReleaseHeld(target, blocks, refs))
 
-        Args:
-            target: A segment name (its prefix names the worker) or a worker's identity.
-        """
-        self._command("release", target, blocks, refs)
+    def post(self, actions: list[sch.Action]) -> None:
+        """Actions a calling thread got from the scheduler, for the broker thread."""
+        if actions:
+            self._command(Carry(actions))
 
-    def _command(self, *command: Any) -> bool:
+    def drain(self, ident: bytes, timeout: float) -> None:
+        """Wait until the broker has forwarded what a worker's pipes hold now."""
+        done = threading.Event()
+        if self._command(Drain(ident, done)):
+            done.wait(timeout)
+
+    def forget(self, ident: bytes) -> None:
+        """Free what a gone worker held (under the lock; also from a calling thread)."""
+        self._do_forget(sch.Forget(ident))
+
+    def worker_io(self, ident: bytes) -> WorkerIO:
+        return self._io[ident]
+
+    def book(self, io: WorkerIO, result: Result) -> None:
+        """What any answer says besides its value: blocks given back, objects kept (locked)."""
+        for name, offset in result.freed:
+            io.lent.discard((name, offset))
+            if self.arena is not None:
+                self.arena.free(name, offset)
+        if result.kept:
+            self.scheduler.kept(io.ident, result.kept)
+
+    def _command(self, command: Command) -> bool:
         """Hand the broker thread a command; False if the broker is gone."""
         with self._wake_lock:
             if self._wake_w < 0:
@@ -268,77 +353,63 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
             self._loop()
         except BaseException as exc:
             log.exception("envrunner broker failed")
-            with self._lock:
-                self._fail_everything(EnvrunnerError(f"the envrunner broker failed: {exc!r}"))
+            with self.lock:
+                error = EnvrunnerError(f"the envrunner broker failed: {exc!r}")
+                self._carry(self.scheduler.fail_everything(error))
+                self._fail_commands(error)
         finally:
             self._close()
             self._complete()
 
     def _loop(self) -> None:
         while True:
-            with self._lock:
+            with self.lock:
                 timeout = self._next_timeout(time.monotonic())
             events = self._poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
-            with self._lock:
+            with self.lock:
                 for target, _ in events:
                     if target is self._router:
                         self._drain_router(self._router)
-                    elif self._remote is not None and target is self._remote:
-                        self._drain_router(self._remote)
+                    elif self._door is not None and target is self._door.router:
+                        self._drain_router(self._door.router)
                     elif target == self._wake_r:
                         self._drain_commands()
                     else:
                         self._fd_ready(target)
-                self._check_timers(time.monotonic())
-                finished = self._stopping and self._finished()
+                now = time.monotonic()
+                for io in list(self._io.values()):
+                    if io.process.poll_every and io.process.poll() is not None:
+                        self._reap(io)
+                self._carry(self.scheduler.tick(now))
+                finished = self.scheduler.finished()
             self._complete()
             if finished:
                 return
 
+    def _next_timeout(self, now: float) -> float | None:
+        deadline = self.scheduler.next_deadline()
+        polls = [io.process.poll_every for io in self._io.values() if io.process.poll_every]
+        wait = None if deadline is None else max(0.0, deadline - now)
+        if polls:
+            wait = min(polls) if wait is None else min(wait, *polls)
+        return wait
+
     def _complete(self) -> None:
         """Complete futures outside the lock: their callbacks may call into envrunner."""
-        with self._lock:
+        with self.lock:
             done, self._done = self._done, []
-        for call, value, error in done:
-            future = call.future
+        for action, future in done:
             if future.done():
+                continue
+            if action.cancelled:
+                future.cancel()
                 continue
             if not future.running() and not future.set_running_or_notify_cancel():
                 continue  # cancelled while it waited
-            if error is not None:
-                future.set_exception(error)
+            if isinstance(action.outcome, BaseException):
+                future.set_exception(action.outcome)
             else:
-                future.set_result(value)
-
-    def _next_timeout(self, now: float) -> float | None:
-        deadlines: list[float] = []
-        beat = self._heartbeat_timeout
-        for worker in self._workers.values():
-            if worker.state == "busy" and worker.call and worker.call.deadline is not None:
-                deadlines.append(worker.call.deadline)
-            elif worker.state == "starting":
-                deadlines.append(worker.started + self._start_timeout)
-            elif worker.state == "idle" and not worker.kept:
-                idle = self._pools[worker.env].config.idle_timeout
-                if idle is not None:
-                    deadlines.append(worker.idle_since + idle)
-            if beat is not None and worker.state in ("idle", "busy", "direct"):
-                deadlines.append(worker.last_beat + beat)
-            if worker.state != "dead" and worker.process.pidfd < 0:
-                deadlines.append(now + (1.0 if worker.remote else 0.1))  # no pidfd: poll
-        for pool in self._pools.values():
-            if pool.queue and pool.waiting_since is not None:
-                deadlines.append(pool.waiting_since + self._start_timeout)
-        if self._stop_deadline is not None:
-            deadlines.append(self._stop_deadline)
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - now)
-
-    def _finished(self) -> bool:
-        if any(w.state != "dead" for w in self._workers.values()):
-            return False
-        return not any(p.queue for p in self._pools.values())
+                future.set_result(action.outcome)
 
     # ------------------------------------------------------------------ commands
 
@@ -350,293 +421,201 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
             pass
         while self._commands:
             command = self._commands.popleft()
-            kind = command[0]
-            if kind == "call":
-                self._enqueue(command[1])
-            elif kind == "pump":
-                self._pump(self._pools[command[1]])
-                self._stop_idle_workers()
-            elif kind == "drain":
-                self._drain_output(command[1])
-                command[2].set()
-            elif kind == "prepared":
-                self._on_prepared(command[1], command[2])
-            elif kind == "prepare_failed":
-                self._on_prepare_failed(command[1], command[2])
-            elif kind == "shutdown":
-                self._begin_shutdown(cancel=command[1])
-            elif kind == "release":
-                self._queue_release(command[1], command[2], command[3])
+            self._commands_table[type(command)](command)
         self._flush_releases()
 
-    def _queue_release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
+    def _on_ready(self, command: Ready) -> None:
+        self._prepared[command.env] = command.prepared
+        self._carry(self.scheduler.prepared(command.env, time.monotonic()))
+
+    def _on_release(self, command: ReleaseHeld) -> None:
+        target = command.target
         if isinstance(target, bytes):
-            worker = self._workers.get(target)
+            io = self._io.get(target)
         else:
-            owners = (w for w in self._workers.values() if target.startswith(w.prefix + "-"))
-            worker = next(owners, None)
-        if worker is None or worker.state == "dead":
+            io = next((w for w in self._io.values() if target.startswith(w.prefix + "-")), None)
+        if io is None:
             return  # gone: what it held went with it
-        worker.releases[0].extend(blocks)
-        worker.releases[1].extend(refs)
-        for ident in refs:
-            worker.kept.discard(ident)
+        io.releases[0].extend(command.blocks)
+        io.releases[1].extend(command.refs)
+        self.scheduler.released(io.ident, command.refs)
 
     def _flush_releases(self) -> None:
-        for worker in self._workers.values():
-            blocks, refs = worker.releases
-            if (blocks or refs) and worker.state in ("idle", "busy", "direct"):
-                self._send(worker, Release(blocks=list(blocks), refs=list(refs)))
+        for io in self._io.values():
+            blocks, refs = io.releases
+            slot = self.scheduler.slots.get(io.ident)
+            if (blocks or refs) and slot is not None and slot.state.live and io.welcomed:
+                self._send(io, Release(blocks=list(blocks), refs=list(refs)))
                 blocks.clear()
                 refs.clear()
 
-    def _enqueue(self, call: PendingCall) -> None:
-        pool = self._pools[call.env]
-        if pool.state == "failed":
-            assert pool.error is not None
-            self._fail(call, pool.error)
-            return
-        if call.pin is not None:
-            worker = self._workers.get(call.pin)
-            if worker is None or not worker.live:
-                self._fail(
-                    call, ReferenceLostError(call.env, call.pinned_what, "its worker has exited")
-                )
-                return
-            worker.pinned.append(call)
-        else:
-            pool.queue.append(call)
-        self._pump(pool)
+    def _on_drain(self, command: Drain) -> None:
+        io = self._io.get(command.ident)
+        if io is not None:
+            self._drain_output(io)
+        command.done.set()
 
-    def _on_prepared(self, env: str, prepared: Prepared) -> None:
-        pool = self._pools[env]
-        pool.prepared = prepared
-        pool.state = "ready"
-        self._pump(pool)
+    def _fail_commands(self, error: BaseException) -> None:
+        while self._commands:
+            command = self._commands.popleft()
+            if isinstance(command, Submit):
+                self._done.append((sch.Complete(command.ticket, error), command.ticket.body.future))
 
-    def _on_prepare_failed(self, env: str, error: BaseException) -> None:
-        pool = self._pools[env]
-        pool.state = "failed"
-        pool.error = error
-        while pool.queue:
-            self._fail(pool.queue.popleft(), error)
+    # ------------------------------------------------------------------ actions
 
-    def _begin_shutdown(self, cancel: bool) -> None:
-        self._stopping = True
-        if cancel:
-            self._cancel_builds.set()
-            queued = [c for pool in self._pools.values() for c in pool.queue]
-            queued += [c for worker in self._workers.values() for c in worker.pinned]
-            for pool in self._pools.values():
-                pool.queue.clear()
-            for worker in self._workers.values():
-                worker.pinned.clear()
-            for call in queued:
-                call.future.cancel()
-                self._fail(call, CancelledError("the runner shut down first"))
-            for worker in list(self._workers.values()):
-                while worker.ahead:  # given to a worker: running, as far as the caller knows
-                    ahead = worker.ahead.popleft()
-                    self._fail(ahead, CancelledError("the runner shut down while the call ran"))
-                if worker.state in ("busy", "direct") and worker.call is not None:
-                    call, worker.call = worker.call, None
-                    self._fail(call, CancelledError("the runner shut down while the call ran"))
-                    self._kill(worker, "shutdown")
-        for pool in self._pools.values():
-            if pool.state == "preparing" and not pool.queue:
-                self._cancel_builds.set()
-        self._stop_idle_workers()
+    def _carry(self, actions: Iterable[sch.Action]) -> None:
+        """Carry out the scheduler's actions (some report back, which may add more)."""
+        todo = collections.deque(actions)
+        while todo:
+            action = todo.popleft()
+            more = self._actions_table[type(action)](action)
+            if more:
+                todo.extend(more)
 
-    def _stop_idle_workers(self) -> None:
-        """While shutting down: let go of every worker that has nothing left to do."""
-        if not self._stopping:
-            return
-        for worker in list(self._workers.values()):
-            if self._pools[worker.env].queue or worker.pinned:
-                continue
-            if worker.state == "idle":
-                self._send_shutdown(worker)
-            elif worker.state == "starting":
-                self._kill(worker, "shutdown")
-        pending = any(p.queue for p in self._pools.values())
-        busy = any(w.state in ("busy", "direct") for w in self._workers.values())
-        if not pending and not busy and self._stop_deadline is None:
-            self._stop_deadline = time.monotonic() + SHUTDOWN_GRACE
+    def _do_prepare(self, action: sch.Prepare) -> None:
+        def prepare() -> None:
+            try:
+                prepared = self._prepare(action.env, self._cancel_builds)
+            except BaseException as exc:
+                self._command(PrepareFailed(action.env, exc))
+            else:
+                self._command(Ready(action.env, prepared))
 
-    # ------------------------------------------------------------------ pools and workers
+        name = f"envrunner-prepare-{action.env}"
+        threading.Thread(target=prepare, name=name, daemon=True).start()
 
-    def _pump(self, pool: Pool) -> None:
-        """Dispatch queued calls to idle workers; start workers or the build as needed."""
-        for worker in pool.workers:
-            while worker.state == "idle" and (worker.pinned or pool.queue):
-                call = worker.pinned.popleft() if worker.pinned else pool.queue.popleft()
-                if not call.future.running() and not call.future.set_running_or_notify_cancel():
-                    self._free_blocks(call)
-                    continue  # cancelled while queued
-                self._dispatch(worker, call)
-        self._send_ahead(pool)
-        if not pool.queue:
-            return
-        if not pool.config.local:
-            pool.state = "ready" if pool.state == "new" else pool.state
-            if pool.waiting_since is None:
-                pool.waiting_since = time.monotonic()
-            return  # its workers are on other machines: the calls wait for one to connect
-        if pool.state == "new":
-            pool.state = "preparing"
-            threading.Thread(
-                target=self._prepare_thread,
-                args=(pool.env,),
-                name=f"envrunner-prepare-{pool.env}",
-                daemon=True,
-            ).start()
-            return
-        if pool.state != "ready":
-            return
-        live = [w for w in pool.workers if w.live and not w.remote]
-        starting = sum(1 for w in live if w.state == "starting")
-        wanted = min(len(pool.queue) - starting, pool.config.workers - len(live))
-        for _ in range(max(0, wanted)):
-            self._start_worker(pool)
-
-    def _send_ahead(self, pool: Pool) -> None:
-        """With a backlog, keep every busy worker a few calls ahead: no round trip between them.
-
-        Only while calls wait (so a free worker is never passed over), never to a worker that
-        calls on its kept objects wait for (they would wait behind every call sent ahead), and
-        only unpinned calls. A call sent ahead counts as running from then on, as in
-        ``ProcessPoolExecutor``'s call queue: the worker starts it the moment it has answered
-        the one before, so ``cancel()`` could not promise it will not run. Its timeout starts
-        when the broker sees the call before it answered.
-        """
-        window = pool.config.window
-        if window <= 1 or not pool.queue:
-            return
-        local = [w for w in pool.workers if w.live and not w.remote]
-        if len(local) < pool.config.workers or any(w.state == "starting" for w in local):
-            return  # a worker will be free (or started) for them: no need to queue behind one
-        busy = [w for w in local if w.state == "busy" and not w.pinned]
-        for _ in range(window - 1):
-            for worker in busy:
-                if not pool.queue:
-                    return
-                if len(worker.ahead) + 1 >= window or self._recycle_soon(pool, worker):
-                    continue
-                call = pool.queue.popleft()
-                if not call.future.running() and not call.future.set_running_or_notify_cancel():
-                    self._free_blocks(call)
-                    continue  # cancelled while queued
-                self._dispatch(worker, call)
-
-    def _recycle_soon(self, pool: Pool, worker: WorkerHandle) -> bool:
-        limit = pool.config.max_calls
-        in_flight = 1 + len(worker.ahead)
-        return limit is not None and worker.calls + in_flight >= limit
-
-    def _prepare_thread(self, env: str) -> None:
-        try:
-            prepared = self._prepare(env, self._cancel_builds)
-        except BaseException as exc:
-            self._command("prepare_failed", env, exc)
-        else:
-            self._command("prepared", env, prepared)
-
-    def _start_worker(self, pool: Pool) -> None:
-        prepared = pool.prepared
-        assert prepared is not None
-        self._worker_count += 1
-        identity = f"w{self._worker_count}".encode()
+    def _do_start(self, action: sch.Start) -> list[sch.Action] | None:
+        prepared = self._prepared[action.env]
+        number = action.ident.decode()
         direct = DirectChannel(
             self._context,
-            f"ipc://{self._rundir / f'd{self._worker_count}'}",
+            f"ipc://{self._rundir / ('d' + number)}",
             self._key,
-            identity,
+            action.ident,
             self._max_message,
         )
-        started = self._rundir / f"s{self._worker_count}"
-        started.write_bytes(bytes(8))
+        started = self._rundir / f"s{number}"
         request = LaunchRequest(
-            env=pool.env,
+            env=action.env,
             python=prepared.python,
             address=self.address,
-            worker_id=identity.decode(),
+            worker_id=number,
             key=self._key,
             environ=worker_environ(
                 os.environ, prepared.bin_dir, prepared.virtual_env, prepared.environ
             ),
-            runtime_root=self._runtime_root(prepared),
+            runtime_root=self._runtime_root(),
             append_paths=prepared.append_paths,
             direct_address=direct.address,
             max_message=self._max_message,
             started_path=str(started),
         )
         try:
+            started.write_bytes(bytes(8))
             process = self._launcher.launch(request)
         except OSError as exc:
             direct.close()
             started.unlink(missing_ok=True)
-            pool.start_failures += 1
-            self._after_start_failure(
-                pool, WorkerStartError(pool.env, 0, f"cannot run {prepared.python}: {exc}")
-            )
-            return
-        worker = WorkerHandle(identity, pool.env, process, direct, started_file=started)
+            error = WorkerStartError(action.env, 0, f"cannot run {prepared.python}: {exc}")
+            return self.scheduler.start_failed(action.ident, error, time.monotonic())
+        output = Output(action.env, process.stdout_fd, process.stderr_fd)
+        io = WorkerIO(action.ident, action.env, process, self._router, output, direct, started)
         direct.watch(process.pidfd)
-        pool.workers.append(worker)
-        self._workers[identity] = worker
-        for fd, kind in ((process.stdout_fd, "out"), (process.stderr_fd, "err")):
-            self._fds[fd] = (worker, kind)
-            self._poller.register(fd, zmq.POLLIN)
-        if process.pidfd >= 0:
-            self._fds[process.pidfd] = (worker, "exit")
-            self._poller.register(process.pidfd, zmq.POLLIN)
-        log.debug("started %r", worker)
+        self._io[action.ident] = io
+        self._watch(io)
+        self.scheduler.launched(action.ident, process.pid)
+        log.debug("started %r", io)
+        return None
 
-    def _dispatch(self, worker: WorkerHandle, call: PendingCall) -> None:
-        worker.state = "busy"
-        call.worker = worker
-        if worker.call is None:
-            worker.call = call
-            if call.timeout is not None:
-                call.deadline = time.monotonic() + call.timeout
-        else:  # sent ahead: the worker starts it when the one before is answered
-            worker.ahead.append(call)
-        worker.lent.update((name, offset) for name, offset in call.blocks)
-        message = call.message()
-        self._send(worker, message)
+    def _watch(self, io: WorkerIO) -> None:
+        for kind, fd in io.output.fds.items():
+            if fd >= 0:
+                self._fds[fd] = (io.ident, kind)
+                self._poller.register(fd, zmq.POLLIN)
+        if io.process.pidfd >= 0:
+            self._fds[io.process.pidfd] = (io.ident, "exit")
+            self._poller.register(io.process.pidfd, zmq.POLLIN)
 
-    def _send(self, worker: WorkerHandle, message: Any) -> None:
-        router = self._remote if worker.remote and self._remote is not None else self._router
+    def _unwatch(self, fd: int) -> None:
+        if self._fds.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+
+    def _do_dispatch(self, action: sch.Dispatch) -> list[sch.Action] | None:
+        ticket = action.ticket
+        request: CallRequest = ticket.body
+        future = request.future
+        if not future.running() and not future.set_running_or_notify_cancel():
+            self._free_blocks(request)  # cancelled while it waited
+            return self.scheduler.dispatch_refused(ticket, time.monotonic())
+        io = self._io[action.ident]
+        request.sent = True
+        io.lent.update((name, offset) for name, offset in request.blocks)
+        io.given.append(ticket)
+        self._send(io, request.message)
+        return None
+
+    def _do_complete(self, action: sch.Complete) -> None:
+        request: CallRequest = action.ticket.body
+        if not request.sent:
+            self._free_blocks(request)
+        self._done.append((action, request.future))
+
+    def _do_shutdown(self, action: sch.Shutdown) -> None:
+        io = self._io.get(action.ident)
+        if io is not None:
+            self._send(io, Shutdown())
+            io.process.told_to_go()
+
+    def _do_kill(self, action: sch.Kill) -> None:
+        io = self._io.get(action.ident)
+        if io is not None:
+            io.process.kill()
+
+    def _do_forget(self, action: sch.Forget) -> None:
+        io = self._io.pop(action.ident, None)
+        if io is None:
+            return
+        for fd in [*io.output.fds.values(), io.process.pidfd]:
+            self._unwatch(fd)
+        if io.direct is not None:
+            self._rejected_by_gone += io.direct.verifier.rejected
+            io.direct.close()
+        io.process.close()
+        # Calls it never started travel again, with their blocks; the rest are given back.
+        again = [t.body for t in io.given if t.state is not sch.CallState.DONE]
+        keep = {(name, offset) for request in again for name, offset in request.blocks}
+        for request in again:
+            request.sent = False
+        if self.arena is not None:
+            for name, offset in io.lent - keep:
+                self.arena.free(name, offset)
+        io.lent.clear()
+        if io.started_file is not None:
+            io.started_file.unlink(missing_ok=True)
+        unlink_owned(io.prefix)
+        if self.mapper is not None:
+            self.mapper.forget(io.prefix)
+        self._verifier.forget(scope("from", io.ident))
+        self._verifier.forget(scope("from", io.ident + b".hb"))
+
+    def _free_blocks(self, request: CallRequest) -> None:
+        """Take back the arena blocks of a call that no worker holds."""
+        if self.arena is not None:
+            for name, offset in request.blocks:
+                self.arena.free(name, offset)
+        request.blocks = []
+
+    def _send(self, io: WorkerIO, message: Any) -> None:
         try:
-            frames = pack(message, self._signer, scope("to", worker.identity))
-            wire.send(router, frames, (worker.identity,))
+            frames = pack(message, self._signer, scope("to", io.ident))
+            wire.send(io.router, frames, (io.ident,))
         except zmq.ZMQError as exc:
             # The worker is gone (EHOSTUNREACH): its exit, seen next, fails its call.
-            log.debug("cannot send to %r: %s", worker, exc)
-
-    def _send_shutdown(self, worker: WorkerHandle) -> None:
-        worker.state = "stopping"
-        self._send(worker, Shutdown())
-        if worker.remote:
-            worker.process.kill()  # it will not tell us it left: count it gone now
-
-    def _kill(self, worker: WorkerHandle, reason: str) -> None:
-        worker.killed_for = worker.killed_for or reason
-        if worker.state != "dead":
-            worker.state = "stopping"
-        if worker.remote:
-            self._send(worker, Shutdown())  # no signal crosses machines: ask it to go
-        worker.process.kill()
-
-    def _recycle(self, pool: Pool, worker: WorkerHandle) -> bool:
-        """Whether a worker has served its ``max_calls`` and should make way for a new one."""
-        limit = pool.config.max_calls
-        return limit is not None and worker.calls >= limit and not worker.kept
+            log.debug("cannot send to %r: %s", io, exc)
 
     # ------------------------------------------------------------------ messages
 
     def _drain_router(self, router: zmq.Socket[Any]) -> None:
-        remote = router is self._remote
         while True:
             try:
                 frames = wire.receive(router, zmq.NOBLOCK)
@@ -644,51 +623,66 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
                 return
             identity = frames[0]
             beat = identity.endswith(b".hb")
-            worker = self._workers.get(identity[:-3] if beat else identity)
-            if worker is None and remote and not beat:
-                worker = self._admit_remote(identity, frames[1:])
+            io = self._io.get(identity[:-3] if beat else identity)
+            if io is None and self._door is not None and router is self._door.router and not beat:
+                self._admit(identity, frames[1:])
                 continue
-            if worker is None or worker.state == "dead" or worker.remote != remote:
+            if io is None or io.router is not router:
                 self._verifier.rejected += 1
                 log.warning("dropped a message from an unknown peer")
                 continue
             try:
                 message = unpack(scope("from", identity), frames[1:], self._verifier)
             except ProtocolError as exc:
-                # Another version of the runtime: every new worker would say the same.
-                self._kill(worker, "protocol")
-                pool = self._pools[worker.env]
-                pool.start_failures = START_FAILURE_LIMIT
-                self._after_start_failure(
-                    pool, WorkerStartError(worker.env, worker.pid, str(exc), worker.tail)
-                )
+                error = WorkerStartError(io.env, io.pid, str(exc), list(io.output.tail))
+                self._carry(self.scheduler.incompatible(io.ident, error, time.monotonic()))
                 continue
             if message is None:
-                log.warning("dropped an invalid message from %r", worker)
+                log.warning("dropped an invalid message from %r", io)
             elif isinstance(message, Heartbeat):
-                worker.last_beat = time.monotonic()
+                self.scheduler.heartbeat(io.ident, time.monotonic())
             elif beat:
-                log.warning(
-                    "dropped a %s on %r's heartbeat channel", type(message).__name__, worker
-                )
+                log.warning("dropped a %s on %r's heartbeat channel", type(message).__name__, io)
             elif isinstance(message, Result):
-                self._on_result(worker, message)
+                self._on_result(io, message)
             elif isinstance(message, Hello):
-                self._on_hello(worker, message)
+                self._on_hello(io, message)
 
-    def _on_hello(self, worker: WorkerHandle, hello: Hello) -> None:
-        if worker.state != "starting":
+    def _admit(self, identity: bytes, frames: list[Any]) -> None:
+        """A worker from another machine says hello: make it one of its environment's."""
+        assert self._door is not None
+        hello = self._door.admit(identity, frames, self._verifier)
+        if hello is None:
             return
-        pool = self._pools[worker.env]
+        slot = self.scheduler.joined(identity, hello.env, hello.pid, time.monotonic())
+        if slot is None:
+            log.warning(
+                "refused a worker from another machine for environment %r: not one of the "
+                "runner's remote_envs",
+                hello.env,
+            )
+            return
+        process = RemoteProcess(hello.pid, hello.platform)
+        io = WorkerIO(identity, hello.env, process, self._door.router, Output(hello.env, -1, -1))
+        process.on_kill = lambda: self._send(io, Shutdown())
+        self._io[identity] = io
+        log.info("remote worker %s joined environment %r", identity.decode(), hello.env)
+        self._on_hello(io, hello)
+
+    def _on_hello(self, io: WorkerIO, hello: Hello) -> None:
+        slot = self.scheduler.slots.get(io.ident)
+        if slot is None or slot.state is not sch.WorkerState.STARTING:
+            return
         options: dict[str, Any] = {}
-        if self._shm_threshold and not worker.remote:
+        if self._shm_threshold and io.direct is not None:  # shared memory on this machine only
             options["shm"] = {"owner": os.getpid(), "threshold": self._shm_threshold}
-        if self._heartbeat_timeout is not None:
-            options["heartbeat"] = min(5.0, max(0.2, self._heartbeat_timeout / 6))
+        beat = self.scheduler.heartbeat_timeout
+        if beat is not None:
+            options["heartbeat"] = min(5.0, max(0.2, beat / 6))
         self._send(
-            worker,
+            io,
             Welcome(
-                env=worker.env,
+                env=io.env,
                 cwd=os.getcwd(),
                 sys_path=self._sys_path,
                 caller_python=tuple(sys.version_info[:3]),  # type: ignore[arg-type]
@@ -696,114 +690,96 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
                 options=options,
             ),
         )
-        worker.state = "idle"
-        worker.idle_since = worker.last_beat = time.monotonic()
-        pool.start_failures = 0
-        log.debug("%r said hello: Python %s", worker, ".".join(map(str, hello.python)))
-        self._pump(pool)
-        self._stop_idle_workers()
+        io.welcomed = True
+        log.debug("%r said hello: Python %s", io, ".".join(map(str, hello.python)))
+        self._carry(self.scheduler.hello(io.ident, time.monotonic()))
 
-    def _book_result(self, worker: WorkerHandle, result: Result) -> None:
-        """What any answer says besides its value: blocks given back, objects kept."""
-        worker.calls += 1
-        for name, offset in result.freed:
-            worker.lent.discard((name, offset))
-            if self._arena is not None:
-                self._arena.free(name, offset)
-        if result.kept:
-            worker.kept.add(result.kept)
-
-    def _on_result(self, worker: WorkerHandle, result: Result) -> None:
-        call = worker.call
-        if worker.state != "busy" or call is None or call.call_id != result.call_id:
-            log.warning("dropped an unexpected result from %r", worker)
-            return
-        self._drain_output(worker)
-        self._book_result(worker, result)
-        worker.call = worker.ahead.popleft() if worker.ahead else None
-        pool = self._pools[worker.env]
-        if worker.call is not None:  # the next one sent ahead has started
-            if worker.call.timeout is not None:
-                worker.call.deadline = time.monotonic() + worker.call.timeout
-        elif self._recycle(pool, worker):
-            self._send_shutdown(worker)
-        else:
-            worker.state = "idle"
-            worker.idle_since = time.monotonic()
+    def _on_result(self, io: WorkerIO, result: Result) -> None:
+        self._drain_output(io)
+        self.book(io, result)
+        outcome: Any
         if result.ok:
-            if result.segments and self._mapper is not None:
-                self._mapper.attach(result.segments)  # before the worker can go and unlink them
-            raw = RawResult(
-                result.payload, list(result.buffers), worker.identity, worker.pid, result.kept
-            )
-            self._settle(call, raw)
+            if result.segments and self.mapper is not None:
+                self.mapper.attach(result.segments)  # before the worker can go and unlink them
+            outcome = RawResult(result.payload, list(result.buffers), io.ident, io.pid, result.kept)
         else:
-            self._fail(call, remote_error(call, result.payload))
-        self._pump(pool)
-        self._stop_idle_workers()
+            name = next((t.name for t in io.given if t.call_id == result.call_id), "a call")
+            outcome = UndecodedError(result.payload, io.env, name)
+        self._carry(self.scheduler.result(io.ident, result.call_id, outcome, time.monotonic()))
+        while io.given and io.given[0].state is sch.CallState.DONE:
+            io.given.popleft()
 
-    def _settle(self, call: PendingCall, value: Any) -> None:
-        if not call.finished:
-            call.finished = True
-            self._done.append((call, value, None))
+    # ------------------------------------------------------------------ processes
 
-    def _fail(self, call: PendingCall, error: BaseException) -> None:
-        if call.worker is None:
-            self._free_blocks(call)
-        if not call.finished:
-            call.finished = True
-            self._done.append((call, None, error))
+    def _fd_ready(self, fd: int) -> None:
+        entry = self._fds.get(fd)
+        if entry is None:
+            return
+        ident, kind = entry
+        io = self._io[ident]
+        if kind == "exit":
+            self._reap(io)
+        elif not io.output.read(kind):
+            self._close_stream(io, kind)
 
-    def _free_blocks(self, call: PendingCall) -> None:
-        """Take back the arena blocks of a call that never reached a worker."""
-        if self._arena is not None:
-            for name, offset in call.blocks:
-                self._arena.free(name, offset)
-        call.blocks = []
+    def _close_stream(self, io: WorkerIO, kind: str) -> None:
+        io.output.open[kind] = False
+        self._unwatch(io.output.fds[kind])
+
+    def _drain_output(self, io: WorkerIO) -> None:
+        """Forward what the worker wrote before its result, so output precedes the result."""
+        for kind, open_ in list(io.output.open.items()):
+            if open_ and not io.output.read(kind):
+                self._close_stream(io, kind)
+
+    def _reap(self, io: WorkerIO) -> None:
+        returncode = io.process.poll()
+        if returncode is None or io.ident not in self._io:
+            return
+        if len(io.given) > 1:
+            self._drain_router(io.router)  # answers it sent before it died settle first
+        self._drain_output(io)
+        for kind in ("out", "err"):
+            self._close_stream(io, kind)
+        self._unwatch(io.process.pidfd)
+        slot = self.scheduler.slots.get(io.ident)
+        quiet = slot is not None and slot.state is sch.WorkerState.IDLE and slot.killed_for is None
+        if quiet and not self.scheduler.stopping:
+            log.warning(
+                "worker for environment %r (pid %d) exited while idle: %s",
+                io.env,
+                io.pid,
+                _describe(returncode),
+            )
+        log.debug("%r exited: %s", io, returncode)
+        started = io.started_call()
+        tail = list(io.output.tail)
+        self._carry(self.scheduler.exited(io.ident, returncode, started, tail, time.monotonic()))
 
     # ------------------------------------------------------------------ the end
 
-    def _fail_everything(self, error: BaseException) -> None:
-        for pool in self._pools.values():
-            while pool.queue:
-                self._fail(pool.queue.popleft(), error)
-        for worker in self._workers.values():
-            if worker.call is not None:
-                self._fail(worker.call, error)
-                worker.call = None
-            while worker.ahead:
-                self._fail(worker.ahead.popleft(), error)
-            while worker.pinned:
-                self._fail(worker.pinned.popleft(), error)
-        while self._commands:
-            command = self._commands.popleft()
-            if command[0] == "call":
-                self._fail(command[1], error)
-
     def _close(self) -> None:
         self._cancel_builds.set()
-        with self._lock:
-            workers = list(self._workers.values())
-        for worker in workers:
-            if worker.remote:
-                self._send(worker, Shutdown())
-            worker.process.kill()
-            worker.process.wait(SHUTDOWN_GRACE)
-            with self._lock:
-                worker.state = "dead"
-                if not worker.in_direct_call:
-                    self._close_worker(worker)
-                unlink_owned(worker.prefix)
-        with self._lock:
-            self._workers.clear()
-            self._fail_everything(
-                EnvrunnerError("the runner shut down before this call was handled")
-            )
+        with self.lock:
+            ios = list(self._io.values())
+        for io in ios:
+            io.process.kill()
+            io.process.wait(sch.SHUTDOWN_GRACE)
+            with self.lock:
+                slot = self.scheduler.slots.pop(io.ident, None)
+                if slot is not None and slot.held:  # the calling thread lets go of it
+                    slot.state = sch.WorkerState.DEAD
+                    self.scheduler.slots[io.ident] = slot
+                    unlink_owned(io.prefix)
+                else:
+                    self.forget(io.ident)
+        with self.lock:
+            error = EnvrunnerError("the runner shut down before this call was handled")
+            self._carry(self.scheduler.fail_everything(error))
+            self._fail_commands(error)
         self._router.close(linger=0)
-        if self._remote is not None:
-            self._remote.close(linger=0)
-        if self._auth is not None:
-            self._auth.stop()
+        if self._door is not None:
+            self._door.close()
         self._context.term()
         shutil.rmtree(self._rundir, ignore_errors=True)
         with self._wake_lock:
@@ -811,3 +787,9 @@ class Broker(DirectCalls, RemoteWorkers, Supervision):
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
         self.closed.set()
+
+
+def _describe(returncode: int | None) -> str:
+    from ._runtime.errors import describe_exit
+
+    return describe_exit(returncode)

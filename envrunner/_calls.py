@@ -1,12 +1,12 @@
-"""A call's life in the caller: what is submitted, what comes back, and how errors read.
+"""What travels with a call in the caller: its encoded request, its answer, a prepared pool.
 
 May import: the standard library, ``envrunner._runtime``.
 
-A :class:`PendingCall` is made by the caller's thread (arguments already encoded) and handed to
-the broker, or run by the caller's thread itself on a worker it checked out. Its answer is a
-:class:`RawResult` (decoded later, in the thread that asks for it) or an exception made here:
-a remote error keeps the worker's traceback as ``__cause__`` whether or not its type can be
-rebuilt in the caller.
+A :class:`CallRequest` is made by the calling thread (arguments already encoded) and rides on
+the scheduler's ticket to the broker, which sends it. Its answer is a :class:`RawResult` or a
+:class:`UndecodedError`, both decoded later, in the thread that asks for the future's value: a
+result or an error never has its pickles loaded on the broker's thread (where a user module
+imported by unpickling would hold up every other call).
 """
 
 from __future__ import annotations
@@ -16,29 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._runtime.codec import Decoder
 from ._runtime.errors import EnvrunnerError, RemoteError, RemoteTraceback
-from ._runtime.protocol import Call
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ._workers import WorkerHandle
+    from ._runtime.protocol import Call
 
-__all__ = [
-    "SHUTDOWN_GRACE",
-    "START_FAILURE_LIMIT",
-    "PendingCall",
-    "PoolConfig",
-    "Prepared",
-    "RawResult",
-    "remote_error",
-]
-
-#: Worker starts that may fail in a row before a pool gives up (and fails its calls).
-START_FAILURE_LIMIT = 3
-#: Seconds workers get to leave after SHUTDOWN before they are killed.
-SHUTDOWN_GRACE = 5.0
+__all__ = ["CallRequest", "Prepared", "RawResult", "UndecodedError", "decode_error"]
 
 
 @dataclass(frozen=True)
@@ -54,62 +39,17 @@ class Prepared:
     environ: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class PoolConfig:
-    """How one environment's workers are run."""
-
-    workers: int = 1
-    idle_timeout: float | None = None
-    max_calls: int | None = None
-    local: bool = True  # False: its workers all run on other machines
-    window: int = 2  # calls in flight per busy worker while others wait (1: one at a time)
-
-    @staticmethod
-    def window_for(workers: int) -> int:
-        """How many calls a busy worker may hold (running, then sent ahead).
-
-        Eight with one worker, where the calls have nowhere else to go; two with several, where
-        a call sent ahead to a worker that turns out slow could have run on another that came
-        free (head-of-line blocking). A call sent ahead can no longer be cancelled, so the
-        window is not deeper than the throughput needs: noop calls through one worker went
-        5,000/s at 2, 6,000-8,500 at 4, 8,000-12,600 at 8 and no better at 16
-        (benchmarks/run.py, pipelined)."""
-        return 8 if workers == 1 else 2
-
-
 @dataclass(eq=False)
-class PendingCall:
-    """A call from submission to its answer."""
+class CallRequest:
+    """A call's encoded message, its future, and the caller's arena blocks it lends.
 
-    call_id: int
-    env: str
-    name: str
-    code: bytes
-    payload: bytes
-    buffers: list[Any]
-    timeout: float | None
+    The broker alone changes ``sent`` (whether a worker holds its blocks) and ``blocks``.
+    """
+
+    message: Call
     future: Future[Any]
-    segments: list[str] = field(default_factory=list)
-    blocks: list[list[Any]] = field(default_factory=list)  # the caller's arena blocks it lends
-    keep: bool = False
-    pin: bytes | None = None  # the worker keeping the objects its arguments refer to
-    pinned_what: str = ""
-    retries: int = 0  # runs left after a worker crash
-    worker: WorkerHandle | None = None
-    deadline: float | None = None
-    finished: bool = False
-
-    def message(self) -> Call:
-        """The CALL message that asks a worker to run it."""
-        return Call(
-            call_id=self.call_id,
-            name=self.name,
-            code=self.code,
-            payload=self.payload,
-            segments=self.segments,
-            keep=self.keep,
-            buffers=self.buffers,
-        )
+    blocks: list[list[Any]] = field(default_factory=list)
+    sent: bool = False
 
 
 @dataclass(eq=False)
@@ -123,21 +63,38 @@ class RawResult:
     kept: int = 0
 
 
-def remote_error(call: PendingCall, payload: bytes) -> BaseException:
+class UndecodedError(EnvrunnerError):
+    """Stands in a future for the error a task raised until someone asks for it.
+
+    ``CallFuture`` decodes it (:func:`decode_error`) in the asking thread and raises the
+    task's own exception instead; this type is never seen by users.
+    """
+
+    def __init__(self, payload: bytes, env: str, name: str) -> None:
+        super().__init__(f"{name} failed in environment {env!r}")
+        self.payload = payload
+        self.env = env
+        self.name = name
+
+
+def decode_error(failure: UndecodedError) -> BaseException:
     """The exception a failed call's answer describes, with the remote traceback as its cause."""
+    from ._runtime.codec import Decoder
+
+    where = "the caller"
     try:
-        type_name, message, text, blob = Decoder(where="the caller").decode(payload)
+        type_name, message, text, blob = Decoder(where=where).decode(failure.payload)
     except Exception as exc:
-        return EnvrunnerError(f"{call.name} failed and its error could not be read: {exc}")
+        return EnvrunnerError(f"{failure.name} failed and its error could not be read: {exc}")
     error: BaseException | None = None
     if blob is not None:
         try:
-            error = Decoder(where="the caller").decode(blob)
+            error = Decoder(where=where).decode(blob)
         except Exception:
             error = None  # its type cannot be imported here: a RemoteError says what it was
         if not isinstance(error, BaseException):
             error = None
     if error is None:
-        error = RemoteError(type_name, message, call.env)
+        error = RemoteError(type_name, message, failure.env)
     error.__cause__ = RemoteTraceback(text)
     return error

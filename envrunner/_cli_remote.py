@@ -1,6 +1,7 @@
 """``envrunner keys`` and ``envrunner worker``: workers on other machines.
 
-May import: the standard library and the caller-side ``envrunner`` modules.
+May import: the standard library and the caller-side ``envrunner`` modules below the CLI
+(never ``envrunner._cli``, which imports this one).
 
 On the caller's machine::
 
@@ -70,10 +71,11 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ._cli import _manifest
-    from ._environments import build, overlay, resolve
+    from ._environments import resolve
     from ._keys import check_private
-    from ._process import compile_runtime, runtime_root, worker_environ
+    from ._manifest import find_manifest, load_manifest
+    from ._prepare import prepare
+    from ._process import runtime_root, worker_environ
     from ._progress import auto_progress
     from ._runtime.errors import EnvrunnerError
 
@@ -88,22 +90,15 @@ def _worker(args: argparse.Namespace) -> int:
         check_private(secret)
         curve = ["--curve-server-key", str(args.keys / "broker.key")]
         curve += ["--curve-client-key", str(secret)]
-    manifest = _manifest(args)
+    manifest = load_manifest(find_manifest(args.manifest))
     spec = manifest[args.name]
-    resolved = resolve(spec)
-    append: list[str] = []
-    if resolved.key is None:
-        append = ["--append-path", str(overlay(resolved.interpreter))]
-    else:
-        build(resolved, progress=auto_progress(), manifest_path=manifest.path)
     root = runtime_root()
-    compile_runtime(root, resolved.python, resolved.interpreter.cache_tag)
+    ready = prepare(spec, resolve(spec), root, auto_progress(), None, manifest.path)
     identity = f"r-{args.client or 'insecure'}-{socket.gethostname()}-{os.getpid()}"
-    argv = [str(resolved.python), "-m", "envrunner.worker", "--connect", args.connect]
+    argv = [str(ready.python), "-m", "envrunner.worker", "--connect", args.connect]
     argv += ["--id", identity, "--env", spec.name, "--key-file", str(session.absolute())]
-    argv += [*curve, *append]
-    virtual_env = resolved.path if resolved.key else None
-    environ = worker_environ(os.environ, resolved.bin_dir, virtual_env, spec.env)
+    argv += [*curve, *(arg for path in ready.append_paths for arg in ("--append-path", path))]
+    environ = worker_environ(os.environ, ready.bin_dir, ready.virtual_env, ready.environ)
     print(
         f"envrunner: {spec.name}: worker {identity} connecting to {args.connect}", file=sys.stderr
     )

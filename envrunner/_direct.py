@@ -4,105 +4,102 @@
 
     calling thread                                        worker
     ──────────────                                        ──────
-    checkout(env) ── under the broker's lock: an idle worker, now "direct"
+    scheduler.checkout(ticket) ── under the broker's lock: an idle worker, now DIRECT
     CALL on the worker's own channel ────────────────────► runs it
     wait on that channel and the worker's pidfd ◄───────── RESULT
-    give it back (idle again), book blocks and kept objects, make sure its output came first
+    scheduler.answered_direct: IDLE again (or SHUTDOWN on this channel at max_calls);
+    what it returns for the broker (calls waited meanwhile) is posted to the broker thread;
+    make sure its output came first; decode in this thread
 
 No broker thread is woken on the way: the call crosses two processes, not four thread hops.
 The broker still supervises the worker: if it dies, or runs out of time (the calling thread
-kills it), the broker reaps it and fails the call with the error that says why, and the calling
-thread returns that. While a thread holds a worker, only that thread uses its channel; the
-broker closes it only after the thread let go.
+kills it), the broker reaps it and the scheduler fails the call with the error that says why,
+and the calling thread raises that. While a thread holds a worker, only that thread uses its
+channel; the worker's I/O is freed only after the thread let go.
 
-May import: the standard library, zmq, ``envrunner._calls``, ``_workers``, ``_runtime``.
+May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_scheduler``,
+``_runtime``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ._calls import PendingCall, RawResult, remote_error
+from . import _scheduler as sch
+from ._calls import CallRequest, RawResult, UndecodedError
+from ._channels import DirectChannel, WorkerIO
 from ._runtime import wire
 from ._runtime.protocol import Result, Shutdown, pack, unpack
-from ._workers import DirectChannel, WorkerHandle
+from ._runtime.shm import Mapper
 
-if TYPE_CHECKING:
-    from ._broker import Broker
-
-__all__ = ["DirectCalls"]
+__all__ = ["DirectPath", "Host"]
 
 
-class DirectCalls:
-    """The broker's methods that calling threads run themselves (mixed into ``Broker``)."""
+class Host(Protocol):
+    """What the direct path needs of the broker."""
 
-    def checkout(self: Broker, env: str, pin: bytes | None) -> WorkerHandle | None:
-        """An idle worker for the calling thread to run a synchronous call on, or None.
+    lock: threading.RLock
+    scheduler: sch.Scheduler
+    mapper: Mapper | None
 
-        None when the pool is not ready, has calls queued (they go first), or has no idle
-        worker (or not the one ``pin`` names): the call then goes through the broker.
-        """
-        with self._lock:
-            pool = self._pools[env]
-            if self._stopping or pool.state != "ready" or pool.queue:
-                return None
-            if pin is not None:
-                pinned = self._workers.get(pin)
-                candidates = [pinned] if pinned is not None and not pinned.pinned else []
-            else:
-                candidates = pool.workers
-            for worker in candidates:
-                if worker.state == "idle" and worker.direct is not None:
-                    worker.state = "direct"
-                    worker.in_direct_call = True
-                    return worker
-        return None
+    def worker_io(self, ident: bytes) -> WorkerIO: ...
+    def book(self, io: WorkerIO, result: Result) -> None: ...
+    def post(self, actions: list[sch.Action]) -> None: ...
+    def drain(self, ident: bytes, timeout: float) -> None: ...
+    def forget(self, ident: bytes) -> None: ...
 
-    def run_direct(self: Broker, worker: WorkerHandle, call: PendingCall) -> RawResult:
-        """Run a call on a checked-out worker, in the calling thread; give the worker back.
+
+class DirectPath:
+    """Synchronous calls run by the calling thread on an idle worker."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    def run(self, ticket: sch.Ticket) -> RawResult | None:
+        """Run ``ticket`` on an idle worker in this thread; None if none is idle now (the call
+        then goes through the broker).
 
         Raises:
-            Whatever the call raised (rebuilt), ``TaskTimeoutError``, ``WorkerCrashed``.
+            Whatever the call raised (decoded by the future), ``TaskTimeoutError``,
+            ``WorkerCrashed``, ``KeyboardInterrupt`` (the worker is stopped first).
         """
-        direct = worker.direct
+        host = self._host
+        request: CallRequest = ticket.body
+        with host.lock:
+            slot = host.scheduler.checkout(ticket, time.monotonic())
+            if slot is None:
+                return None
+            io = host.worker_io(slot.ident)
+            request.sent = True
+            io.lent.update((name, offset) for name, offset in request.blocks)
+            io.given.append(ticket)
+        direct = io.direct
         assert direct is not None
-        with self._lock:
-            worker.call = call
-            call.worker = worker
-            worker.lent.update((name, offset) for name, offset in call.blocks)
-        call.future.set_running_or_notify_cancel()
-        deadline = None if call.timeout is None else time.monotonic() + call.timeout
-        message = call.message()
+        request.future.set_running_or_notify_cancel()
+        deadline = None if ticket.timeout is None else time.monotonic() + ticket.timeout
         try:
-            wire.send(direct.socket, pack(message, direct.signer, direct.outgoing))
-            result = self._wait_direct(worker, direct, call, deadline)
+            wire.send(direct.socket, pack(request.message, direct.signer, direct.outgoing))
+            result = self._wait(io, direct, ticket, deadline)
         except KeyboardInterrupt:
-            self._kill_from_outside(worker, "interrupted")
-            self._end_direct(worker)
+            self._kill(io, sch.KillReason.INTERRUPTED)
+            self._let_go(io)
             raise
-        if result is None:  # it died or ran out of time: the broker's report says which
-            self._end_direct(worker)
-            value: RawResult = call.future.result()
+        if result is None:  # it died or ran out of time: the scheduler's error says which
+            self._let_go(io)
+            value: RawResult = request.future.result()
             return value
-        return self._give_back(worker, call, result)
+        return self._give_back(io, ticket, result)
 
-    def _end_direct(self: Broker, worker: WorkerHandle) -> None:
-        """The calling thread is done with the worker's channel (close it if the worker died)."""
-        with self._lock:
-            worker.in_direct_call = False
-            if worker.state == "dead":
-                self._close_worker(worker)
-
-    def _wait_direct(
-        self: Broker,
-        worker: WorkerHandle,
+    def _wait(
+        self,
+        io: WorkerIO,
         direct: DirectChannel,
-        call: PendingCall,
+        ticket: sch.Ticket,
         deadline: float | None,
     ) -> Result | None:
-        watching_exit = worker.process.pidfd >= 0
+        watching_exit = io.process.pidfd >= 0
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not watching_exit:
@@ -110,53 +107,49 @@ class DirectCalls:
             events = dict(direct.poller.poll(None if wait is None else int(wait * 1000)))
             if direct.socket in events:
                 message = unpack(direct.incoming, wire.receive(direct.socket), direct.verifier)
-                if isinstance(message, Result) and message.call_id == call.call_id:
+                if isinstance(message, Result) and message.call_id == ticket.call_id:
                     return message
                 continue
-            if events or worker.process.poll() is not None or worker.state == "dead":
+            if events or io.process.poll() is not None:
                 return None  # the worker exited: the broker reaps it and fails the call
             if deadline is not None and time.monotonic() >= deadline:
-                self._kill_from_outside(worker, "timeout")
+                self._kill(io, sch.KillReason.TIMEOUT)
                 return None
 
-    def _give_back(
-        self: Broker, worker: WorkerHandle, call: PendingCall, result: Result
-    ) -> RawResult:
-        """Book a direct call's answer and return the worker to its pool (calling thread)."""
-        wake = False
-        with self._lock:
-            call.finished = True
-            self._book_result(worker, result)
-            if worker.state == "direct":
-                pool = self._pools[worker.env]
-                worker.call = None
-                if self._recycle(pool, worker):
-                    worker.state = "stopping"
-                    assert worker.direct is not None
-                    direct = worker.direct
+    def _kill(self, io: WorkerIO, reason: sch.KillReason) -> None:
+        with self._host.lock:
+            for action in self._host.scheduler.kill(io.ident, reason):
+                if isinstance(action, sch.Kill):
+                    io.process.kill()
+
+    def _let_go(self, io: WorkerIO) -> None:
+        """This thread is done with the worker's channel (its I/O is freed if it died)."""
+        host = self._host
+        with host.lock:
+            for action in host.scheduler.let_go(io.ident):
+                if isinstance(action, sch.Forget):
+                    host.forget(action.ident)
+
+    def _give_back(self, io: WorkerIO, ticket: sch.Ticket, result: Result) -> RawResult:
+        """Book a direct call's answer and return the worker to its pool."""
+        host = self._host
+        later: list[sch.Action] = []
+        with host.lock:
+            host.book(io, result)
+            for action in host.scheduler.answered_direct(io.ident, ticket, time.monotonic()):
+                if isinstance(action, sch.Shutdown):
+                    direct = io.direct
+                    assert direct is not None
                     wire.send(direct.socket, pack(Shutdown(), direct.signer, direct.outgoing))
                 else:
-                    worker.state = "idle"
-                    worker.idle_since = time.monotonic()
-                wake = bool(pool.queue or worker.pinned or self._stopping)
-            worker.in_direct_call = False
-            if worker.state == "dead":  # it died right after answering
-                self._close_worker(worker)
-        if wake:
-            self._command("pump", worker.env)
-        if worker.pending_output():
-            drained = threading.Event()
-            self._command("drain", worker, drained)
-            drained.wait(5.0)
+                    later.append(action)
+            io.given.clear()
+        self._let_go(io)
+        host.post(later)
+        if io.output.pending():
+            host.drain(io.ident, 5.0)
         if not result.ok:
-            raise remote_error(call, result.payload)
-        if result.segments and self._mapper is not None:
-            self._mapper.attach(result.segments)
-        return RawResult(
-            result.payload, list(result.buffers), worker.identity, worker.pid, result.kept
-        )
-
-    def _kill_from_outside(self: Broker, worker: WorkerHandle, reason: str) -> None:
-        with self._lock:
-            if worker.state != "dead":
-                self._kill(worker, reason)
+            raise UndecodedError(result.payload, io.env, ticket.name)
+        if result.segments and host.mapper is not None:
+            host.mapper.attach(result.segments)
+        return RawResult(result.payload, list(result.buffers), io.ident, io.pid, result.kept)

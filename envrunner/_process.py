@@ -1,4 +1,16 @@
-"""Start a worker process, give it what it needs, and take it down.
+"""The worker-process interface, and its implementations: start a worker, watch it, kill it.
+
+::
+
+    broker ── Launcher.launch(LaunchRequest) ──► Process
+              Process.poll() / pidfd readable      its exit status (negative: the signal)
+              Process.kill()                       SIGKILL here; a SHUTDOWN for a worker elsewhere
+              Process.stdout_fd / stderr_fd        where its output comes from (-1: nowhere here)
+              Process.poll_every                   0: its pidfd wakes the broker; else poll it
+
+The broker knows workers only through :class:`Process`: a local child (:class:`WorkerProcess`,
+started by :class:`LocalLauncher`) and a worker that joined from another machine
+(:class:`RemoteProcess`) are two implementations; launchers for other places are more.
 
 May import: the standard library, filelock, ``envrunner._home``, ``envrunner._runtime``.
 
@@ -22,10 +34,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from . import _home
 from ._runtime.errors import describe_exit
@@ -34,6 +46,7 @@ __all__ = [
     "LaunchRequest",
     "Launcher",
     "LocalLauncher",
+    "Process",
     "RemoteProcess",
     "WorkerProcess",
     "caller_project_paths",
@@ -70,6 +83,36 @@ class LaunchRequest:
     started_path: str = ""  # a file the worker writes each call's id to as it starts it
 
 
+class Process(Protocol):
+    """A worker process, wherever it runs, as the broker sees it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    stdout_fd: int  # its output, read by the broker (-1: its output stays where it runs)
+    stderr_fd: int
+    pidfd: int  # readable when it exits (-1: none; the broker polls every ``poll_every`` s)
+
+    @property
+    def poll_every(self) -> float: ...
+
+    def poll(self) -> int | None:
+        """Its exit status once it has ended (negative: the signal that killed it)."""
+
+    def kill(self) -> None:
+        """Stop it now, whatever it is doing."""
+
+    def told_to_go(self) -> None:
+        """It was sent a SHUTDOWN (a process here exits and is reaped; one elsewhere is
+        counted gone at once, since its exit is never seen here)."""
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for its end, at most ``timeout`` seconds; its status, or None."""
+
+    def close(self) -> None:
+        """Let go of what the caller holds of it (pipes, descriptors)."""
+
+
 @dataclass
 class WorkerProcess:
     """A started worker process and the caller's ends of its pipes."""
@@ -85,6 +128,10 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.popen.pid
 
+    @property
+    def poll_every(self) -> float:
+        return 0.0 if self.pidfd >= 0 else 0.1
+
     def poll(self) -> int | None:
         """The exit status if the process has ended (negative: killed by that signal)."""
         return self.popen.poll()
@@ -96,6 +143,9 @@ class WorkerProcess:
                 self.popen.kill()
             except ProcessLookupError:
                 pass
+
+    def told_to_go(self) -> None:
+        pass  # it exits by itself, and its pidfd says so
 
     def terminate(self) -> None:
         if self.popen.returncode is None:
@@ -125,24 +175,33 @@ class WorkerProcess:
 
 
 class RemoteProcess:
-    """A worker on another machine: no process here, only what it says about itself.
+    """A worker that joined from another machine: no process here, only what it says.
 
-    It counts as exited once it is told to go or killed for missing heartbeats (there is no
-    signal to send across machines: a SHUTDOWN goes instead).
+    It counts as exited once it is killed (for missing heartbeats, a deadline, or because it
+    was told to go): there is no signal to send across machines, so ``kill`` sends a SHUTDOWN
+    through ``on_kill`` instead, and the worker exits when it gets it or loses its caller.
     """
 
     stdout_fd = stderr_fd = pidfd = key_fd = -1
+    poll_every: ClassVar[float] = 1.0
 
-    def __init__(self, pid: int, host: str) -> None:
+    def __init__(self, pid: int, host: str, on_kill: Callable[[], None] | None = None) -> None:
         self.pid = pid
         self.host = host
         self.returncode: int | None = None
         self.closed = False
+        self.on_kill = on_kill
 
     def poll(self) -> int | None:
         return self.returncode
 
     def kill(self) -> None:
+        if self.returncode is None:
+            self.returncode = -9
+            if self.on_kill is not None:
+                self.on_kill()
+
+    def told_to_go(self) -> None:
         if self.returncode is None:
             self.returncode = -9
 
@@ -159,7 +218,7 @@ class RemoteProcess:
 class Launcher(Protocol):
     """Starts workers; remote launchers are new classes, not new branches."""
 
-    def launch(self, request: LaunchRequest) -> WorkerProcess: ...
+    def launch(self, request: LaunchRequest) -> Process: ...
 
 
 class LocalLauncher:

@@ -118,7 +118,7 @@ def smoke(
     Raises:
         UnknownEnvironmentError: A name is not in the manifest (nothing is run).
     """
-    from ._api import Runner
+    from ._runner import Runner
 
     specs = [manifest[name] for name in names] if names else list(manifest)
     out = stream or (sys.stderr if as_json else sys.stdout)
@@ -260,9 +260,9 @@ def _timeout(spec: EnvSpec) -> float:
 
 def _call(runner: Any, spec: EnvSpec, fn: Callable[..., Any], *args: Any) -> Any:
     """``runner.call`` with the check's deadline (the environment's ``timeout:`` or 600 s)."""
-    from ._api import Task
+    from ._tasks import task as make_task
 
-    task: Task[..., Any] = Task(fn, env=spec.name, timeout=_timeout(spec))
+    task = make_task(env=spec.name, timeout=_timeout(spec))(fn)
     return runner.submit(spec.name, task, *args).result()
 
 

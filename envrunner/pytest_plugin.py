@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ._api import Runner
     from ._manifest import Manifest
+    from ._runner import Runner
 
 __all__ = ["ENV_PARAMETER", "MARKER"]
 
@@ -156,7 +156,7 @@ class _Session:
 
     def runner(self) -> Runner:
         if self._runner is None:
-            from ._api import Runner
+            from ._runner import Runner
 
             self._runner = Runner(self.manifest(), progress=None)
         return self._runner

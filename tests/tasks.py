@@ -130,7 +130,7 @@ def envrunner_face() -> dict[str, Any]:
         "file": envrunner.__file__,
         "has_runner": hasattr(envrunner, "Runner"),
         "caller_modules": sorted(
-            name for name in sys.modules if name in ("envrunner._api", "envrunner._broker")
+            name for name in sys.modules if name in ("envrunner._runner", "envrunner._broker")
         ),
         "sys_path_head": sys.path[:3],
         "cwd": os.getcwd(),

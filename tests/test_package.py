@@ -42,6 +42,7 @@ def test_the_public_names_are_pinned() -> None:
         "__version__",
         "call",
         "current_environment",
+        "current_runner",
         "find_manifest",
         "load_manifest",
         "task",

@@ -16,7 +16,7 @@ import tasks
 from support import pid_gone, wait_for
 
 import envrunner
-from envrunner._calls import PoolConfig
+from envrunner._scheduler import PoolConfig
 
 # --------------------------------------------------------------------------- calls
 
@@ -520,9 +520,7 @@ def test_a_module_function_can_travel_by_value_or_source_when_asked(
     runner: envrunner.Runner, env: str
 ) -> None:
     """This test module imports pytest, which workers lack: by reference it could not load."""
-    future = runner._submit(
-        env, module_function_using_a_sibling, (1,), {}, None, by_reference=False
-    )
+    future = runner._submit(env, module_function_using_a_sibling, (1,), {}, by_reference=False)
     assert future.result(60) == 101
     with pytest.raises(envrunner.DecodeError, match="No module named 'pytest'"):
         runner.call(env, module_function_using_a_sibling, 1)

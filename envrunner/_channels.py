@@ -1,6 +1,18 @@
-"""The caller's view of one worker: its process, its channels, its output, what it holds.
+"""A worker's I/O in the caller: its process, its channels, its output, what it holds.
 
-May import: the standard library, zmq, ``envrunner._process``, ``envrunner._runtime``.
+::
+
+    broker thread                       WorkerIO                          worker process
+    ─────────────                       ────────                          ──────────────
+    Start ─► launch ─────────────────►  process (the Process interface) ─► runs
+    Dispatch ─► CALL on ``router`` ───────────────────────────────────────► control channel
+    calling thread ─► CALL on ``direct`` (a PAIR of its own) ─────────────► direct channel
+    poll ◄── stdout/stderr fds ◄──────  Output: lines prefixed "[env] " ◄── print()
+                                        lent: arena blocks its calls hold
+                                        given: tickets sent to it, in order
+
+May import: the standard library, zmq, ``envrunner._process``, ``envrunner._scheduler``,
+``envrunner._runtime``.
 
 A worker has two channels. *Control* is the broker's ROUTER socket, shared by all workers: the
 handshake, calls submitted as futures, releases, shutdown. *Direct* is a PAIR socket of its own
@@ -20,7 +32,6 @@ import os
 import select
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +41,10 @@ import zmq
 from ._runtime.protocol import Signer, Verifier, scope
 
 if TYPE_CHECKING:
-    from ._calls import PendingCall
-    from ._process import RemoteProcess, WorkerProcess
+    from ._process import Process
+    from ._scheduler import Ticket
 
-__all__ = ["STDERR_TAIL", "DirectChannel", "WorkerHandle"]
+__all__ = ["STDERR_TAIL", "DirectChannel", "Output", "WorkerIO"]
 
 STDERR_TAIL = 30
 
@@ -70,78 +81,23 @@ class DirectChannel:
         self.socket.close(linger=0)
 
 
-@dataclass(eq=False)
-class WorkerHandle:
-    """One worker process: its state (guarded by the broker's lock), output and holdings.
+class Output:
+    """A worker's stdout and stderr pipes: lines forwarded to the caller's streams with the
+    environment's name in front; the last stderr lines kept for crash reports."""
 
-    States: ``starting`` (until its hello), ``idle``, ``busy`` (a call through the broker),
-    ``direct`` (checked out by a calling thread), ``stopping`` (told to go, or killed), ``dead``.
-    """
-
-    identity: bytes
-    env: str
-    process: WorkerProcess | RemoteProcess
-    direct: DirectChannel | None = None
-    remote: bool = False  # on another machine, connected over tcp
-    state: str = "starting"
-    call: PendingCall | None = None  # the call it runs now
-    ahead: collections.deque[PendingCall] = field(
-        default_factory=collections.deque
-    )  # sent, waiting
-    started: float = field(default_factory=time.monotonic)
-    idle_since: float = field(default_factory=time.monotonic)
-    last_beat: float = field(default_factory=time.monotonic)
-    calls: int = 0
-    killed_for: str = ""
-    in_direct_call: bool = False  # a calling thread uses its direct channel and pidfd
-    lent: set[tuple[str, int]] = field(default_factory=set)  # the caller's blocks it holds
-    kept: set[int] = field(default_factory=set)  # ids of objects it keeps for the caller
-    pinned: collections.deque[PendingCall] = field(default_factory=collections.deque)
-    releases: tuple[list[list[Any]], list[int]] = field(default_factory=lambda: ([], []))
-    out_open: bool = True
-    err_open: bool = True
-    partial: dict[str, bytes] = field(default_factory=lambda: {"out": b"", "err": b""})
-    tail: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=STDERR_TAIL)
-    )
-    output_lock: threading.Lock = field(default_factory=threading.Lock)
-    _pipes: select.poll | None = None
-    started_file: Path | None = None  # where the worker writes the id of each call it starts
-
-    def started_call(self) -> int:
-        """The id of the last call the worker started (0: none, or no record kept)."""
-        if self.started_file is None:
-            return 0
-        try:
-            return int.from_bytes(self.started_file.read_bytes()[:8], "little")
-        except OSError:
-            return 0
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def prefix(self) -> str:
-        """Its shared-memory segments' names start with this."""
-        return f"envrunner-{os.getpid()}-{self.pid}"
-
-    @property
-    def live(self) -> bool:
-        return self.state in ("starting", "idle", "busy", "direct")
-
-    def __repr__(self) -> str:
-        return f"<Worker env={self.env!r} pid={self.pid} {self.state} calls={self.calls}>"
-
-    # ------------------------------------------------------------------ output
-
-    def fd(self, kind: str) -> int:
-        return self.process.stdout_fd if kind == "out" else self.process.stderr_fd
+    def __init__(self, env: str, stdout_fd: int, stderr_fd: int) -> None:
+        self.env = env
+        self.fds = {"out": stdout_fd, "err": stderr_fd}
+        self.open = {"out": stdout_fd >= 0, "err": stderr_fd >= 0}
+        self.partial = {"out": b"", "err": b""}
+        self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self.lock = threading.Lock()
+        self._pipes: select.poll | None = None
 
     def read(self, kind: str) -> bool:
         """Forward what the pipe holds now; returns False once it is closed (EOF)."""
-        fd = self.fd(kind)
-        with self.output_lock:
+        fd = self.fds[kind]
+        with self.lock:
             while True:
                 try:
                     data = os.read(fd, 65536)
@@ -154,17 +110,17 @@ class WorkerHandle:
                     return False
                 self._emit(kind, self.partial[kind] + data)
 
-    def pending_output(self) -> bool:
+    def pending(self) -> bool:
         """Whether its pipes hold output not yet forwarded (checked without reading them).
 
         One poll(2) on both pipes; the lock makes sure the broker is not between reading some
         output and writing it out.
         """
-        with self.output_lock:
+        with self.lock:
             if self._pipes is None:
                 self._pipes = select.poll()
-                for fd in (self.process.stdout_fd, self.process.stderr_fd):
-                    if fd >= 0:
+                for kind, fd in self.fds.items():
+                    if fd >= 0 and self.open[kind]:
                         self._pipes.register(fd, select.POLLIN)
             try:
                 return any(event & select.POLLIN for _, event in self._pipes.poll(0))
@@ -193,3 +149,41 @@ class WorkerHandle:
                 stream.flush()
             except (OSError, ValueError):
                 pass  # the caller closed its stream: nothing to show the output on
+
+
+@dataclass(eq=False)
+class WorkerIO:
+    """One worker's process and channels, owned by the broker (its state is the scheduler's)."""
+
+    ident: bytes
+    env: str
+    process: Process
+    router: zmq.Socket[Any]  # the control channel it joined on
+    output: Output
+    direct: DirectChannel | None = None
+    started_file: Path | None = None  # where the worker writes the id of each call it starts
+    lent: set[tuple[str, int]] = field(default_factory=set)  # the caller's blocks it holds
+    given: collections.deque[Ticket] = field(default_factory=collections.deque)
+    releases: tuple[list[list[Any]], list[int]] = field(default_factory=lambda: ([], []))
+    welcomed: bool = False
+
+    def started_call(self) -> int:
+        """The id of the last call the worker started (0: none, or no record kept)."""
+        if self.started_file is None:
+            return 0
+        try:
+            return int.from_bytes(self.started_file.read_bytes()[:8], "little")
+        except OSError:
+            return 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def prefix(self) -> str:
+        """Its shared-memory segments' names start with this."""
+        return f"envrunner-{os.getpid()}-{self.pid}"
+
+    def __repr__(self) -> str:
+        return f"<Worker env={self.env!r} pid={self.pid} id={self.ident.decode()}>"

@@ -1,0 +1,203 @@
+"""What a call gives back: a future whose value (or error) is decoded by whoever asks, and
+``Ref``, a handle on an object a worker keeps.
+
+::
+
+    broker thread                           any thread
+    ─────────────                           ──────────
+    set_result(RawResult)  ─► CallFuture ─► result(): decode once (numpy arrays, pickles,
+    set_exception(UndecodedError)               Ref handles), in this thread; the raw
+    set_exception(WorkerCrashed, ...)          frames are dropped after
+                                             exception(): the task's own exception, decoded
+
+Neither reaches into the runner: they hold a :class:`Link`, the few things they need of it.
+
+May import: the standard library, ``envrunner._calls``, ``envrunner._runtime``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from ._calls import RawResult, UndecodedError, decode_error
+from ._runtime.errors import DecodeError, ReferenceLostError
+
+if TYPE_CHECKING:
+    from ._runtime.shm import Mapper
+
+__all__ = ["CallFuture", "Link", "Ref"]
+
+T = TypeVar("T")
+
+_UNSET: Any = object()
+
+
+class Link(Protocol):
+    """What futures and refs need of their runner."""
+
+    @property
+    def mapper(self) -> Mapper | None: ...
+    def interrupt(self) -> None: ...
+    def release_ref(self, worker: bytes, ident: int) -> None: ...
+    def fetch(self, ref: Ref) -> Future[Any]: ...
+
+
+class CallFuture(Future[T]):
+    """A ``concurrent.futures.Future`` for one call; its value is decoded when first asked for.
+
+    Decoding in the thread that asks keeps large results and user modules' pickles off the
+    broker's thread, and lets a result that cannot be loaded here fail only the code that
+    wanted it. A task's error is decoded the same way.
+    """
+
+    def __init__(self, env: str, name: str, link: Link | None = None) -> None:
+        super().__init__()
+        self.env = env
+        self.name = name
+        self._link = link
+        self._decode_lock = threading.Lock()
+        self._value: Any = _UNSET
+        self._decode_error: BaseException | None = None
+
+    def result(self, timeout: float | None = None) -> T:
+        try:
+            raw = super().result(timeout)
+        except UndecodedError as failure:
+            error = self._error(failure)
+            del self, failure
+            try:
+                raise error from error.__cause__
+            finally:
+                del error  # no cycle error -> traceback -> this frame -> error
+        except KeyboardInterrupt:
+            if self._link is not None:
+                self._link.interrupt()
+            raise
+        except BaseException:
+            del self  # no cycle future -> error -> this frame -> future: frees what it held
+            raise
+        value: T = self.decoded(raw)
+        return value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        error = super().exception(timeout)
+        if isinstance(error, UndecodedError):
+            return self._error(error)
+        if error is not None:
+            return error
+        try:
+            self.decoded(super().result(0))
+        except BaseException as exc:
+            return exc
+        return None
+
+    def _error(self, failure: UndecodedError) -> BaseException:
+        """The task's own exception, decoded once, in place of the stand-in."""
+        with self._decode_lock, self._condition:
+            if self._exception is failure:
+                self._exception = decode_error(failure)
+            return self._exception  # type: ignore[return-value]
+
+    def decoded(self, raw: Any) -> Any:
+        """The value of ``raw`` (an answer from a worker), decoded once; other values as is."""
+        from ._runtime.codec import Decoder
+
+        if not isinstance(raw, RawResult):
+            return self._value if raw is _UNSET else raw
+        with self._decode_lock:
+            if self._value is _UNSET and self._decode_error is None:
+                link = self._link
+                decoder = Decoder(
+                    where="the caller",
+                    mapper=link.mapper if link else None,
+                    make_ref=functools.partial(self._make_ref, raw),
+                )
+                try:
+                    self._value = decoder.decode(raw.payload, raw.buffers)
+                except DecodeError as exc:
+                    module = exc.module
+                    fix = f"Install {module} where you call from, or r" if module else "R"
+                    self._decode_error = DecodeError(
+                        f"cannot load the result of {self.name} from environment {self.env!r}: "
+                        f"{exc}. {fix}eturn plain data instead (lists, dicts, numbers; "
+                        "array.tolist(), tensor.numpy())",
+                        module=module,
+                        env=self.env,
+                    )
+                with self._condition:
+                    self._result = _UNSET  # the raw frames are no longer needed
+        error = self._decode_error
+        if error is not None:
+            del self
+            raise error
+        return self._value
+
+    def _make_ref(self, raw: RawResult, ident: int, type_name: str, text: str) -> Ref:
+        assert self._link is not None
+        return Ref(self._link, self.env, raw.worker, raw.pid, ident, type_name, text)
+
+    def __repr__(self) -> str:
+        state = self._state.lower()
+        return f"<CallFuture {self.name} env={self.env!r} {state}>"
+
+
+class Ref:
+    """A result kept in its worker (``keep=True``): a handle, not the value.
+
+    Pass it to another call in the same environment and that call uses the object in place,
+    with no transfer (it runs on the worker that keeps it). :meth:`fetch` brings the value
+    over. The worker lets go of the object when the last handle is dropped or released.
+
+    Attributes:
+        env: The environment whose worker keeps the object.
+        type_name: The object's type, such as ``torch.nn.modules.linear.Linear``.
+        text: The start of the object's ``repr`` in the worker.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        env: str,
+        worker: bytes,
+        pid: int,
+        ident: int,
+        type_name: str,
+        text: str,
+    ) -> None:
+        self.env = env
+        self.type_name = type_name
+        self.text = text
+        self.worker_pid = pid
+        self.worker = worker
+        self._link = link
+        self._ident = ident
+        self._released = weakref.finalize(self, link.release_ref, worker, ident)
+
+    @property
+    def __envrunner_ref__(self) -> int:
+        if not self._released.alive:
+            raise ReferenceLostError(self.env, f"the {self.type_name}", "it was released")
+        return self._ident
+
+    def fetch(self, timeout: float | None = None) -> Any:
+        """Bring the kept object over to the caller (it stays kept in the worker too).
+
+        Raises:
+            ReferenceLostError: Its worker has exited.
+        """
+        return self._link.fetch(self).result(timeout)
+
+    def release(self) -> None:
+        """Let the worker drop the object now (dropping the last handle does the same)."""
+        self._released()
+
+    def __repr__(self) -> str:
+        state = "" if self._released.alive else " released"
+        return (
+            f"<Ref {self.type_name} in {self.env!r} (worker pid {self.worker_pid}){state}: "
+            f"{self.text}>"
+        )

@@ -1,0 +1,50 @@
+"""The options a call carries, as one typed record.
+
+May import: the standard library.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+__all__ = ["SAME", "Options", "Same"]
+
+
+class Same(enum.Enum):
+    """The default of ``Task.options`` for an option whose None means something."""
+
+    SAME = "as before"
+
+    def __repr__(self) -> str:
+        return "<as before>"
+
+
+SAME: Literal[Same.SAME] = Same.SAME
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a task's calls run.
+
+    Attributes:
+        env: The environment's name in the manifest (None: the manifest's only one).
+        timeout: Seconds a call may run (None: the environment's ``timeout:``, else none).
+        keep: Keep each result in the worker and return a ``Ref`` to it.
+        retries: Runs again after a worker died under the call.
+    """
+
+    env: str | None = None
+    timeout: float | None = None
+    keep: bool = False
+    retries: int = 0
+
+    def but(self, **changes: Any) -> Options:
+        """These options with some changed; a change given as ``SAME`` (or None where None
+        cannot mean anything) keeps the option as it is."""
+        kept = {k: v for k, v in changes.items() if v is not SAME}
+        for name in ("env", "keep", "retries"):
+            if kept.get(name, 0) is None:
+                del kept[name]
+        return replace(self, **kept)

@@ -1,0 +1,633 @@
+"""``Runner``: one manifest's environments, their broker and workers; the default runner.
+
+::
+
+    Runner.call / submit / map
+      encode (``_encode``) ─► Ticket(CallRequest) ─► Broker.direct.run (sync, idle worker)
+                                                  └► Broker.submit ─► the broker thread
+      CallFuture ◄─ completed by the broker; decoded by whoever asks (``_futures``)
+    first call ─► Scheduler + Broker made; pools prepared on demand (``_prepare``)
+    shutdown ─► the scheduler drains or cancels; every process and socket file goes
+
+The atexit hook (wait for running calls) and the fork hook (a child forgets its parent's
+runners) are installed when the first runner is made, not at import.
+
+May import: the standard library, and the caller-side ``envrunner`` modules below the API
+(``_broker``, ``_calls``, ``_encode``, ``_environments``, ``_futures``, ``_keys``,
+``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``, ``_rundir``,
+``_scheduler``, ``_runtime``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._futures import CallFuture, Ref
+from ._options import Options
+from ._runtime.errors import EnvrunnerError, RunnerClosedError
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+    from ._calls import Prepared
+    from ._environments import Resolved
+    from ._manifest import EnvSpec, Manifest
+    from ._progress import Progress
+    from ._runtime.shm import Mapper
+    from ._scheduler import Ticket
+
+__all__ = ["DEFAULT_SHM_THRESHOLD", "Runner", "current_runner"]
+
+T = TypeVar("T")
+
+DEFAULT_SHM_THRESHOLD = 256 * 1024
+
+_runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+_arena_numbers = itertools.count(1)  # one arena per runner: their segment names differ
+_active: list[Runner] = []
+_default: Runner | None = None
+_global_lock = threading.RLock()
+_hooks_installed = False
+
+
+def current_runner() -> Runner:
+    """The innermost ``with Runner(...)`` block's runner, else the default one.
+
+    The default runner is made on first use from the discovered manifest
+    (``ENVRUNNER_MANIFEST``, else ``environments.yaml`` here or in a parent folder) and shut
+    down when the interpreter exits.
+    """
+    global _default
+    with _global_lock:
+        if _active:
+            return _active[-1]
+        if _default is None or _default._closed:
+            _default = Runner()
+        return _default
+
+
+class Runner:
+    """Owns the broker and the workers of one manifest's environments.
+
+    Use it as a context manager to scope workers to a block (tasks called inside use it), or
+    let the default runner serve tasks and shut down at exit.
+
+    Args:
+        manifest: A manifest path, a loaded :class:`Manifest`, or None to discover one.
+        idle_timeout: Seconds an idle worker lives before it exits (None: until shutdown);
+            an environment's ``idle_timeout:`` wins.
+        start_timeout: Seconds a new worker has to come up.
+        progress: Show build progress on stderr (None: a status line on a terminal, log lines
+            otherwise; False: nothing), or an object with methods ``step(env, text)``,
+            ``output(env, line)`` and ``done(env, text)`` that receives it.
+        heartbeat_timeout: Seconds without a heartbeat from a worker (a thread of its own sends
+            one every few seconds) after which it counts as hung and is killed; None: never.
+        max_message_bytes: The largest frame of a message (its header, or one array's
+            buffer) a worker or the broker accepts; a larger one is refused before it is read
+            (arrays above ``shm_threshold`` do not count: they go through shared memory).
+            Default 1 GiB.
+        listen: Also accept workers from other machines on this address (``tcp://0.0.0.0:5555``);
+            they are started there with ``envrunner worker``.
+        keys: The keys folder (``envrunner keys DIR``): the session key that signs messages and
+            the CurveZMQ keys that authenticate and encrypt the connection. Needed with
+            ``listen``.
+        insecure: Accept workers over tcp without CurveZMQ (anyone who can reach the port and
+            has the session key gets in, and traffic is readable). Refused unless asked for.
+        remote_envs: Environments whose workers all run on other machines: no local worker is
+            started for them; their calls wait for one to join (up to ``start_timeout``). Only
+            these accept workers from other machines.
+        shm_threshold: Buffers (array contents) of at least this many bytes go through shared
+            memory instead of socket frames; 0 turns shared memory off. Default:
+            ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
+
+    Raises:
+        ManifestError: The manifest is missing or invalid (every problem listed).
+    """
+
+    def __init__(
+        self,
+        manifest: str | os.PathLike[str] | Manifest | None = None,
+        *,
+        idle_timeout: float | None = 300.0,
+        start_timeout: float = 60.0,
+        progress: bool | Progress | None = None,
+        heartbeat_timeout: float | None = 30.0,
+        max_message_bytes: int = 1 << 30,
+        listen: str | None = None,
+        keys: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        remote_envs: Iterable[str] = (),
+        shm_threshold: int | None = None,
+    ) -> None:
+        from ._manifest import Manifest, find_manifest, load_manifest
+        from ._runtime import shm
+
+        if isinstance(manifest, Manifest):
+            self.manifest = manifest
+        else:
+            self.manifest = load_manifest(find_manifest(manifest))
+        self.idle_timeout = idle_timeout
+        self.start_timeout = start_timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_message_bytes = max_message_bytes
+        self._progress_setting = progress
+        self._cancel_builds = threading.Event()  # set at shutdown: builds of prepare() stop
+        self.listen = listen
+        self.keys = Path(keys) if keys is not None else None
+        self.insecure = insecure
+        self.remote_envs = frozenset(remote_envs)
+        for name in self.remote_envs:
+            self.manifest[name]  # an unknown name fails here, with a suggestion
+        self._session_key: bytes | None = None
+        if listen is not None:
+            self._session_key = self._check_listen(listen)
+        if shm_threshold is None:
+            shm_threshold = int(os.environ.get("ENVRUNNER_SHM_THRESHOLD", DEFAULT_SHM_THRESHOLD))
+        self.shm_threshold = shm_threshold if shm.available() else 0
+        self._arena = (
+            shm.Arena(f"envrunner-{os.getpid()}-{os.getpid()}.{next(_arena_numbers)}")
+            if self.shm_threshold
+            else None
+        )
+        self._mapper = shm.Mapper(self._release_block)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._broker: Broker | None = None
+        self._resolved: dict[str, Resolved] = {}
+        self._ids = itertools.count(1)
+        self._runtime: Path | None = None
+        self._rundir: Path | None = None
+        self._link = _Link(self)
+        _install_hooks()
+        _runners.add(self)
+        if listen is not None:
+            self._ensure_broker()  # workers on other machines may connect before any call
+
+    # ------------------------------------------------------------------ public
+
+    def call(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in a worker of ``env``; return its result.
+
+        On an idle worker the calling thread runs the call itself (fast); else it goes
+        through the broker.
+        """
+        from ._calls import UndecodedError
+
+        ticket = self._ticket(env, fn, args, kwargs)
+        broker = self._ensure_broker()
+        try:
+            raw = broker.direct.run(ticket)
+        except UndecodedError as failure:
+            future = ticket.body.future
+            assert isinstance(future, CallFuture)
+            future.set_exception(failure)
+            return future.result()  # type: ignore[no-any-return]
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise
+        future = ticket.body.future
+        assert isinstance(future, CallFuture)
+        if raw is None:
+            if not broker.submit(ticket):
+                raise RunnerClosedError(f"{self!r} was shut down")
+            return future.result()  # type: ignore[no-any-return]
+        return future.decoded(raw)  # type: ignore[no-any-return]
+
+    def submit(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Start ``fn(*args, **kwargs)`` in a worker of ``env``; return its future.
+
+        Raises:
+            RunnerClosedError: The runner was shut down.
+            UnknownEnvironmentError: ``env`` is not in the manifest.
+            EncodeError: ``fn`` or an argument cannot be sent (the message names which).
+        """
+        return self._submit(env, fn, args, kwargs)
+
+    def map(
+        self,
+        env: str,
+        fn: Callable[..., T],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+    ) -> Iterator[T]:
+        """Run ``fn`` over zipped ``iterables`` in ``env``; yield results in order.
+
+        Up to twice the environment's ``workers`` calls are in flight at once, so the workers
+        never wait and a long iterable is never submitted all at once.
+        """
+        spec = self.manifest[env]
+        window = max(2, 2 * spec.workers)
+        end = None if timeout is None else time.monotonic() + timeout
+        arguments = zip(*iterables)  # noqa: B905 - like map(): the shortest wins
+        futures: deque[Future[T]] = deque()
+
+        def fill() -> None:
+            while len(futures) < window:
+                try:
+                    args = next(arguments)
+                except StopIteration:
+                    return
+                futures.append(self.submit(env, fn, *args))
+
+        fill()
+
+        def results() -> Iterator[T]:
+            try:
+                while futures:
+                    future = futures.popleft()
+                    remaining = None if end is None else max(0.0, end - time.monotonic())
+                    value = future.result(remaining)
+                    fill()
+                    yield value
+            finally:
+                for future in futures:
+                    future.cancel()
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the workers and the broker; no process and no socket file stays behind.
+
+        Args:
+            wait: Block until running (and, unless cancelled, queued) calls have finished and
+                every worker has exited.
+            cancel_futures: Cancel queued calls and stop running ones (their futures raise
+                ``CancelledError``).
+        """
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            broker = self._broker
+        if cancel_futures:
+            self._cancel_builds.set()
+        if broker is None:
+            return
+        if not already or cancel_futures:
+            broker.shutdown(cancel_futures)
+        if wait:
+            try:
+                broker.closed.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for anything
+                broker.kill_all()
+                broker.closed.wait(10)
+                raise
+            broker.join()
+            if self._arena is not None:
+                self._arena.close()
+            self._mapper.close()
+
+    def env_of(self, task: Any) -> str:
+        """The environment a task runs in: its own, or the manifest's only one."""
+        from ._runtime.code import describe
+
+        options: Options = getattr(task, "__envrunner_options__", Options())
+        if options.env is not None:
+            return options.env
+        names = list(self.manifest.environments)
+        if len(names) == 1:
+            return names[0]
+        raise EnvrunnerError(
+            f"task {describe(getattr(task, 'fn', task))} names no environment and "
+            f"{self.manifest.path} declares {len(names)} ({', '.join(names)}): write "
+            f'@envrunner.task(env="{names[0] if names else "NAME"}")'
+        )
+
+    @property
+    def remote_address(self) -> str:
+        """Where workers on other machines connect ('' when not listening or not started)."""
+        return self._broker.remote_address if self._broker else ""
+
+    def __enter__(self) -> Runner:
+        with _global_lock:
+            _active.append(self)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        with _global_lock:
+            if self in _active:
+                _active.remove(self)
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._broker else "idle")
+        counts = self._broker.snapshot() if self._broker else {"pools": 0, "workers": 0}
+        return (
+            f"<Runner manifest={str(self.manifest.path)!r} pools={counts['pools']} "
+            f"workers={counts['workers']} {state}>"
+        )
+
+    def prepare(self, *envs: str) -> None:
+        """Build (or find) environments now, before any call needs them (all by default).
+
+        Raises:
+            UnknownEnvironmentError: A name is not in the manifest.
+            InterpreterNotFoundError: No interpreter matches an environment's ``python:``.
+            BuildError: A build failed (the others named are still attempted first).
+        """
+        from ._prepare import build_spec
+
+        names = list(envs) or list(self.manifest.environments)
+        specs = [self.manifest[name] for name in names]
+        failure: BaseException | None = None
+        for spec in specs:
+            if self._closed:
+                raise RunnerClosedError(f"{self!r} was shut down")
+            try:
+                build_spec(
+                    self._resolve(spec), self._progress(), self._cancel_builds, self.manifest.path
+                )
+            except EnvrunnerError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def worker_pids(self, env: str | None = None) -> list[int]:
+        """Pids of the live workers (of one environment, or all)."""
+        return self._broker.worker_pids(env) if self._broker else []
+
+    @property
+    def rejected_messages(self) -> int:
+        """Messages dropped unread: unsigned, wrongly signed, replayed, malformed."""
+        return self._broker.rejected() if self._broker else 0
+
+    @property
+    def rundir(self) -> Path | None:
+        """The private folder of this runner's sockets (None until the first call)."""
+        return self._rundir
+
+    # ------------------------------------------------------------------ internals
+
+    def _interrupt(self) -> None:
+        """Ctrl-C while waiting on a call: cancel what is queued, stop what runs, shut down."""
+        self.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(
+        self,
+        env: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        by_reference: bool = True,
+    ) -> Future[Any]:
+        """``submit``, with the function sent by value (or as source) when asked (tests)."""
+        ticket = self._ticket(env, fn, args, kwargs, by_reference)
+        if not self._ensure_broker().submit(ticket):
+            raise RunnerClosedError(f"{self!r} was shut down")
+        future: Future[Any] = ticket.body.future
+        return future
+
+    def _ticket(
+        self,
+        env: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        by_reference: bool = True,
+    ) -> Ticket:
+        """Encode a call in the calling thread, ready for a worker."""
+        from ._calls import CallRequest
+        from ._encode import encode_arguments, encode_function, pin
+        from ._runtime.protocol import Call
+        from ._scheduler import Ticket
+
+        if self._closed:
+            raise RunnerClosedError(
+                f"{self!r} was shut down; make a new Runner (or leave the with block later)"
+            )
+        options: Options = getattr(fn, "__envrunner_options__", Options())
+        spec = self.manifest[env]
+        version = self._resolve(spec).interpreter.version
+        same = version[:2] == tuple(sys.version_info[:2])
+        code, name = encode_function(fn, same, env, version, by_reference)
+        threshold = self.shm_threshold if env not in self.remote_envs else 0  # one machine
+        body, frames, encoder = encode_arguments(
+            fn, name, env, args, kwargs, same, self._arena, threshold
+        )
+        try:
+            pinned, pinned_what = pin(encoder.refs, env, name)
+            call_id = next(self._ids)
+            message = Call(
+                call_id=call_id,
+                name=name,
+                code=code,
+                payload=body,
+                segments=list(encoder.segments),
+                keep=options.keep,
+                buffers=frames,
+            )
+            future: CallFuture[Any] = CallFuture(env, name, self._link)
+            request = CallRequest(message, future, [list(b) for b in encoder.blocks])
+            timeout = options.timeout if options.timeout is not None else spec.timeout
+            return Ticket(
+                call_id=call_id,
+                env=env,
+                name=name,
+                timeout=timeout,
+                retries=options.retries,
+                pin=pinned,
+                pinned_what=pinned_what,
+                body=request,
+            )
+        except BaseException:
+            encoder.release()
+            raise
+
+    def _release_block(self, segment: str, offset: int) -> None:
+        broker = self._broker
+        if broker is not None and not self._closed:
+            broker.release(segment, [[segment, offset]], [])
+
+    def _resolve(self, spec: EnvSpec) -> Resolved:
+        resolved = self._resolved.get(spec.name)
+        if resolved is None:
+            from ._environments import resolve
+
+            with self._lock:
+                resolved = self._resolved.get(spec.name)
+                if resolved is None:
+                    resolved = resolve(spec)
+                    self._resolved[spec.name] = resolved
+        return resolved
+
+    def _progress(self) -> Progress:
+        from ._progress import auto_progress
+
+        setting = self._progress_setting
+        if setting is None or isinstance(setting, bool):
+            return auto_progress(setting)
+        return setting
+
+    def _prepare(self, env: str, cancel: threading.Event) -> Prepared:
+        """Build (or find) ``env`` and say how to start its workers; runs in its own thread."""
+        from ._prepare import prepare
+
+        spec = self.manifest[env]
+        return prepare(
+            spec,
+            self._resolve(spec),
+            self._runtime_root(),
+            self._progress(),
+            cancel,
+            self.manifest.path,
+        )
+
+    def _runtime_root(self) -> Path:
+        if self._runtime is None:
+            from ._process import runtime_root
+
+            self._runtime = runtime_root()
+        return self._runtime
+
+    def _check_listen(self, listen: str) -> bytes:
+        """Refuse an unsafe way to accept remote workers; return the session key."""
+        import warnings
+
+        from ._keys import read_session_key
+
+        if self.keys is None:
+            raise EnvrunnerError(
+                f"Runner(listen={listen!r}) needs keys=DIR: create them with envrunner keys DIR "
+                "--client NAME, and copy broker.key, session.key and NAME.key_secret to the "
+                "worker's machine"
+            )
+        if not (self.keys / "broker.key_secret").exists() and not self.insecure:
+            raise EnvrunnerError(
+                f"refusing to listen on {listen} without CurveZMQ keys: {self.keys} has no "
+                "broker.key_secret (run envrunner keys on it), or pass insecure=True to accept "
+                "unencrypted, unauthenticated connections"
+            )
+        if self.insecure:
+            warnings.warn(
+                f"envrunner listens on {listen} without CurveZMQ: traffic is readable and anyone "
+                "holding the session key can connect",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return read_session_key(self.keys / "session.key")
+
+    def _ensure_broker(self) -> Broker:
+        broker = self._broker
+        if broker is not None:
+            return broker
+        with self._lock:
+            if self._broker is None:
+                if self._closed:
+                    raise RunnerClosedError(f"{self!r} was shut down")
+                self._broker = self._make_broker()
+            return self._broker
+
+    def _make_broker(self) -> Broker:
+        from ._broker import Broker
+        from ._process import caller_project_paths
+        from ._rundir import make_rundir
+        from ._runtime.shm import remove_stale
+        from ._scheduler import PoolConfig, Scheduler
+
+        self._runtime_root()
+        self._rundir = make_rundir()
+        pools = {
+            spec.name: PoolConfig(
+                workers=spec.workers,
+                idle_timeout=(
+                    spec.idle_timeout if spec.idle_timeout is not None else self.idle_timeout
+                ),
+                max_calls=spec.max_calls,
+                local=spec.name not in self.remote_envs,
+                window=PoolConfig.window_for(spec.workers),
+            )
+            for spec in self.manifest
+        }
+        remove_stale()
+        scheduler = Scheduler(
+            pools, start_timeout=self.start_timeout, heartbeat_timeout=self.heartbeat_timeout
+        )
+        broker = Broker(
+            scheduler,
+            self._prepare,
+            self._runtime_root,
+            caller_project_paths(),
+            rundir=self._rundir,
+            arena=self._arena,
+            mapper=self._mapper,
+            shm_threshold=self.shm_threshold,
+            max_message=self.max_message_bytes,
+            key=self._session_key,
+            listen=self.listen,
+            keys=None if self.insecure else self.keys,
+        )
+        broker.start()
+        return broker
+
+
+class _Link:
+    """What the runner's futures and refs may ask of it (``_futures.Link``)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = weakref.ref(runner)
+
+    @property
+    def mapper(self) -> Mapper | None:
+        runner = self._runner()
+        return runner._mapper if runner is not None else None
+
+    def interrupt(self) -> None:
+        runner = self._runner()
+        if runner is not None:
+            runner._interrupt()
+
+    def release_ref(self, worker: bytes, ident: int) -> None:
+        runner = self._runner()
+        broker = runner._broker if runner is not None else None
+        if broker is not None and runner is not None and not runner._closed:
+            broker.release(worker, [], [ident])
+
+    def fetch(self, ref: Ref) -> Future[Any]:
+        from ._runtime import value_of
+
+        runner = self._runner()
+        if runner is None:
+            raise RunnerClosedError("the runner of this reference is gone")
+        return runner.submit(ref.env, value_of, ref)
+
+
+def _install_hooks() -> None:
+    """At the first runner: shut runners down at exit; make a forked child forget them."""
+    global _hooks_installed
+    with _global_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+    atexit.register(_shutdown_all)
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _shutdown_all() -> None:
+    """At exit: wait for running calls, unless the program is dying of an error or Ctrl-C."""
+    failing = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    for runner in list(_runners):
+        try:
+            runner.shutdown(wait=True, cancel_futures=failing is not None)
+        except (Exception, KeyboardInterrupt):
+            pass
+
+
+def _forget_after_fork() -> None:
+    """A forked child has no broker thread: it must not use its parent's runners."""
+    global _default
+    _default = None
+    _active.clear()
+    for runner in list(_runners):
+        runner._closed = True
+        runner._broker = None

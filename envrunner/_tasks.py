@@ -1,0 +1,212 @@
+"""What users write: ``@task`` and ``call``.
+
+::
+
+    @task(env="torch", timeout=600)  ─► Task(fn, Options(env, timeout, keep, retries))
+    train(x)          ─► current_runner().call(...)    blocks; the value or the task's error
+    train.submit(x)   ─► current_runner().submit(...)  a CallFuture
+    train.map(xs)     ─► current_runner().map(...)     results in order
+    train.options(keep=True)  ─► Task[P, Ref]: results stay in the worker
+
+A task carries its options as one :class:`~envrunner._options.Options` record
+(``__envrunner_options__``), which the runner reads; the runner never needs this module.
+
+May import: the standard library, ``envrunner._encode``, ``_options``, ``_futures``, ``_runner``,
+``_runtime``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+from ._encode import parameter_names
+from ._futures import Ref
+from ._options import SAME, Options, Same
+from ._runner import current_runner
+
+__all__ = ["Task", "call", "task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Task(Generic[P, R]):
+    """A function pinned to an environment: calling it runs it in a worker of that environment.
+
+    Made by :func:`task`; behaves like the function (name, docstring, signature) and adds
+    :meth:`submit` and :meth:`map`.
+    """
+
+    def __init__(self, fn: Callable[P, Any], options: Options | None = None) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.__envrunner_fn__ = fn
+        self.__envrunner_options__ = options or Options()
+        # (encoding, name) by (same Python, by reference), shared with its .options() copies
+        self.__envrunner_codes__: dict[tuple[bool, bool], tuple[bytes, str]] = {}
+        self._takes_keep = "keep" in parameter_names(fn, keyword=True)
+
+    @property
+    def env(self) -> str | None:
+        return self.__envrunner_options__.env
+
+    @property
+    def timeout(self) -> float | None:
+        return self.__envrunner_options__.timeout
+
+    @property
+    def keep(self) -> bool:
+        return self.__envrunner_options__.keep
+
+    @property
+    def retries(self) -> int:
+        return self.__envrunner_options__.retries
+
+    @overload
+    def options(
+        self,
+        *,
+        env: str | None = None,
+        timeout: float | Literal[Same.SAME] | None = SAME,
+        keep: Literal[True],
+        retries: int | None = None,
+    ) -> Task[P, Ref]: ...
+
+    @overload
+    def options(
+        self,
+        *,
+        env: str | None = None,
+        timeout: float | Literal[Same.SAME] | None = SAME,
+        keep: Literal[False] | None = None,
+        retries: int | None = None,
+    ) -> Task[P, R]: ...
+
+    def options(
+        self,
+        *,
+        env: str | None = None,
+        timeout: float | Literal[Same.SAME] | None = SAME,
+        keep: bool | None = None,
+        retries: int | None = None,
+    ) -> Task[P, Any]:
+        """The same task with other options (those not given stay as they are).
+
+        ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`;
+        ``task.options(timeout=None)`` drops the task's own timeout, back to the environment's
+        (its manifest ``timeout:``, else none).
+        """
+        changed = self.__envrunner_options__.but(
+            env=env, timeout=timeout, keep=keep, retries=retries
+        )
+        other: Task[P, Any] = Task(self.fn, changed)
+        other.__envrunner_codes__ = self.__envrunner_codes__
+        return other
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in its environment and return its result (or raise its error)."""
+        runner = current_runner()
+        value: R = runner.call(runner.env_of(self), self, *args, **kwargs)
+        return value
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Start the call and return a ``concurrent.futures.Future`` for its result.
+
+        Raises:
+            EncodeError: An argument cannot be sent (the message names it).
+            UnknownEnvironmentError: The task's environment is not in the manifest.
+        """
+        target: Task[P, Any] = self
+        if "keep" in kwargs and not self._takes_keep:  # .submit(..., keep=True)
+            target = self.options(keep=True) if kwargs.pop("keep") else self.options(keep=False)
+        runner = current_runner()
+        return runner.submit(runner.env_of(self), target, *args, **kwargs)
+
+    def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> Iterator[R]:
+        """Like ``Executor.map``: results in order, up to the environment's ``workers`` at once.
+
+        Args:
+            *iterables: Argument iterables, zipped.
+            timeout: Seconds from this call until every result must be in.
+        """
+        runner = current_runner()
+        return runner.map(runner.env_of(self), self, *iterables, timeout=timeout)
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
+        return f"<Task {name} env={self.env!r}>"
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    env: str | None = None,
+    timeout: float | None = None,
+    keep: Literal[True],
+    retries: int = 0,
+) -> Callable[[Callable[P, Any]], Task[P, Ref]]: ...
+
+
+@overload
+def task(
+    *,
+    env: str | None = None,
+    timeout: float | None = None,
+    keep: Literal[False] = False,
+    retries: int = 0,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    env: str | None = None,
+    timeout: float | None = None,
+    keep: bool = False,
+    retries: int = 0,
+) -> Task[P, Any] | Callable[[Callable[P, Any]], Task[P, Any]]:
+    """Pin a function to an environment of the manifest.
+
+    Works bare (``@task``, when the manifest declares a single environment) and with options::
+
+        @envrunner.task(env="torch", timeout=600)
+        def train(x): ...
+
+    Args:
+        fn: The function (when used bare).
+        env: The environment's name in the manifest.
+        timeout: Seconds a call may run before its worker is killed and it fails with
+            ``TaskTimeoutError``; default: the environment's ``timeout:``, else none.
+        keep: Keep each result in the worker and return a :class:`Ref` to it instead (also
+            per call: ``task.submit(..., keep=True)`` or ``task.options(keep=True)``).
+        retries: Run a call again this many times if its worker dies under it (a crash, the
+            OOM killer); never after an exception the function raised, nor after a timeout.
+
+    Returns:
+        A :class:`Task`.
+    """
+    options = Options(env=env, timeout=timeout, keep=keep, retries=retries)
+
+    def decorate(function: Callable[P, Any]) -> Task[P, Any]:
+        return Task(function, options)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def call(env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)`` in a worker of ``env`` and return its result.
+
+    Raises:
+        Whatever ``fn`` raised (its remote traceback attached as ``__cause__``), or an
+        ``EnvrunnerError`` that says what went wrong around it.
+    """
+    return current_runner().call(env, fn, *args, **kwargs)
