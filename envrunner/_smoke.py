@@ -52,6 +52,9 @@ from ._smoke_report import (
     Table,
     write_junit,
 )
+from ._smoke_report import (
+    as_json as json_report,
+)
 
 __all__ = ["CHECK_TIMEOUT", "Row", "requirement_names", "smoke"]
 
@@ -111,7 +114,7 @@ def smoke(
     if junit_xml is not None:
         write_junit(reports, Path(junit_xml), manifest.path, seconds)
     if as_json:
-        print(json.dumps(as_json(reports, manifest.path, seconds), indent=2))
+        print(json.dumps(json_report(reports, manifest.path, seconds), indent=2))
     return 0 if all(report.outcome == PASSED for report in reports) else 1
 
 
