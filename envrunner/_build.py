@@ -131,7 +131,7 @@ def _check_lock(resolved: Resolved, progress: Progress) -> None:
 
 def build_folders(envs: Path, key: str) -> list[Path]:
     """The build folders of ``key`` in ``envs`` (the current one and any left behind)."""
-    return sorted(envs.glob(f"{key}.b*"))
+    return sorted(p for p in envs.glob(f"{key}.b*") if p.is_dir() and not p.is_symlink())
 
 
 def _current(link: Path) -> Path | None:
