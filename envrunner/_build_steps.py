@@ -57,7 +57,7 @@ sys.exit(code if code >= 0 else 128 - code)
 
 # "Building foo==1.0" (uv) and "Building wheel for foo (pyproject.toml)" (pip): a source build.
 _SOURCE_BUILD = re.compile(r"^\s*Building (?:wheel for )?([A-Za-z0-9][A-Za-z0-9._-]*)")
-_ERROR_LINE = re.compile(r"^\s*(?:ERROR:|error:|\u00d7|Because )")
+_ERROR_LINE = re.compile(r"^\s*(?:ERROR:|error:|\u00d7|cause:|\u2570\u2500\u25b6|Because )")
 
 
 def find_uv() -> Path | None:
@@ -191,7 +191,7 @@ class Steps:
         if self.cancel.is_set():
             raise BuildError(self.env, step, "cancelled (the runner shut down)")
         if returncode != 0:
-            raise BuildError(self.env, step, self._failure(tool, step, returncode))
+            raise BuildError(self.env, step, self._failure(tool, returncode))
 
     def _follow(self, process: subprocess.Popen[str], step: str) -> int:
         if self.marker is not None:  # so that a later build can stop it if we die
@@ -224,10 +224,11 @@ class Steps:
         self.log.flush()
         return returncode
 
-    def _failure(self, tool: str, step: str, returncode: int) -> str:
-        first = next((line.strip() for line in self.tail if _ERROR_LINE.match(line)), "")
-        what = f"{tool} failed while {step[:1].lower()}{step[1:]} (exit code {returncode})"
-        return f"{what}: {first}" if first else what
+    def _failure(self, tool: str, returncode: int) -> str:
+        """What the installer said went wrong: its first error lines, else its exit code."""
+        found = [line.strip() for line in self.tail if _ERROR_LINE.match(line)][:2]
+        what = f"{tool} stopped with exit code {returncode}"
+        return f"{what}: {' '.join(found)}" if found else what
 
     def _watch(self, process: subprocess.Popen[str]) -> None:
         """Stop the step's whole process group when the build is cancelled or out of time."""

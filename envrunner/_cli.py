@@ -230,6 +230,13 @@ def _describe(spec: Any, manifest_path: Path) -> dict[str, Any]:
         python_version=".".join(map(str, resolved.interpreter.version)),
         installer=resolved.installer,
         size_bytes=record.get("size_bytes") if record else None,
+        lock=None
+        if resolved.lock is None
+        else {
+            "path": str(resolved.lock.path),
+            "status": resolved.lock.status,
+            "differences": list(resolved.lock.differences),
+        },
     )
     return row
 
@@ -304,6 +311,12 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  installer    {info['installer']}")
     print(f"  key          {info['key'] or '-'}")
     print(f"  path         {info['path']}")
+    if info.get("lock"):
+        lock = info["lock"]
+        changed = "; ".join(lock["differences"])
+        print(
+            f"  lock         {lock['path']} ({lock['status']}{': ' + changed if changed else ''})"
+        )
     requirements = list(spec.requirements) or (
         [f"-r {spec.requirements_file}"] if spec.requirements_file else []
     )

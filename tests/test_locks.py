@@ -153,6 +153,7 @@ def test_ctrl_c_during_build_force_keeps_the_previous_build_in_use(tmp_path: Pat
     home = str(tmp_path / "home")
     first = run_cli("build", cwd=project, home=home)
     assert first.returncode == 0, first.stderr
+    assert "compiling slowpkg from source (no wheel for this Python)" in first.stderr  # (#19)
     path = Path(run_cli("path", "tiny", cwd=project, home=home).stdout.strip())
     (package / "hold").touch()
     forced = _start_build(project, home, "--force")
@@ -226,6 +227,22 @@ def test_gc_removes_orphaned_locks_and_old_logs_and_says_what_it_frees(tmp_path:
     done = run_cli("gc", "--delete", cwd=project, **machine)
     assert "freed" in done.stdout
     assert not orphan.exists() and not old.exists() and new.exists() and foreign.exists()
+
+
+def test_build_messages_say_what_failed_and_count_requirements(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "environments.yaml").write_text(
+        f'version: 1\nenvironments:\n  bare:\n    python: "{CALLER}"\n'
+        f'  bad:\n    python: "{CALLER}"\n    requirements: ["six==0.0.99"]\n'
+    )
+    built = run_cli("build", cwd=project, home=tmp_path / "home")
+    assert built.returncode == 1
+    assert "bare: installing the worker runtime (uv)" in built.stderr
+    assert "0 requirements" not in built.stderr
+    assert "python exited" not in built.stderr
+    assert "failed: uv stopped with exit code 1: error: No solution found" in built.stderr
+    assert "there is no version of six==0.0.99" in built.stderr.split("failed:", 2)[-1]
 
 
 def test_the_manifest_checks_lock_keys(write_manifest) -> None:  # type: ignore[no-untyped-def]
