@@ -124,6 +124,24 @@ def test_a_manifest_edited_without_relocking_fails_a_locked_build(tmp_path: Path
     assert run_cli("build", "--locked", cwd=project, **machine).returncode == 0
 
 
+def test_relocking_keeps_pins_until_asked_to_upgrade(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    machine = _machine(tmp_path, "a")
+    lock = project / "pylock.tiny.toml"
+
+    def six() -> str:
+        return lock.read_text().split('name = "six"\nversion = "', 1)[1].split('"', 1)[0]
+
+    _manifest(project, ["six==1.16.0"])
+    assert run_cli("lock", cwd=project, **machine).returncode == 0
+    _manifest(project, ["six"])
+    assert run_cli("lock", cwd=project, **machine).returncode == 0
+    assert six() == "1.16.0"  # still allowed: the pin stays
+    upgraded = run_cli("lock", "--upgrade-package", "six", cwd=project, **machine)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert six() != "1.16.0"
+
+
 def _slow_project(tmp_path: Path) -> tuple[Path, Path]:
     package = make_package(tmp_path / "pkg", "slowpkg")
     project = tmp_path / "project"
