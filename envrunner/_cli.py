@@ -1,4 +1,4 @@
-"""The ``envrunner`` command: build, list, info, exec, path, smoke and gc.
+"""The ``envrunner`` command: build, list, info, exec, path, smoke and gc (lock: ``_cli_lock``).
 
 May import: the standard library and the caller-side ``envrunner`` modules.
 
@@ -130,11 +130,20 @@ def _parser() -> argparse.ArgumentParser:
         help="another manifest whose environments to keep (repeatable)",
     )
     gc.add_argument("--delete", action="store_true", help="really remove them")
+    gc.add_argument(
+        "--log-days",
+        type=float,
+        default=14.0,
+        metavar="DAYS",
+        help="build logs older than this are removed too (14)",
+    )
     gc.set_defaults(handler=_gc)
 
+    from ._cli_lock import add_verbs as add_lock_verbs
     from ._cli_remote import add_verbs
 
     add_verbs(verbs, common)
+    add_lock_verbs(verbs, common)
 
     schema = verbs.add_parser(
         "schema", help="print the manifest's JSON Schema (for editors: see docs/manifest.md)"
@@ -221,6 +230,13 @@ def _describe(spec: Any, manifest_path: Path) -> dict[str, Any]:
         python_version=".".join(map(str, resolved.interpreter.version)),
         installer=resolved.installer,
         size_bytes=record.get("size_bytes") if record else None,
+        lock=None
+        if resolved.lock is None
+        else {
+            "path": str(resolved.lock.path),
+            "status": resolved.lock.status,
+            "differences": list(resolved.lock.differences),
+        },
     )
     return row
 
@@ -295,6 +311,12 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  installer    {info['installer']}")
     print(f"  key          {info['key'] or '-'}")
     print(f"  path         {info['path']}")
+    if info.get("lock"):
+        lock = info["lock"]
+        changed = "; ".join(lock["differences"])
+        print(
+            f"  lock         {lock['path']} ({lock['status']}{': ' + changed if changed else ''})"
+        )
     requirements = list(spec.requirements) or (
         [f"-r {spec.requirements_file}"] if spec.requirements_file else []
     )
@@ -318,6 +340,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
+    from ._cli_lock import own_installer
     from ._environments import build, resolve
     from ._process import worker_environ
     from ._progress import auto_progress
@@ -343,6 +366,11 @@ def _exec(args: argparse.Namespace) -> int:
         else (Path(interpreter.prefix) if interpreter.is_venv else None)
     )
     environ = worker_environ(os.environ, resolved.bin_dir, virtual_env, spec.env)
+    try:
+        command = own_installer(resolved, command, environ)
+    except LookupError as exc:
+        print(f"envrunner exec: {exc}", file=sys.stderr)
+        return 127
     executable = shutil.which(command[0], path=environ.get("PATH"))
     if executable is None:
         print(f"envrunner exec: command not found: {command[0]}", file=sys.stderr)
@@ -392,23 +420,25 @@ def _smoke(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from ._environments import garbage
+    from ._gc import garbage, remove
     from ._manifest import load_manifest
 
     manifests = [_manifest(args)] + [load_manifest(path) for path in args.also]
-    doomed = garbage(manifests)
+    doomed = garbage(manifests, args.log_days)
     if not doomed:
         print("nothing to remove")
         return 0
-    for path, reason in doomed:
+    for item in doomed:
         verb = "removing" if args.delete else "would remove"
-        print(f"{verb} {path}  ({reason})")
+        print(f"{verb} {item.path}  ({item.reason}, {_size(item.bytes)})")
         if args.delete:
-            shutil.rmtree(path, ignore_errors=True)
-            Path(str(path) + ".lock").unlink(missing_ok=True)
-    if not args.delete:
+            remove(item)
+    total = _size(sum(item.bytes for item in doomed))
+    if args.delete:
+        print(f"freed {total}")
+    else:
         print(
-            f"{len(doomed)} to remove; nothing was removed. Run envrunner gc --delete to "
+            f"{len(doomed)} to remove, {total}; nothing was removed. Run envrunner gc --delete to "
             "remove them (name every manifest whose environments to keep with --manifest "
             "and --also)."
         )

@@ -96,6 +96,8 @@ class EnvSpec:
         idle_timeout: Seconds an idle worker lives before it exits, or None for the runner's.
         max_calls: Calls a worker serves before it is replaced by a fresh one, or None.
         build_timeout: Seconds a whole build may take before it is stopped, or None.
+        lock: The lock file ``lock:`` names (a ``pylock.toml`` or a requirements file with
+            hashes), absolute; None for the default beside the manifest.
         location: Where the environment's name was written.
         locations: Where each of its keys was written (for later errors).
     """
@@ -117,6 +119,7 @@ class EnvSpec:
     idle_timeout: float | None = None
     max_calls: int | None = None
     build_timeout: float | None = None
+    lock: Path | None = None
     locations: Mapping[str, Location] = field(default_factory=_empty_locations)
 
     @property
@@ -126,6 +129,7 @@ class EnvSpec:
             self.python_path is not None
             and not self.requirements
             and self.requirements_file is None
+            and self.lock is None
         )
 
     def where(self, key: str) -> Location:
@@ -227,6 +231,7 @@ ENV_KEYS = (
     "idle_timeout",
     "max_calls",
     "build_timeout",
+    "lock",
 )
 PIP_KEYS = ("index_url", "extra_index_urls", "find_links", "pre")
 SMOKE_KEYS = ("run", "exit_code")
@@ -388,6 +393,11 @@ class _ManifestReader:
             build_timeout = nodes.number(
                 keys["build_timeout"], 0, False, "e.g. 'build_timeout: 1800', or null"
             )
+        lock = (
+            self._lock(keys["lock"], bool(requirements or requirements_file))
+            if "lock" in keys
+            else None
+        )
         return EnvSpec(
             name=name,
             location=Location(self.file, where.line),
@@ -406,6 +416,7 @@ class _ManifestReader:
             idle_timeout=idle_timeout,
             max_calls=max_calls,
             build_timeout=build_timeout,
+            lock=lock,
             locations=MappingProxyType(locations),
         )
 
@@ -480,6 +491,30 @@ class _ManifestReader:
             files = read_requirement_files(main, entry.path, self.problems)
             self._requirement_files[main] = files
         return (), main, self._requirement_files[main]
+
+    def _lock(self, entry: Entry, has_requirements: bool) -> Path | None:
+        what = "the path of a pylock.toml or of a requirements file with hashes"
+        text = self.nodes.text(entry, what)
+        if text is None:
+            return None
+        path = self._absolute(text.strip())
+        name = path.name
+        if not (re.fullmatch(r"pylock(\.[^.]+)?\.toml", name) or name.endswith(".txt")):
+            message = f"lock file {text!r}: expected pylock.toml, pylock.NAME.toml or a .txt file"
+            hint = "PEP 751 names lock files pylock.toml or pylock.NAME.toml"
+            self.nodes.problem(entry.line, entry.path, message, hint)
+            return path
+        if path.is_dir():
+            self.nodes.problem(entry.line, entry.path, f"lock file {text!r} is a folder")
+        elif not path.exists():
+            if not has_requirements:  # the lock is the environment's only source
+                hint = f"looked for {path}; or give requirements: and run envrunner lock"
+                self.nodes.problem(entry.line, entry.path, f"lock file {text!r} not found", hint)
+        elif name.endswith(".txt") and "--hash" not in path.read_text(errors="replace"):
+            message = f"lock file {text!r} has no hashes"
+            hint = "write it with uv pip compile --generate-hashes, or name it in requirements:"
+            self.nodes.problem(entry.line, entry.path, message, hint)
+        return path
 
     def _installer(self, entry: Entry) -> Installer:
         text = self.nodes.text(entry, "auto, uv or pip")

@@ -105,6 +105,13 @@ def manifest_schema() -> dict[str, Any]:
                 "minimum": 1,
                 "description": "Calls a worker serves before a fresh one replaces it.",
             },
+            "lock": {
+                "type": "string",
+                "minLength": 1,
+                "pattern": "(^|/)pylock(\\.[^./]+)?\\.toml$|\\.txt$",
+                "description": "A lock file to build from (pylock.toml, or a requirements file "
+                "with hashes); envrunner lock writes it when requirements are given.",
+            },
             "build_timeout": {
                 **_SECONDS_OR_NULL,
                 "exclusiveMinimum": 0,

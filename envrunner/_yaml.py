@@ -1,6 +1,6 @@
 """The files a manifest is made of, read with line numbers: YAML, and pip requirements files.
 
-May import: the standard library, yaml, ``envrunner._runtime.errors``.
+May import: the standard library, yaml, ``envrunner._requirements``, ``envrunner._runtime.errors``.
 
 PyYAML's ``safe_load`` forgets where each value was written and silently keeps the last of two
 duplicate keys. The manifest needs both, so :class:`NodeReader` composes the node graph with a
@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from ._requirements import include_of, logical_lines
 from ._runtime.errors import Problem
 
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
 _MERGE = "tag:yaml.org,2002:merge"
-
-_INCLUDE = re.compile(r"(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?<=-r)|(?<=-c))(\S+)")
-_COMMENT = re.compile(r"(^|\s+)#.*$")
 
 
 class ManifestLoader(yaml.SafeLoader):
@@ -296,11 +293,11 @@ def read_requirement_files(main: Path, key: str, problems: list[Problem]) -> tup
             problems.append(Problem(shown, 0, key, f"cannot read this requirements file: {exc}"))
             continue
         children: list[Path] = []
-        for number, line in _logical_lines(text):
-            match = _INCLUDE.match(line)
-            if match is None:
+        for number, line in logical_lines(text):
+            include = include_of(line)
+            if include is None:
                 continue
-            target = match.group(1)
+            target = include[1]
             if "://" in target:
                 message = f"{line}: remote requirements files are not supported"
                 hint = f"download it next to {path.name} and include it by its path"
@@ -315,24 +312,3 @@ def read_requirement_files(main: Path, key: str, problems: list[Problem]) -> tup
                 problems.append(Problem(shown, number, key, f"{line}: file not found", hint))
         pending.extend(reversed(children))
     return tuple(files)
-
-
-def _logical_lines(text: str) -> list[tuple[int, str]]:
-    """Join continued lines and drop comments, as pip does: (first line number, content)."""
-    lines: list[tuple[int, str]] = []
-    parts: list[str] = []
-    start = 0
-    for number, line in enumerate(text.splitlines(), 1):
-        if not parts:
-            start = number
-        if _COMMENT.match(line):
-            line = " " + line  # noqa: PLW2901 - so the comment is stripped after joining
-        elif line.endswith("\\"):
-            parts.append(line[:-1])
-            continue
-        parts.append(line)
-        lines.append((start, _COMMENT.sub("", "".join(parts)).strip()))
-        parts = []
-    if parts:
-        lines.append((start, _COMMENT.sub("", "".join(parts)).strip()))
-    return lines

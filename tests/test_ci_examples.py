@@ -80,7 +80,7 @@ def test_the_workflow_lists_then_smoke_tests_one_job_per_environment(
     assert smoke["strategy"]["fail-fast"] is False
     cache = step(smoke, "actions/cache@")
     assert cache["with"]["path"] == "~/.cache/envrunner"
-    assert "hashFiles('environments.yaml')" in cache["with"]["key"]
+    assert "hashFiles('environments.yaml', 'pylock.*.toml', '*.lock.txt')" in cache["with"]["key"]
     assert "${{ matrix.name }}" in cache["with"]["key"]
     (run,) = [s["run"] for s in smoke["steps"] if "envrunner smoke" in s.get("run", "")]
     upload = step(smoke, "actions/upload-artifact@")
@@ -108,6 +108,10 @@ def test_the_workflow_scripts_make_the_matrix_and_smoke_test_each_entry(
         for s in workflow["jobs"]["smoke"]["steps"]
         if "envrunner smoke" in s.get("run", "")
     ]
+    assert "--locked" in run
+    unlocked = bash(run.replace("${{ matrix.name }}", "new"), tmp_path)
+    assert unlocked.returncode == 1 and "no lock file" in unlocked.stdout + unlocked.stderr
+    assert bash("envrunner lock", tmp_path).returncode == 0  # the lock files a project commits
     for entry in include:
         result = bash(run.replace("${{ matrix.name }}", entry["name"]), tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -117,6 +121,7 @@ def test_the_workflow_scripts_make_the_matrix_and_smoke_test_each_entry(
 
 def test_the_shell_recipe_smoke_tests_a_manifest_and_leaves_a_report(tmp_path: Path) -> None:
     (tmp_path / "environments.yaml").write_text(textwrap.dedent(TINY))
+    assert bash("envrunner lock", tmp_path).returncode == 0
     report = tmp_path / "out" / "smoke.xml"
     result = bash(f"{SMOKE_SH} environments.yaml", tmp_path, SMOKE_REPORT=str(report))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -16,6 +16,7 @@ from localpkg import builds, make_package
 from support import run_cli
 
 import envrunner
+from envrunner._build import build_folders
 from envrunner._environments import build, read_record, resolve, state
 from envrunner._manifest import load_manifest
 from envrunner._progress import LogProgress
@@ -248,8 +249,10 @@ def test_a_build_killed_mid_install_is_never_used_and_is_rebuilt(tmp_path: Path)
     os.killpg(build_process.pid, signal.SIGKILL)
     build_process.wait(timeout=30)
     resolved = resolve(spec_of(manifest))
-    assert resolved.path.exists()  # the half-built environment is there...
-    assert read_record(resolved.path) is None  # ...but not marked complete
+    assert resolved.key is not None
+    (half,) = build_folders(resolved.path.parent, resolved.key)  # the half-built one is there...
+    assert read_record(half) is None  # ...but not marked complete, and not in use
+    assert not resolved.path.exists()
     assert state(resolved) == "missing"
     (package / "hold").unlink()
     listed = run_cli("list", "--json", "-m", str(manifest))
