@@ -29,7 +29,7 @@ This module is part of the sealed worker runtime: standard library only, parses 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 __all__ = [
     "BuildError",
@@ -232,6 +232,7 @@ class BuildError(EnvrunnerError):
         if self.tail:
             lines.append("last lines of the installer's output:")
             lines += [f"  | {line}" for line in self.tail]
+        lines += _runtime_clashes(self.tail)
         if log_path:
             lines.append(f"full log: {log_path}")
         if hint:
@@ -243,6 +244,27 @@ class BuildError(EnvrunnerError):
             type(self),
             (self.env, self.step, self.reason, self.log_path, self.tail, self.hint),
         )
+
+
+def _runtime_clashes(tail: Sequence[str]) -> List[str]:
+    """Lines naming the worker-runtime requirements an installer's output blames.
+
+    The installer reports ``pyzmq>=25`` as if the user had asked for it ("Because you require
+    pyzmq<20 and pyzmq>=25"); the message says where it comes from and what to loosen.
+    """
+    from . import RUNTIME_REQUIREMENTS
+
+    text = "\n".join(tail)
+    lines = []
+    for requirement in RUNTIME_REQUIREMENTS:
+        if requirement in text:
+            name = requirement.split(">")[0]
+            lines.append(
+                f"{requirement} is not from your requirements: envrunner's worker runtime "
+                f"({', '.join(RUNTIME_REQUIREMENTS)}) is installed into every environment with "
+                f"them; loosen your {name} requirement to allow {requirement}."
+            )
+    return lines
 
 
 # --------------------------------------------------------------------------- workers
