@@ -176,7 +176,7 @@ def test_a_closed_pipe_is_not_an_error() -> None:
     assert "Traceback" not in result.stderr
 
 
-# --------------------------------------------------------------------------- options and messages (#19)
+# ---------------------------------------------------------------------- options and messages (#19)
 
 
 def test_manifest_may_come_before_the_verb_as_with_git(project: Path, tmp_path: Path) -> None:

@@ -1171,7 +1171,7 @@ def test_nothing_found_lists_every_place_searched(tmp_path: Path) -> None:
 
 
 def test_load_of_a_missing_file_raises_not_found(tmp_path: Path) -> None:
-    with pytest.raises(ManifestNotFoundError, match="file not found: .*nope.yaml"):
+    with pytest.raises(ManifestNotFoundError, match=r"file not found: .*nope\.yaml"):
         load_manifest(tmp_path / "nope.yaml")
 
 
@@ -1194,7 +1194,7 @@ def test_a_named_manifest_that_is_not_there_says_file_not_found(tmp_path: Path) 
     assert f"file not found: {tmp_path / 'cpu.yaml'}" in message
     assert "holds gpu.yaml: name one of them" in message
     assert info.value.searched == (str(tmp_path / "cpu.yaml"),)
-    with pytest.raises(ManifestNotFoundError, match="the folder .*nowhere does not exist"):
+    with pytest.raises(ManifestNotFoundError, match=r"the folder .*nowhere does not exist"):
         load_manifest(tmp_path / "nowhere" / "environments.yaml")
 
 
@@ -1211,7 +1211,7 @@ def test_a_named_folder_lists_the_manifests_it_holds(tmp_path: Path) -> None:
     assert "settings.yaml" not in message
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ManifestNotFoundError, match="create environments.yaml in that folder"):
+    with pytest.raises(ManifestNotFoundError, match=r"create environments\.yaml in that folder"):
         find_manifest(empty)
 
 
