@@ -95,8 +95,8 @@ def _beside_script(searched: Sequence[str]) -> Path | None:
     if not script:
         return None
     folder = Path(script).absolute().parent
-    if Path(sys.prefix) in (folder, *folder.parents):
-        return None  # the envrunner command itself, or a tool installed in the environment
+    if Path(sys.prefix) in (folder, *folder.parents) or folder == Path(__file__).parent:
+        return None  # the envrunner command (python -m envrunner), or an installed tool
     for name in MANIFEST_NAMES:
         candidate = folder / name
         if candidate.is_file() and str(candidate) not in searched:
