@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    problem = _merge_global_options(args)
+    if problem:
+        parser.error(problem)
     try:
         code: int = args.handler(args)
         sys.stdout.flush()
@@ -66,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Build, inspect and use the Python environments of an envrunner manifest.",
     )
     parser.add_argument("--version", action="version", version=f"envrunner {__version__}")
+    # Also before the verb, as with git or docker: envrunner --manifest x.yaml build
+    parser.add_argument(
+        "--manifest",
+        "-m",
+        dest="global_manifest",
+        metavar="PATH",
+        help="the manifest, for every verb that reads one (also accepted after the verb)",
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--manifest",
@@ -94,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "exec",
         parents=[common],
         help="run a command inside an environment (builds it if needed)",
-        usage="envrunner exec [--manifest PATH] NAME -- COMMAND [ARG ...]",
+        usage="envrunner exec [--manifest PATH] NAME [--manifest PATH] -- COMMAND [ARG ...]",
     )
     execute.add_argument("name", metavar="NAME")
     execute.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
@@ -150,6 +161,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(handler=_schema)
     return parser
+
+
+def _merge_global_options(args: argparse.Namespace) -> str:
+    """Apply ``--manifest`` given before the verb; returns a usage problem, or ``""``."""
+    before = args.global_manifest
+    if before is None:
+        return ""
+    if not hasattr(args, "manifest"):
+        return f"envrunner {args.command} reads no manifest: drop --manifest {before}"
+    if args.manifest is not None and args.manifest != before:
+        return (
+            f"--manifest given twice ({before} before {args.command}, {args.manifest} after "
+            "it): give it once"
+        )
+    args.manifest = before
+    return ""
 
 
 def _manifest(args: argparse.Namespace) -> Any:
@@ -345,14 +372,9 @@ def _exec(args: argparse.Namespace) -> int:
     from ._process import worker_environ
     from ._progress import auto_progress
 
-    command = list(args.cmd)
-    if command[:1] == ["--"]:
-        command = command[1:]
-    if not command:
-        print(
-            "envrunner exec: give a command after --, e.g. envrunner exec NAME -- python -V",
-            file=sys.stderr,
-        )
+    command, problem = _exec_command(args)
+    if problem:
+        print(f"envrunner exec: {problem}", file=sys.stderr)
         return EXIT_USAGE
     manifest = _manifest(args)
     spec = manifest[args.name]
@@ -378,6 +400,42 @@ def _exec(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(executable, command, environ)
+
+
+def _exec_command(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The command of ``exec NAME [--manifest PATH] -- COMMAND ...``, and a usage problem.
+
+    Options between NAME and ``--`` are exec's own (``--manifest``/``-m``); with no ``--``,
+    everything after NAME is the command.
+    """
+    words = list(args.cmd)
+    example = "e.g. envrunner exec NAME -- python -V"
+    if "--" not in words:
+        if words and words[0].startswith("-"):
+            return [], (
+                f"{words[0]} after NAME: put exec's options before NAME or before --, and the "
+                f"command after --, {example}"
+            )
+    else:
+        split = words.index("--")
+        options, words = words[:split], words[split + 1 :]
+        while options:
+            if options[0] in ("--manifest", "-m") and len(options) > 1:
+                if args.manifest is not None and args.manifest != options[1]:
+                    return [], f"--manifest given twice ({args.manifest}, {options[1]})"
+                args.manifest = options[1]
+                options = options[2:]
+            elif options[0].startswith("--manifest="):
+                args.manifest = options[0].partition("=")[2]
+                options = options[1:]
+            else:
+                return [], (
+                    f"unexpected {' '.join(options)} between NAME and --: exec takes only "
+                    f"--manifest PATH there; the command goes after --, {example}"
+                )
+    if not words:
+        return [], f"give a command after --, {example}"
+    return words, ""
 
 
 def _path(args: argparse.Namespace) -> int:

@@ -330,6 +330,11 @@ def discover() -> list[Interpreter]:
     Returns:
         The interpreters, newest version first; equal versions keep the search order.
     """
+    return [found for found in _discover_all() if found.version[:2] >= MIN_VERSION]
+
+
+def _discover_all() -> list[Interpreter]:
+    """:func:`discover`, with the interpreters too old for workers kept (for messages)."""
     # Within one process a fresh answer is reused for a while: every new Runner resolves its
     # environments, and running each candidate again (even cached) costs about 10 ms.
     where = tuple(os.environ.get(name, "") for name in _DISCOVERY_VARIABLES)
@@ -375,7 +380,7 @@ def _discover() -> list[Interpreter]:
     found: list[Interpreter] = []
     seen: set[tuple[str, str]] = set()
     for interpreter in results:
-        if interpreter is None or interpreter.version[:2] < MIN_VERSION:
+        if interpreter is None:
             continue
         identity = (os.path.realpath(interpreter.path), interpreter.prefix)
         if identity not in seen:
@@ -509,11 +514,7 @@ def find_interpreter(request: str, *, env: str = "", where: str = "") -> Interpr
         raise _not_found(request, found, env, detail, asked)
     wanted = tuple(int(part) for part in match.groups() if part is not None)
     if wanted[0] < MIN_VERSION[0] or (len(wanted) > 1 and wanted[:2] < MIN_VERSION):
-        detail = (
-            "workers need Python 3.9 or newer, and virtualenv no longer seeds 3.8 or older: "
-            'ask for "3.9" or newer'
-        )
-        raise _not_found(request, found, env, detail, asked)
+        raise _too_old(request, wanted, found, env, asked)
     matching = [
         interpreter
         for interpreter in found
@@ -547,8 +548,39 @@ def _find_path(request: str, env: str, asked: str) -> Interpreter:
             f"{path} is Python {'.'.join(map(str, interpreter.version))}; "
             "workers need Python 3.9 or newer"
         )
-        raise _not_found(request, discover(), env, detail, asked)
+        error = _not_found(request, discover(), env, detail, asked)
+        advice = "Point python: at a Python 3.9 or newer, or ask for a version from the list above."
+        raise InterpreterNotFoundError(
+            error.request, error.found, env=env, detail=error.detail, advice=advice
+        )
     return interpreter
+
+
+def _too_old(
+    request: str, wanted: tuple[int, ...], found: list[Interpreter], env: str, asked: str
+) -> InterpreterNotFoundError:
+    """A version below 3.9 was asked for: say which of those are installed, and what to ask
+    for instead (installing it would not help)."""
+    installed = [
+        interpreter
+        for interpreter in _discover_all()
+        if interpreter.version[:2] < MIN_VERSION and interpreter.version[: len(wanted)] == wanted
+    ]
+    newest = found[0].version[:2] if found else None
+    if installed:
+        versions = ", ".join(".".join(map(str, i.version)) for i in installed)
+        detail = f"Python {versions} is installed, but workers need Python 3.9 or newer"
+    else:
+        detail = "workers need Python 3.9 or newer"
+    detail += " (virtualenv no longer seeds 3.8 or older)"
+    advice = "Ask for Python 3.9 or newer in python:"
+    if newest is not None:
+        advice += f', such as "{newest[0]}.{newest[1]}" from the list above'
+    advice += "."
+    lines = [interpreter.describe() for interpreter in found]
+    lines += [f"{interpreter.describe()}: too old for workers" for interpreter in installed]
+    detail = f"{detail}; asked by {asked}" if asked else detail
+    return InterpreterNotFoundError(request, lines, env=env, detail=detail, advice=advice)
 
 
 def _not_found(

@@ -1,6 +1,7 @@
 """The manifest: YAML to frozen, validated dataclasses (DESIGN.md layer 1).
 
-May import: the standard library, yaml, ``envrunner._runtime.errors``, ``envrunner._yaml``.
+May import: the standard library, yaml, ``envrunner._runtime.errors``, ``envrunner._yaml``,
+``envrunner._discovery``.
 
 CONTRACT (fixed; the loader below is to be implemented against it):
 
@@ -22,15 +23,14 @@ from typing import Literal
 
 import yaml
 
+from ._discovery import MANIFEST_NAMES, folder_without_manifest, missing_file, nothing_found
 from ._runtime.errors import (
     ManifestError,
-    ManifestNotFoundError,
     Problem,
     UnknownEnvironmentError,
 )
 from ._yaml import Entry, NodeReader, closest, line_of, read_requirement_files, shown_path
 
-MANIFEST_NAMES = ("environments.yaml", "envrunner.yaml")
 Installer = Literal["auto", "uv", "pip"]
 
 
@@ -200,7 +200,7 @@ def find_manifest(
             if candidate.is_file():
                 return candidate
             searched.append(str(candidate))
-    raise ManifestNotFoundError(str(folder), searched)
+    raise nothing_found(folder, searched)
 
 
 def _named_manifest(path: Path, label: str) -> Path:
@@ -209,10 +209,10 @@ def _named_manifest(path: Path, label: str) -> Path:
         for name in MANIFEST_NAMES:
             if (path / name).is_file():
                 return path / name
-        raise ManifestNotFoundError(label, [str(path / name) for name in MANIFEST_NAMES])
+        raise folder_without_manifest(path, label)
     if path.is_file():
         return path
-    raise ManifestNotFoundError(label, [str(path)])
+    raise missing_file(path, label)
 
 
 # --------------------------------------------------------------------------- loading
@@ -268,7 +268,7 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     try:
         text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ManifestNotFoundError(shown, [str(file)])
+        raise missing_file(file, shown)
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(shown, [Problem(shown, 0, "", f"cannot read the manifest: {exc}")])
     return _ManifestReader(file, shown).read(text)

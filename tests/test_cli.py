@@ -174,3 +174,87 @@ def test_a_closed_pipe_is_not_an_error() -> None:
     )
     assert result.stdout.strip() == "{"
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------- options and messages (#19)
+
+
+def test_manifest_may_come_before_the_verb_as_with_git(project: Path, tmp_path: Path) -> None:
+    manifest = str(project / "environments.yaml")
+    for argv in (("--manifest", manifest, "list"), ("-m", manifest, "list")):
+        result = run_cli(*argv, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert {line.split()[0] for line in result.stdout.splitlines()[1:]} == {"old", "new"}
+    after = run_cli("list", "--manifest", manifest, cwd=tmp_path)
+    assert after.returncode == 0 and after.stdout == result.stdout
+
+
+def test_manifest_given_twice_or_to_a_verb_without_one_is_refused(
+    project: Path, tmp_path: Path
+) -> None:
+    manifest = str(project / "environments.yaml")
+    twice = run_cli("-m", manifest, "list", "-m", str(tmp_path / "other.yaml"), cwd=tmp_path)
+    assert twice.returncode == 2 and "--manifest given twice" in twice.stderr
+    same = run_cli("-m", manifest, "list", "-m", manifest, cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    schema = run_cli("-m", manifest, "schema", cwd=tmp_path)
+    assert schema.returncode == 2 and "envrunner schema reads no manifest" in schema.stderr
+
+
+def test_exec_takes_the_manifest_after_the_name_before_the_command(
+    project: Path, tmp_path: Path
+) -> None:
+    manifest = str(project / "environments.yaml")
+    code = "import six; print(six.__version__)"
+    for where in (["-m", manifest], [f"--manifest={manifest}"]):
+        result = run_cli("exec", "old", *where, "--", "python", "-c", code, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "1.15.0"
+    before = run_cli("-m", manifest, "exec", "new", "--", "python", "-c", code, cwd=tmp_path)
+    assert before.stdout.strip() == "1.16.0", before.stderr
+
+
+def test_exec_options_in_the_wrong_place_say_where_they_go(project: Path) -> None:
+    manifest = str(project / "environments.yaml")
+    no_dashes = run_cli("exec", "old", "-m", manifest, "python", "-V", cwd=project)
+    assert no_dashes.returncode == 2
+    assert "-m after NAME: put exec's options before NAME or before --" in no_dashes.stderr
+    unknown = run_cli("exec", "old", "--force", "--", "python", "-V", cwd=project)
+    assert unknown.returncode == 2
+    assert "unexpected --force between NAME and --" in unknown.stderr
+
+
+def test_a_missing_manifest_file_says_file_not_found_and_what_is_there(tmp_path: Path) -> None:
+    (tmp_path / "cpu.yaml").write_text('version: 1\nenvironments:\n  a: {python: "3.12"}\n')
+    (tmp_path / "notes.yaml").write_text("title: not a manifest\n")
+    result = run_cli("list", "--manifest", "environment.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"file not found: {tmp_path / 'environment.yaml'}" in result.stderr
+    assert "holds cpu.yaml: name one of them" in result.stderr
+    assert "notes.yaml" not in result.stderr
+
+
+def test_a_manifest_folder_without_the_usual_name_lists_its_manifests(tmp_path: Path) -> None:
+    folder = tmp_path / "environments"
+    folder.mkdir()
+    for name in ("gpu.yaml", "cpu.yml"):
+        (folder / name).write_text('version: 1\nenvironments:\n  a: {python: "3.12"}\n')
+    result = run_cli("list", "--manifest", "environments/", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "is a folder without environments.yaml or envrunner.yaml" in result.stderr
+    assert "it holds environments/cpu.yml, environments/gpu.yaml" in result.stderr
+    assert "--manifest environments/cpu.yml" in result.stderr
+
+
+def test_a_clash_with_the_worker_runtime_says_where_the_pin_comes_from(tmp_path: Path) -> None:
+    (tmp_path / "environments.yaml").write_text(
+        "version: 1\nenvironments:\n"
+        f'  clash:\n    python: "{sys.version_info[0]}.{sys.version_info[1]}"\n'
+        '    requirements: ["pyzmq<20"]\n'
+    )
+    result = run_cli("build", "--quiet", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "pyzmq>=25 is not from your requirements: envrunner's worker runtime" in result.stderr, (
+        result.stderr
+    )
+    assert "loosen your pyzmq requirement to allow pyzmq>=25" in result.stderr

@@ -44,7 +44,7 @@ def test_functions_written_in_the_script_travel_by_value_or_as_source() -> None:
     out = run_example("notebook_style.py")
     assert "another Python, as source: ([3, 6, 9], 'Python 3.12')" in out
     assert "a lambda: 144" in out
-    assert "a closure to another Python:" in out and "closure over the local variables" in out
+    assert "a closure to another Python:" in out and "closure over the local variable" in out
 
 
 def test_map_spreads_over_the_workers_and_keeps_the_order() -> None:

@@ -140,7 +140,7 @@ def test_version_request_prefers_interpreters_outside_virtualenvs(
     assert not found.path.is_relative_to(venv312)
 
 
-@pytest.mark.parametrize("request_", ["2.5", "3.99", "4"], ids=["too-old", "unknown-minor", "4"])
+@pytest.mark.parametrize("request_", ["3.99", "4"], ids=["unknown-minor", "4"])
 def test_unmatched_version_lists_what_was_found(request_: str) -> None:
     with pytest.raises(InterpreterNotFoundError) as info:
         find_interpreter(request_)
@@ -159,6 +159,33 @@ def test_unmatched_version_lists_what_was_found(request_: str) -> None:
 def test_version_below_3_9_says_workers_need_3_9(request_: str) -> None:
     with pytest.raises(InterpreterNotFoundError, match=r"workers need Python 3\.9 or newer"):
         find_interpreter(request_)
+
+
+def test_an_installed_python_too_old_for_workers_is_listed_and_not_to_be_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old = pyenv_python("3.7")
+    monkeypatch.setenv("ENVRUNNER_PYTHONS", str(old.parent))
+    with pytest.raises(InterpreterNotFoundError) as info:
+        find_interpreter("3.7", env="legacy", where="environments.yaml:4")
+
+    message = str(info.value)
+    version = ".".join(old.parent.parent.name.split(".")[:3])
+    assert f"Python {version} is installed, but workers need Python 3.9 or newer" in message
+    assert f"{version} at {old} (ENVRUNNER_PYTHONS): too old for workers" in info.value.found
+    newest = discover()[0].version
+    assert f'Ask for Python 3.9 or newer in python:, such as "{newest[0]}.{newest[1]}"' in message
+    assert "Install that version" not in message
+
+
+def test_a_too_old_version_nobody_installed_says_what_to_ask_for() -> None:
+    with pytest.raises(InterpreterNotFoundError) as info:
+        find_interpreter("2.5")
+
+    message = str(info.value)
+    assert "workers need Python 3.9 or newer" in message and "is installed" not in message
+    assert info.value.found == tuple(i.describe() for i in discover())
+    assert "Ask for Python 3.9 or newer" in message and "Install that version" not in message
 
 
 def test_error_names_the_environment_and_the_manifest_line() -> None:
@@ -252,8 +279,12 @@ def test_folder_that_is_not_a_virtualenv_is_refused(tmp_path: Path) -> None:
 def test_interpreter_path_below_3_9_is_refused() -> None:
     old = pyenv_python("3.8")
 
-    with pytest.raises(InterpreterNotFoundError, match=r"is Python 3\.8\.\d+; workers need"):
+    with pytest.raises(
+        InterpreterNotFoundError, match=r"is Python 3\.8\.\d+; workers need"
+    ) as info:
         find_interpreter(str(old))
+    assert "Point python: at a Python 3.9 or newer" in str(info.value)
+    assert "Install that version" not in str(info.value)
 
 
 # --------------------------------------------------------------------------- discovery

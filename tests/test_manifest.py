@@ -1171,7 +1171,7 @@ def test_nothing_found_lists_every_place_searched(tmp_path: Path) -> None:
 
 
 def test_load_of_a_missing_file_raises_not_found(tmp_path: Path) -> None:
-    with pytest.raises(ManifestNotFoundError, match="no envrunner manifest found"):
+    with pytest.raises(ManifestNotFoundError, match=r"file not found: .*nope\.yaml"):
         load_manifest(tmp_path / "nope.yaml")
 
 
@@ -1183,3 +1183,65 @@ def test_found_manifest_loads(tmp_path: Path) -> None:
     assert isinstance(manifest, Manifest)
     assert list(manifest.environments) == ["a"]
     assert os.path.isabs(manifest.path)
+
+
+def test_a_named_manifest_that_is_not_there_says_file_not_found(tmp_path: Path) -> None:
+    write(tmp_path / "gpu.yaml", "version: 1\nenvironments: {}\n")
+    with pytest.raises(ManifestNotFoundError) as info:
+        find_manifest("cpu.yaml")
+
+    message = str(info.value)
+    assert f"file not found: {tmp_path / 'cpu.yaml'}" in message
+    assert "holds gpu.yaml: name one of them" in message
+    assert info.value.searched == (str(tmp_path / "cpu.yaml"),)
+    with pytest.raises(ManifestNotFoundError, match=r"the folder .*nowhere does not exist"):
+        load_manifest(tmp_path / "nowhere" / "environments.yaml")
+
+
+def test_a_named_folder_lists_the_manifests_it_holds(tmp_path: Path) -> None:
+    write(tmp_path / "envs" / "train.yaml", "version: 1\nenvironments: {}\n")
+    write(tmp_path / "envs" / "serve.yml", "version: 1\nenvironments: {}\n")
+    write(tmp_path / "envs" / "settings.yaml", "colour: blue\n")
+    with pytest.raises(ManifestNotFoundError) as info:
+        find_manifest("envs")
+
+    message = str(info.value)
+    assert "is a folder without environments.yaml or envrunner.yaml" in message
+    assert "it holds envs/serve.yml, envs/train.yaml" in message
+    assert "settings.yaml" not in message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ManifestNotFoundError, match=r"create environments\.yaml in that folder"):
+        find_manifest(empty)
+
+
+def test_a_script_run_from_another_folder_is_pointed_at_the_manifest_beside_it(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "project"
+    manifest = write(project / "environments.yaml", "version: 1\nenvironments: {}\n")
+    script = write(
+        project / "job.py",
+        """
+        import envrunner
+        try:
+            envrunner.find_manifest()
+        except envrunner.ManifestNotFoundError as exc:
+            print(exc)
+        """,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    environ = {k: v for k, v in os.environ.items() if k != "ENVRUNNER_MANIFEST"}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=elsewhere,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert f"your script has one beside it: {manifest}" in result.stdout
+    assert f"run from {project}" in result.stdout
+    assert f"ENVRUNNER_MANIFEST={manifest}" in result.stdout

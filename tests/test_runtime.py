@@ -319,7 +319,7 @@ def test_functions_of_main_run_in_another_python_by_source(
     out = run_script(tmp_path, manifest_path, "other")
     assert "RESULT (40, 'y', ('a', 'b'), [3, 9], 'other')" in out
     assert "LAMBDA 49" in out
-    assert "CLOSURE-ERROR" in out and "closure over the local variables offset" in out
+    assert "CLOSURE-ERROR" in out and "closure over the local variable 'offset'" in out
 
 
 # --------------------------------------------------------------------------- lifecycle

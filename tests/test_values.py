@@ -24,6 +24,7 @@ from hypothesis.extra import numpy as hnp
 from support import wait_for_file
 
 import envrunner
+from envrunner._runtime.code import encode_function
 from envrunner._runtime.codec import Decoder, Encoder
 from envrunner._runtime.shm import SHM_DIR, Arena, Mapper
 
@@ -389,3 +390,44 @@ def test_ndarray_subclasses_keep_their_type_and_extras() -> None:
     back = Decoder().decode(body, frames)
     assert isinstance(back, numpy.ma.MaskedArray)
     assert back.mask.tolist() == [False, True, False] and back.data.tolist() == [1.0, 2.0, 3.0]
+
+
+# ------------------------------------------------------------------------ what cannot travel (#19)
+
+TWO_LAMBDAS = [lambda x: x + 1, lambda x: x * 2]  # two on one line: the case under test
+
+
+def make_adder(step, scale):
+    def add(x):
+        return x * scale + step
+
+    return add
+
+
+def test_a_closure_names_its_variables_in_quotes() -> None:
+    with pytest.raises(envrunner.EncodeError) as info:
+        encode_function(make_adder(1, 2), same_python=False, target="environment 'legacy'")
+    message = str(info.value)
+    assert "closure over the local variables 'scale', 'step'" in message
+    assert "pass 'scale', 'step' as arguments" in message
+
+
+def test_two_lambdas_on_one_line_are_ambiguous_not_misplaced() -> None:
+    with pytest.raises(envrunner.EncodeError) as info:
+        encode_function(TWO_LAMBDAS[1], same_python=False, target="environment 'legacy'")
+    message = str(info.value)
+    assert "holds 2 lambdas" in message and __file__ in message
+    assert "Put each lambda on a line of its own, or define the function with def" in message
+    assert "top level" not in message
+
+
+def test_a_script_function_passed_as_a_value_to_another_python_says_what_to_do() -> None:
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec("def double(x):\n    return 2 * x\n", namespace)
+    with pytest.raises(envrunner.EncodeError) as info:
+        Encoder(by_value=False).encode([namespace["double"]])
+    message = str(info.value)
+    assert "the function __main__.double cannot travel as a value" in message
+    assert "move double into a module next to your script" in message
+    body, buffers = Encoder(by_value=True).encode([namespace["double"]])  # same Python: by value
+    assert Decoder().decode(body, buffers)[0](4) == 8

@@ -162,12 +162,16 @@ class _SourceBundle:
     def encode(self) -> bytes:
         fn = self.fn
         if fn.__closure__:
-            names = ", ".join(fn.__code__.co_freevars)
+            free = fn.__code__.co_freevars
+            names = ", ".join(repr(name) for name in free)
+            noun, passed = (
+                ("variable", "an argument") if len(free) == 1 else ("variables", "arguments")
+            )
             raise EncodeError(
                 f"{describe(fn)} cannot be sent to {self.target}: it is a closure over the "
-                f"local variables {names} of the function that defines it, and a worker on "
+                f"local {noun} {names} of the function that defines it, and a worker on "
                 "another Python version gets functions as source code. Define it at the top "
-                f"level of your script and pass {names} as arguments.",
+                f"level of your script and pass {names} as {passed}.",
                 what=describe(fn),
             )
         name = self._add_definition(fn, fn.__name__)
@@ -291,7 +295,16 @@ def _definition_source(obj: Any, target: str, namespace: Dict[str, Any]) -> Tupl
             what=describe(obj),
         )
     text = "".join(lines)
-    node = _find_node(ast.parse(text, filename), obj, lineno)
+    candidates = _find_nodes(ast.parse(text, filename), obj, lineno)
+    if obj.__name__ == "<lambda>" and len(candidates) > 1:
+        raise EncodeError(
+            f"{describe(obj)} cannot be sent to {target}: line {lineno} of {filename} holds "
+            f"{len(candidates)} lambdas, and a worker on another Python version gets functions "
+            "as source code, which cannot tell them apart. Put each lambda on a line of its "
+            "own, or define the function with def.",
+            what=describe(obj),
+        )
+    node = candidates[-1] if candidates else None
     if node is None:
         raise EncodeError(
             f"cannot find the definition of {describe(obj)} in {filename} to send it to "
@@ -314,7 +327,7 @@ def _definition_source(obj: Any, target: str, namespace: Dict[str, Any]) -> Tupl
 _Definition = Union[ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda]
 
 
-def _find_node(tree: ast.AST, obj: Any, lineno: int) -> Optional[_Definition]:
+def _find_nodes(tree: ast.AST, obj: Any, lineno: int) -> List[_Definition]:
     name = obj.__name__
     candidates: List[_Definition] = []
     for node in ast.walk(tree):
@@ -329,9 +342,7 @@ def _find_node(tree: ast.AST, obj: Any, lineno: int) -> Optional[_Definition]:
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             if lineno in (first, node.lineno):
                 candidates.append(node)
-    if name == "<lambda>" and len(candidates) != 1:
-        return None
-    return candidates[-1] if candidates else None
+    return candidates
 
 
 def _global_names(code: types.CodeType) -> Set[str]:

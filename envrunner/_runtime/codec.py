@@ -53,6 +53,7 @@ from __future__ import annotations
 import datetime as _dt
 import pickle
 import sys
+import types
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import msgpack
@@ -250,6 +251,15 @@ class Encoder:
 
             code, dump = CLOUDPICKLE, cloudpickle.dumps
         else:
+            if isinstance(obj, (types.FunctionType, type)) and obj.__module__ == "__main__":
+                kind = "class" if isinstance(obj, type) else "function"
+                raise EncodeError(
+                    f"the {kind} __main__.{obj.__qualname__} cannot travel as a value to a worker "
+                    "on another Python version: pickle sends it by name, and the worker cannot "
+                    f"import your script; move {obj.__qualname__} into a module next to your "
+                    "script (the worker imports it from there)",
+                    what=f"__main__.{obj.__qualname__}",
+                )
             module = getattr(type(obj), "__module__", "")
             if module == "__main__":
                 raise EncodeError(

@@ -29,7 +29,7 @@ This module is part of the sealed worker runtime: standard library only, parses 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 __all__ = [
     "BuildError",
@@ -104,21 +104,31 @@ class ManifestError(EnvrunnerError, ValueError):
 
 
 class ManifestNotFoundError(ManifestError):
-    """No manifest was named and none was found by discovery."""
+    """No manifest was named and none was found by discovery, or the one named is not there.
 
-    def __init__(self, path: str, searched: Sequence[str] = ()) -> None:
+    Attributes:
+        searched: Every file looked for.
+        reason: What went wrong, when more is known than "none found".
+        hint: What to do, when the usual hint does not fit.
+    """
+
+    def __init__(
+        self, path: str, searched: Sequence[str] = (), reason: str = "", hint: str = ""
+    ) -> None:
         self.searched: Tuple[str, ...] = tuple(searched)
-        hint = (
+        self.reason = reason
+        self.hint = hint
+        hint = hint or (
             "create environments.yaml, pass manifest=PATH (--manifest PATH on the command line), "
             "or set ENVRUNNER_MANIFEST"
         )
-        message = "no envrunner manifest found"
-        if self.searched:
+        message = reason or "no envrunner manifest found"
+        if self.searched and not reason:
             message += " (looked for " + ", ".join(self.searched) + ")"
         super().__init__(path, [Problem(path, 0, "", message, hint)])
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.path, self.searched))
+        return (type(self), (self.path, self.searched, self.reason, self.hint))
 
 
 class UnknownEnvironmentError(EnvrunnerError, LookupError):
@@ -152,10 +162,16 @@ class InterpreterNotFoundError(EnvrunnerError, LookupError):
         request: What was asked for (``"3.12"`` or a path).
         found: A line per interpreter that discovery did find, for the message.
         env: The environment that asked, if any.
+        advice: What to do, when the usual advice (install that version) does not fit.
     """
 
     def __init__(
-        self, request: str, found: Sequence[str] = (), env: str = "", detail: str = ""
+        self,
+        request: str,
+        found: Sequence[str] = (),
+        env: str = "",
+        detail: str = "",
+        advice: str = "",
     ) -> None:
         self.request = request
         self.found: Tuple[str, ...] = tuple(found)
@@ -169,8 +185,10 @@ class InterpreterNotFoundError(EnvrunnerError, LookupError):
             message += "; found:\n" + "\n".join(f"  {line}" for line in self.found)
         else:
             message += "; found no interpreters at all"
-        message += (
-            "\nInstall that version (pyenv install, uv python install, your package manager), "
+        self.advice = advice
+        message += "\n" + (
+            advice
+            or "Install that version (pyenv install, uv python install, your package manager), "
             "point python: at an interpreter's path, or add its folder to ENVRUNNER_PYTHONS."
         )
         super().__init__(message)
@@ -179,7 +197,7 @@ class InterpreterNotFoundError(EnvrunnerError, LookupError):
         return str(self.args[0])
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.request, self.found, self.env, self.detail))
+        return (type(self), (self.request, self.found, self.env, self.detail, self.advice))
 
 
 # --------------------------------------------------------------------------- builds
@@ -214,6 +232,7 @@ class BuildError(EnvrunnerError):
         if self.tail:
             lines.append("last lines of the installer's output:")
             lines += [f"  | {line}" for line in self.tail]
+        lines += _runtime_clashes(self.tail)
         if log_path:
             lines.append(f"full log: {log_path}")
         if hint:
@@ -225,6 +244,27 @@ class BuildError(EnvrunnerError):
             type(self),
             (self.env, self.step, self.reason, self.log_path, self.tail, self.hint),
         )
+
+
+def _runtime_clashes(tail: Sequence[str]) -> List[str]:
+    """Lines naming the worker-runtime requirements an installer's output blames.
+
+    The installer reports ``pyzmq>=25`` as if the user had asked for it ("Because you require
+    pyzmq<20 and pyzmq>=25"); the message says where it comes from and what to loosen.
+    """
+    from . import RUNTIME_REQUIREMENTS
+
+    text = "\n".join(tail)
+    lines = []
+    for requirement in RUNTIME_REQUIREMENTS:
+        if requirement in text:
+            name = requirement.split(">")[0]
+            lines.append(
+                f"{requirement} is not from your requirements: envrunner's worker runtime "
+                f"({', '.join(RUNTIME_REQUIREMENTS)}) is installed into every environment with "
+                f"them; loosen your {name} requirement to allow {requirement}."
+            )
+    return lines
 
 
 # --------------------------------------------------------------------------- workers
