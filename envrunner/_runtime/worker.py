@@ -5,10 +5,11 @@
     broker (caller process)            worker main thread                 watchdog thread
     ───────────────────────            ──────────────────                 ───────────────
     spawns `python -m envrunner.worker`
-      with the session key on an  ───► read key from the inherited pipe ─► blocks reading the
-      inherited pipe, keeps the        connect DEALER (and the direct      same pipe; EOF means
-      write end open                   PAIR the caller bound), send HELLO  the caller is gone:
-                                  ◄─── HELLO                               os._exit at once
+      with the session key on an  ───► read key from the inherited       ─► blocks reading the
+      inherited socket, keeps the      socket, connect DEALER (and the     same socket; EOF means
+      other end open                   direct PAIR the caller bound),      the caller is gone:
+                                       send HELLO                          kill the group, exit
+                                  ◄─── HELLO
     WELCOME (cwd, sys.path) ──────────► chdir, extend sys.path, start the heartbeat
                                         thread (a DEALER of its own)
     CALL ─────────────────────────────► (control) write its id to the --started file; load the
@@ -16,7 +17,7 @@
       calling thread)                   stdout/stderr, encode result
                                   ◄─── RESULT (value, or the error with its traceback)
     RELEASE ──────────────────────────► drop kept objects, free arena blocks
-    SHUTDOWN ─────────────────────────► exit 0
+    SHUTDOWN ─────────────────────────► kill what tasks left in the process group, exit 0
 
 stdout and stderr are pipes the broker reads line by line; they are flushed before every RESULT
 so that a call's output reaches the caller before its result does. faulthandler writes native
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import sys
 import threading
 from collections import OrderedDict
@@ -119,7 +121,7 @@ def _watch_connection(socket: Any, leaving: threading.Event) -> threading.Thread
 
 
 def _watch_parent(fd: int) -> None:
-    """Exit the moment the caller's end of the key pipe closes (the caller died or left)."""
+    """Exit the moment the caller's end of the key socket closes (the caller died or left)."""
 
     def watch() -> None:
         try:
@@ -127,9 +129,42 @@ def _watch_parent(fd: int) -> None:
                 pass
         except OSError:
             pass
+        end_group()
         os._exit(EXIT_PARENT_GONE)
 
     threading.Thread(target=watch, name="envrunner-parent-watch", daemon=True).start()
+
+
+def end_group() -> None:
+    """SIGKILL every other process of this worker's process group: what its tasks started and
+    left running (``Popen``, ``os.fork``). Only a worker that leads its group does this (local
+    workers start in a session of their own); a process that left the group (``setsid``,
+    ``start_new_session=True``) escapes."""
+    me = os.getpid()
+    try:
+        if os.getpgrp() != me:
+            return
+        names = os.listdir("/proc")
+    except OSError:
+        names = []
+    if not names:  # no /proc (macOS): the group gets a SIGTERM that this process ignores
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.killpg(me, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+        return
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stream:
+                stat = stream.read()
+            group = int(stat[stat.rindex(b")") + 2 :].split()[2])
+            if group == me:
+                os.kill(int(name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 def _versions() -> Dict[str, str]:
@@ -554,6 +589,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if socket is not None:
             socket.close()
     context.term()
+    if not remote:
+        end_group()
     return code
 
 
