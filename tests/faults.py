@@ -128,3 +128,10 @@ def plain_value(kind: str, size: int) -> Any:
 def measure(value: Any) -> list[Any]:
     """What arrived: its type name, length and a checksum of its ends."""
     return [type(value).__name__, len(value), repr(value[:3]), repr(value[-3:])]
+
+
+def zeros(size: int) -> Any:
+    """A numpy array of ``size`` zero bytes (its pages untouched until read)."""
+    import numpy
+
+    return numpy.zeros(size, dtype=numpy.uint8)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import faults
+import tasks
 import pytest
 from support import wait_for
 
@@ -145,3 +146,123 @@ def test_processes_a_task_leaves_behind_die_when_its_worker_is_killed(
         with pytest.raises(envrunner.TaskTimeoutError):
             runner.call("other", task, "hang")  # the worker is killed at the timeout
         wait_for(lambda: not any(running(pid) for pid in children), timeout=10, what="children")
+
+
+# --------------------------------------------------------------------------- large plain values
+
+MB70 = 70 * 1000 * 1000
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "frames"])
+@pytest.mark.parametrize("kind", ["bytes", "str", "floats"])
+def test_plain_values_above_64_mib_travel_both_ways(
+    manifest_path: Path, kind: str, shared_memory: bool
+) -> None:
+    """70 MB of bytes, a str, a list of 8 M floats: as a result and as an argument."""
+    threshold = 256 * 1024 if shared_memory else 0
+    with envrunner.Runner(manifest_path, progress=False, shm_threshold=threshold) as runner:
+        value = runner.call("other", faults.plain_value, kind, MB70)
+        assert faults.measure(value) == faults.measure(faults.plain_value(kind, MB70))
+        assert runner.call("other", faults.measure, value) == faults.measure(value)
+        assert runner.rejected_messages == 0
+
+
+def test_an_array_above_the_frame_limit_fails_at_the_sender(manifest_path: Path) -> None:
+    """A 1.5 GB array with shared memory off: a frame over 1 GiB, which the receiver would
+    drop unread. Both ways it fails where it is sent, naming the limit and the ways around."""
+    import numpy
+
+    huge = numpy.zeros(1_500_000_000, dtype=numpy.uint8)  # untouched pages: no memory used
+    with envrunner.Runner(manifest_path, progress=False, shm_threshold=0) as runner:
+        with pytest.raises(envrunner.EncodeError) as sending:
+            runner.call("same", faults.take, huge)
+        assert "1,073,741,824 bytes, max_message_bytes" in str(sending.value)
+        assert "turn shared memory on" in str(sending.value)
+        with pytest.raises(envrunner.EncodeError) as returning:
+            runner.call("same", faults.zeros, 1_500_000_000)
+        assert "cannot be sent back" in str(returning.value)
+        assert "1,073,741,824 bytes, max_message_bytes" in str(returning.value)
+        assert runner.call("same", faults.add, 1, 1) == 2
+        assert runner.rejected_messages == 0
+
+
+def test_a_result_above_a_small_frame_limit_fails_in_the_worker(manifest_path: Path) -> None:
+    with envrunner.Runner(
+        manifest_path, progress=False, shm_threshold=0, max_message_bytes=4 << 20
+    ) as runner:
+        with pytest.raises(envrunner.EncodeError, match="4,194,304 bytes, max_message_bytes"):
+            runner.call("same", faults.zeros, 8 << 20)
+        with pytest.raises(envrunner.EncodeError, match="4,194,304 bytes, max_message_bytes"):
+            runner.call("same", faults.plain_value, "bytes", 8 << 20)
+        assert runner.call("same", faults.add, 1, 1) == 2
+        assert runner.rejected_messages == 0
+
+
+def test_a_frame_over_2_gib_is_signed_and_verified() -> None:
+    """hmac.digest raises OverflowError above 2 GiB - 1: the worker died returning 2 GB."""
+    from envrunner._runtime.protocol import Signer, Verifier
+
+    huge = bytes(2**31 + 1)  # calloc'd: its pages are never written
+    signer, verifier = Signer(b"k" * 32), Verifier(b"k" * 32)
+    assert verifier._signer.sign([huge], b"s") == signer.sign([huge], b"s")
+    assert len(signer.sign([memoryview(huge)])) == 32
+
+
+# --------------------------------------------------------------------------- full /dev/shm
+
+
+@pytest.fixture
+def tiny_shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A 1 MiB tmpfs as the shared-memory folder (the test runs as root)."""
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    monkeypatch.setenv("ENVRUNNER_SHM_DIR", str(folder))
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_shared_memory_folder_falls_back_to_frames(
+    manifest_path: Path, tiny_shm: Path
+) -> None:
+    import numpy
+
+    array = numpy.arange(1_000_000, dtype=numpy.float64)  # 8 MB: cannot fit in 1 MiB
+    with envrunner.Runner(manifest_path, progress=False, shm_threshold=64 * 1024) as runner:
+        assert runner.shm_threshold == 64 * 1024
+        stats = runner.call("same", tasks.array_stats, array)
+        assert stats["sum"] == float(array.sum())
+        back = runner.call("same", faults.zeros, 8_000_000)
+        assert back.nbytes == 8_000_000 and not back.any()
+        assert runner.call("same", faults.plain_value, "bytes", MB70) == b"x" * MB70
+        assert runner.rejected_messages == 0
+
+
+def test_an_arena_in_a_full_folder_gives_its_block_back_and_the_value_goes_in_frames(
+    tiny_shm: Path,
+) -> None:
+    import numpy
+
+    from envrunner._runtime.codec import Decoder, Encoder
+    from envrunner._runtime.shm import Arena, Mapper
+
+    arena = Arena(f"envrunner-{os.getpid()}-{os.getpid()}.full")
+    mapper = Mapper(arena.free)
+    try:
+        encoder = Encoder(arena=arena, threshold=1024)
+        value = [numpy.full(600_000, n, dtype=numpy.uint8) for n in (1, 2, 3)]
+        body, frames = encoder.encode(value)
+        assert encoder.shm_full
+        assert len(encoder.blocks) == 1 and len(frames) == 2  # the 1 MiB held only the first
+        assert arena.in_use() == 600_000
+        decoded = Decoder(mapper=mapper).decode(body, frames)
+        assert [int(array.sum()) for array in decoded] == [600_000 * n for n in (1, 2, 3)]
+    finally:
+        mapper.close()
+        arena.close()

@@ -255,6 +255,8 @@ class Worker:
         self.pickle_protocol = 5
         self.arena: Optional[Arena] = None
         self.threshold = 0
+        self.max_frame: Optional[int] = None  # the broker's MAXMSGSIZE (None: no limit)
+        self.blocks: List[List[Any]] = []  # the arena blocks of the answer being sent
         #: The caller's blocks this worker is done with, told with the next result.
         self.freed: List[List[Any]] = []
         self.mapper = Mapper(lambda name, offset: self.freed.append([name, offset]))
@@ -299,6 +301,7 @@ class Worker:
             print(f"envrunner worker: cannot enter {welcome.cwd}: {exc}", file=sys.stderr)
         position = 1 if sys.path else 0
         sys.path[position:position] = [p for p in welcome.sys_path if p not in sys.path]
+        self.max_frame = self.max_frame or welcome.options.get("max_frame")
         shared = welcome.options.get("shm")
         if shared and shm.available():
             self.arena = Arena(f"envrunner-{shared['owner']}-{os.getpid()}")
@@ -321,7 +324,7 @@ class Worker:
                     if isinstance(message, Call):
                         if channel is self.control:  # direct calls are never sent ahead
                             self.mark_started(message.call_id)
-                        channel.send(self.run(message))
+                        self.send_answer(channel, message, self.run(message))
                     elif isinstance(message, Release):
                         self.release(message)
                     elif isinstance(message, Shutdown):
@@ -329,6 +332,22 @@ class Worker:
         finally:
             if self.arena is not None:
                 self.arena.close()
+
+    def send_answer(self, channel: Channel, call: Call, result: Result) -> None:
+        """Send a call's answer; one that cannot be sent is replaced by the error saying why."""
+        try:
+            channel.send(result)
+            self.blocks = []
+        except EncodeError as exc:
+            self.release_blocks(result)
+            channel.send(self.failure(call, exc, skip_frames=None))
+
+    def release_blocks(self, result: Result) -> None:
+        """Give back the arena blocks of an answer that was never sent."""
+        blocks, self.blocks = self.blocks, []
+        if self.arena is not None:
+            for name, offset in blocks:
+                self.arena.free(name, offset)
 
     def mark_started(self, call_id: int) -> None:
         """Record, where the broker can read it after a crash, which call starts now.
@@ -358,7 +377,9 @@ class Worker:
             ) from None
 
     def encoder(self) -> Encoder:
-        return Encoder(self.by_value, self.pickle_protocol, self.arena, self.threshold)
+        return Encoder(
+            self.by_value, self.pickle_protocol, self.arena, self.threshold, self.max_frame
+        )
 
     def function(self, code: bytes) -> Callable[..., Any]:
         fn = self.functions.get(code)
@@ -407,15 +428,16 @@ class Worker:
         try:
             body, buffers = encoder.encode(value)
         except EncodeError as exc:
+            fix = "" if exc.what else ". Return plain data instead (lists, dicts, numpy arrays)"
             unsendable = EncodeError(
                 f"the result of {name} in environment {self.env!r} (a {type_name(value)}) "
-                f"cannot be sent back: {exc}. Return plain data instead (lists, dicts, numpy "
-                "arrays)",
+                f"cannot be sent back: {exc}{fix}",
                 what="result",
             )
             return self.failure(call, unsendable, skip_frames=None)
         del value
         _flush()
+        self.blocks = encoder.blocks
         return self.answer(call, True, body, buffers, encoder.segments)
 
     def answer(
@@ -453,6 +475,7 @@ class Worker:
             message = str(exc)
         except Exception:
             message = f"<unprintable {type(exc).__name__}>"
+        message, text = _clip(message), _clip(text)  # the error travels in the header
         error_body: Optional[bytes] = None
         if isinstance(exc, Exception):  # SystemExit and the like must not end the caller
             try:
@@ -461,12 +484,21 @@ class Worker:
                 error_body, error_buffers = None, []
             if error_buffers:
                 error_body = None
-        body, _ = Encoder(False).encode([type_name(exc), message, text, error_body])
+        if error_body is not None and len(error_body) > ERROR_BYTES:
+            error_body = None  # the caller gets a RemoteError with the text instead
+        body, _ = Encoder(False, max_body=None).encode([type_name(exc), message, text, error_body])
         _flush()
         return self.answer(call, False, body)
 
 
 _TB_HEAD = "Traceback (most recent call last):\n"
+ERROR_BYTES = 4 * 1024 * 1024  # an error's message, traceback and pickled exception, each
+
+
+def _clip(text: str, limit: int = ERROR_BYTES // 4) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}\n... ({len(text) - limit:,} characters cut) ...\n{text[-limit // 2 :]}"
 
 
 def _short_repr(value: Any, limit: int = 120) -> str:
@@ -568,6 +600,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.id,
         args.env,
     )
+    if args.max_message > 0:
+        worker.max_frame = args.max_message  # the broker's limit is the same as ours
     if args.started:
         worker.started_fd = os.open(args.started, os.O_WRONLY)
     welcome = worker.hello()
