@@ -13,14 +13,13 @@ import errno
 import os
 import stat
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import faults
-import tasks
 import pytest
+import tasks
 from support import wait_for
 
 import envrunner
@@ -66,7 +65,7 @@ def test_the_session_key_cannot_be_read_through_proc(runner: envrunner.Runner) -
         fd = key_fd_of(pid)
         assert os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
         with pytest.raises(OSError) as refused:
-            open(f"/proc/{pid}/fd/{fd}", "rb")
+            os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY)
         assert refused.value.errno == errno.ENXIO
 
 

@@ -498,7 +498,8 @@ ERROR_BYTES = 4 * 1024 * 1024  # an error's message, traceback and pickled excep
 def _clip(text: str, limit: int = ERROR_BYTES // 4) -> str:
     if len(text) <= limit:
         return text
-    return f"{text[: limit // 2]}\n... ({len(text) - limit:,} characters cut) ...\n{text[-limit // 2 :]}"
+    cut = f"\n... ({len(text) - limit:,} characters cut) ...\n"
+    return text[: limit // 2] + cut + text[-limit // 2 :]
 
 
 def _short_repr(value: Any, limit: int = 120) -> str:
