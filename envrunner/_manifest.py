@@ -461,6 +461,8 @@ class _ManifestReader:
                     message = "a requirement must fit on one line"
                     hint = "write one requirement per list item"
                     self.nodes.problem(item.line, item.path, message, hint)
+                elif text.startswith("-"):
+                    self._option_as_requirement(item, text)
                 else:
                     found.append(text)
             return tuple(found), None, ()
@@ -480,6 +482,24 @@ class _ManifestReader:
             files = read_requirement_files(main, entry.path, self.problems)
             self._requirement_files[main] = files
         return (), main, self._requirement_files[main]
+
+    def _option_as_requirement(self, item: Entry, text: str) -> None:
+        """Refuse an installer option written as a requirement (it would reach the installer's
+        command line as an option: ``-e /tmp``, ``--index-url=...``)."""
+        option = text.split("=", 1)[0].split(maxsplit=1)[0]
+        if option in ("-e", "--editable"):
+            hint = (
+                "a local project is a requirement 'NAME @ file:///ABSOLUTE/PATH'; editable "
+                "installs are not supported in a manifest"
+            )
+        else:
+            hint = (
+                "installer options go under the 'pip:' key of the environment ("
+                + ", ".join(PIP_KEYS)
+                + "), or in a requirements file named by 'requirements:'"
+            )
+        message = f"{text!r} is an installer option ({option}), not a requirement"
+        self.nodes.problem(item.line, item.path, message, hint)
 
     def _installer(self, entry: Entry) -> Installer:
         text = self.nodes.text(entry, "auto, uv or pip")

@@ -265,3 +265,51 @@ def test_an_arena_in_a_full_folder_gives_its_block_back_and_the_value_goes_in_fr
     finally:
         mapper.close()
         arena.close()
+
+
+# --------------------------------------------------------------------------- manifest input
+
+
+@pytest.mark.parametrize(
+    ("requirement", "fix"),
+    [
+        ("-e /tmp", "NAME @ file:///ABSOLUTE/PATH"),
+        ("--editable=/tmp", "NAME @ file:///ABSOLUTE/PATH"),
+        ("--index-url=https://example.invalid/simple", "under the 'pip:' key"),
+        ("--extra-index-url https://example.invalid/simple", "under the 'pip:' key"),
+        ("-r other.txt", "under the 'pip:' key"),
+    ],
+)
+def test_an_installer_option_is_not_a_requirement(
+    write_manifest: Any, requirement: str, fix: str
+) -> None:
+    path = write_manifest(
+        f"""\
+        version: 1
+        environments:
+          a:
+            python: "3.12"
+            requirements:
+              - six
+              - "{requirement}"
+        """
+    )
+    with pytest.raises(envrunner.ManifestError) as caught:
+        envrunner.load_manifest(path)
+    text = str(caught.value)
+    assert f"{path.name}:7: environments.a.requirements[1]" in text
+    assert "is an installer option" in text and fix in text
+
+
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_deep_nesting_is_a_manifest_error_at_its_line(write_manifest: Any, style: str) -> None:
+    depth = 5000
+    if style == "flow":
+        value = "[" * depth + "1" + "]" * depth
+    else:
+        value = "".join(f"\n{'  ' * (n + 3)}k{n}:" for n in range(depth)) + " 1"
+    path = write_manifest(f"version: 1\nenvironments:\n  a:\n    requirements: {value}\n")
+    with pytest.raises(envrunner.ManifestError) as caught:
+        envrunner.load_manifest(path)
+    assert f"{path.name}:" in str(caught.value)
+    assert "nested deeper than 100 levels" in str(caught.value)
