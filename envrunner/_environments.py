@@ -244,7 +244,7 @@ def remember(resolved: Resolved, manifest_path: Path) -> None:
     try:
         if index.is_file() and index.read_text().strip() == resolved.key:
             return
-        index.parent.mkdir(parents=True, exist_ok=True)
+        _home.make_dir(index.parent)
         _write_atomic(index, resolved.key + "\n")
     except OSError:
         pass
@@ -437,7 +437,7 @@ def build(
     import filelock  # only now: a cache hit does without it (8 ms of import)
 
     envs = resolved.path.parent
-    envs.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(envs)
     lock = filelock.FileLock(str(resolved.lock_path))
     try:
         lock.acquire(timeout=0)
@@ -479,7 +479,7 @@ def _build_locked(
     if path.exists():
         shutil.rmtree(path)
     logs = _home.logs_dir()
-    logs.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(logs)
     log_path = logs / f"{spec.name}-{resolved.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     steps = _Steps(spec.name, log_path, progress, cancel, spec.build_timeout, marker)
     started = time.monotonic()
@@ -697,7 +697,7 @@ def overlay(interpreter: Interpreter, progress: Progress | None = None) -> Path:
     marker = folder / ".complete"
     if marker.exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(folder.parent)
     with filelock.FileLock(str(folder) + ".lock"):
         if marker.exists():
             return folder

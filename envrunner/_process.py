@@ -321,7 +321,7 @@ def runtime_root() -> Path:
     root = _home.home() / "runtime" / digest.hexdigest()[:16]
     if (root / ".complete").exists():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(root.parent)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
     try:
         for name, source in files:

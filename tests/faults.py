@@ -135,3 +135,10 @@ def zeros(size: int) -> Any:
     import numpy
 
     return numpy.zeros(size, dtype=numpy.uint8)
+
+
+def site_packages() -> str:
+    """This worker's site-packages folder."""
+    import sysconfig
+
+    return sysconfig.get_paths()["purelib"]

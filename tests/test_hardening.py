@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,91 @@ def test_deep_nesting_is_a_manifest_error_at_its_line(write_manifest: Any, style
         envrunner.load_manifest(path)
     assert f"{path.name}:" in str(caught.value)
     assert "nested deeper than 100 levels" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- the home and umask
+
+UMASK_SCRIPT = """
+import os, sys
+os.umask(0)
+sys.path.insert(0, {tests!r})
+import envrunner, faults
+with envrunner.Runner({manifest!r}, progress=False) as runner:
+    print(runner.call("small", faults.site_packages))
+"""
+
+
+def others_can_create_in(folder: Path) -> bool:
+    """Whether the unprivileged user ``nobody`` can create a file in ``folder``."""
+    planted = folder / "planted.pth"
+    attempt = subprocess.run(
+        ["/bin/sh", "-c", f"echo 'import os' > '{planted}'"],
+        user="nobody",
+        capture_output=True,
+        check=False,
+    )
+    found = planted.exists()
+    planted.unlink(missing_ok=True)
+    return attempt.returncode == 0 and found
+
+
+def test_the_home_is_private_under_umask_000(tmp_path: Path) -> None:
+    """Under umask 000 another user planted a .pth that ran in our worker: now nobody else can
+    enter the home, and a folder that others could write is never used."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="envrunner-umask-"))  # /tmp: others may enter it
+    try:
+        base.chmod(0o755)
+        home = base / "home"
+        manifest = base / "environments.yaml"
+        manifest.write_text('version: 1\nenvironments:\n  small:\n    python: "3.12"\n')
+        manifest.chmod(0o644)
+        script = UMASK_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest))
+        ran = subprocess.run(
+            [sys.executable, "-c", script],
+            env=dict(os.environ, ENVRUNNER_HOME=str(home)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr
+        site_packages = Path(ran.stdout.strip().splitlines()[-1])
+        assert home in site_packages.parents
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        for name in ("envs", "runtime", "names"):
+            assert stat.S_IMODE((home / name).stat().st_mode) == 0o700, name
+        assert not others_can_create_in(site_packages)
+        # The attack as it was: the same folders, open as the umask made them.
+        for folder in (home, home / "envs"):
+            folder.chmod(0o777)
+        assert stat.S_IMODE(site_packages.stat().st_mode) == 0o777  # uv follows the umask
+        assert others_can_create_in(site_packages)
+        # ... and such a home is refused, naming the folder and the fix.
+        refused = subprocess.run(
+            [sys.executable, "-c", script],
+            env=dict(os.environ, ENVRUNNER_HOME=str(home)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert f"refusing ENVRUNNER_HOME {home}: others can write to it" in refused.stderr
+        assert f"chmod 700 {home}" in refused.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_a_home_that_is_not_ours_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from envrunner import _home
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)  # nobody's
+    monkeypatch.setenv("ENVRUNNER_HOME", str(theirs))
+    with pytest.raises(envrunner.EnvrunnerError, match="not yours"):
+        _home.home()
