@@ -402,3 +402,179 @@ def test_a_home_that_is_not_ours_is_refused(
     monkeypatch.setenv("ENVRUNNER_HOME", str(theirs))
     with pytest.raises(envrunner.EnvrunnerError, match="not yours"):
         _home.home()
+
+
+# --------------------------------------------------------------------------- refused keys
+
+
+@pytest.fixture(scope="module")
+def two_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The caller's keys folder, and another one made apart (a client the caller never saw)."""
+    ours, theirs = tmp_path_factory.mktemp("ours"), tmp_path_factory.mktemp("theirs")
+    create_keys(ours, ["gpu1"])
+    create_keys(theirs, ["stranger"])
+    return ours, theirs
+
+
+def run_runtime_worker(
+    address: str, session: Path, server_key: Path, client_secret: Path, timeout: float = 3.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m envrunner.worker`` as ``envrunner worker`` starts it, with a start timeout."""
+    from envrunner._process import runtime_root
+
+    argv = [sys.executable, "-m", "envrunner.worker", "--connect", address, "--id", "r-test-1"]
+    argv += ["--env", "modern", "--key-file", str(session), "--start-timeout", str(timeout)]
+    argv += ["--curve-server-key", str(server_key), "--curve-client-key", str(client_secret)]
+    return subprocess.run(
+        argv, cwd=runtime_root(), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def listening(manifest_path: Path, keys: Path) -> envrunner.Runner:
+    return envrunner.Runner(
+        manifest_path,
+        progress=False,
+        listen="tcp://127.0.0.1:*",
+        keys=keys,
+        remote_envs=["modern"],
+    )
+
+
+def test_a_worker_whose_key_is_refused_says_so_and_stops(
+    manifest_path: Path, two_keys: tuple[Path, Path]
+) -> None:
+    ours, theirs = two_keys
+    with listening(manifest_path, ours) as runner:
+        ran = run_runtime_worker(
+            runner.remote_address,
+            ours / "session.key",
+            ours / "broker.key",
+            theirs / "stranger.key_secret",
+        )
+    assert ran.returncode == 77, ran.stderr
+    assert f"waiting for the caller at {runner.remote_address}" in ran.stderr
+    assert "refused this worker's key" in ran.stderr and "stranger.key_secret" in ran.stderr
+    assert "no caller welcomed this worker within 3 s" in ran.stderr
+    assert ran.stderr.count("refused this worker's key") == 2  # when seen, and at the end
+
+
+def test_a_worker_with_another_broker_key_says_the_handshake_failed(
+    manifest_path: Path, two_keys: tuple[Path, Path]
+) -> None:
+    ours, theirs = two_keys
+    with listening(manifest_path, ours) as runner:
+        ran = run_runtime_worker(
+            runner.remote_address,
+            ours / "session.key",
+            theirs / "broker.key",
+            ours / "gpu1.key_secret",
+        )
+    assert ran.returncode == 77, ran.stderr
+    assert "the secure handshake with" in ran.stderr and "broker.key" in ran.stderr
+
+
+def test_a_worker_with_another_session_key_says_the_caller_did_not_answer(
+    manifest_path: Path, two_keys: tuple[Path, Path]
+) -> None:
+    ours, theirs = two_keys
+    with listening(manifest_path, ours) as runner:
+        ran = run_runtime_worker(
+            runner.remote_address,
+            theirs / "session.key",
+            ours / "broker.key",
+            ours / "gpu1.key_secret",
+        )
+        assert runner.rejected_messages >= 1
+    assert ran.returncode == 77, ran.stderr
+    assert "connected to" in ran.stderr
+    assert "check that session.key is the caller's" in ran.stderr
+
+
+def test_a_worker_where_nothing_listens_says_so_and_stops(two_keys: tuple[Path, Path]) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ours, _ = two_keys
+    ran = run_runtime_worker(
+        f"tcp://127.0.0.1:{port}",
+        ours / "session.key",
+        ours / "broker.key",
+        ours / "gpu1.key_secret",
+        timeout=2.0,
+    )
+    assert ran.returncode == 77, ran.stderr
+    assert f"nothing answers at tcp://127.0.0.1:{port}" in ran.stderr
+
+
+def test_envrunner_worker_says_its_key_was_refused(
+    manifest_path: Path, two_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The command an operator runs: the refusal is on its stderr within seconds."""
+    import shutil
+
+    ours, theirs = two_keys
+    mixed = tmp_path / "keys"  # the caller's broker and session keys, a stranger's pair
+    mixed.mkdir(mode=0o700)
+    for name in ("broker.key", "session.key"):
+        shutil.copy2(ours / name, mixed / name)
+    shutil.copy2(theirs / "stranger.key_secret", mixed / "stranger.key_secret")
+    with listening(manifest_path, ours) as runner:
+        argv = [sys.executable, "-m", "envrunner", "worker", "modern", "-m", str(manifest_path)]
+        argv += ["--connect", runner.remote_address, "--keys", str(mixed), "--client", "stranger"]
+        worker = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        assert worker.stderr is not None
+        try:
+            lines = []
+            for line in worker.stderr:
+                lines.append(line)
+                if "refused this worker's key" in line:
+                    break
+            assert "refused this worker's key" in "".join(lines), "".join(lines)
+        finally:
+            os.killpg(worker.pid, 9)
+            worker.communicate(timeout=30)
+
+
+def test_the_caller_logs_each_refused_key_once(
+    two_keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import zmq
+    import zmq.auth
+
+    from envrunner._keys import start_authenticator
+
+    ours, theirs = two_keys
+    context = zmq.Context()
+    public, secret = zmq.auth.load_certificate(str(ours / "broker.key_secret"))
+    authenticator, refused = start_authenticator(context, ours)
+    router = context.socket(zmq.ROUTER)
+    router.curve_secretkey, router.curve_publickey, router.curve_server = secret, public, True
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    peers = []
+    try:
+        stranger_file = theirs / "stranger.key_secret"
+        for secret_file in (stranger_file, stranger_file, ours / "gpu1.key_secret"):
+            peer = context.socket(zmq.DEALER)
+            peer.setsockopt(zmq.LINGER, 0)
+            peer.curve_serverkey = public
+            peer.curve_publickey, peer.curve_secretkey = zmq.auth.load_certificate(str(secret_file))
+            peer.connect(f"tcp://127.0.0.1:{port}")
+            peer.send(secret_file.name.encode())
+            peers.append(peer)
+        assert router.poll(10_000), "the admitted worker's message never arrived"
+        assert router.recv_multipart()[-1] == b"gpu1.key_secret"
+        wait_for(lambda: len(refused.refused) >= 2, what="both refusals to be recorded")
+        stranger = zmq.auth.load_certificate(str(stranger_file))[0].decode()
+        warnings = [r for r in caplog.records if "refused a worker whose public key" in r.message]
+        assert len(warnings) == 1 and stranger in warnings[0].message
+        assert str(ours / "clients") in warnings[0].message
+        assert stranger in refused.summary() and "not in" in refused.summary()
+        assert not router.poll(200)  # nothing from the stranger ever arrives
+    finally:
+        for peer in peers:
+            peer.close()
+        router.close(linger=0)
+        authenticator.stop()
+        context.term()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import signal
 import sys
 import threading
 from collections import OrderedDict
@@ -40,8 +39,9 @@ from . import __version__, shm, wire
 from .code import load_function
 from .codec import Decoder, Encoder, encode_kept, type_name
 from .errors import DecodeError, EncodeError
+from .joining import EXIT_NO_CALLER, Joining
+from .lifetime import end_group, read_key, read_key_file, watch_connection, watch_parent
 from .protocol import (
-    KEY_BYTES,
     PROTOCOL_VERSION,
     Call,
     Heartbeat,
@@ -58,30 +58,9 @@ from .protocol import (
 )
 from .shm import Arena, Mapper
 
-EXIT_PARENT_GONE = 75  # the caller went away: nothing left to serve
 EXIT_NO_WELCOME = 76  # the broker never answered the hello
 WELCOME_TIMEOUT_MS = 60_000
 FUNCTION_CACHE_SIZE = 256
-
-
-def _read_key(fd: int) -> bytes:
-    key = b""
-    while len(key) < KEY_BYTES:
-        chunk = os.read(fd, KEY_BYTES - len(key))
-        if not chunk:
-            os._exit(EXIT_PARENT_GONE)
-        key += chunk
-    return key
-
-
-def _read_key_file(path: str) -> bytes:
-    """The session key from a file only its owner can read (a worker on another machine)."""
-    info = os.stat(path)
-    if info.st_mode & 0o077:
-        print(f"envrunner worker: {path} is readable by others; chmod 600 it", file=sys.stderr)
-        raise SystemExit(2)
-    with open(path) as stream:
-        return bytes.fromhex(stream.read().strip())
 
 
 def _curve(socket: Any, server_key: str, client_key: str) -> None:
@@ -93,78 +72,6 @@ def _curve(socket: Any, server_key: str, client_key: str) -> None:
     socket.curve_serverkey = server_public
     socket.curve_publickey = public
     socket.curve_secretkey = secret
-
-
-def _watch_connection(socket: Any, leaving: threading.Event) -> threading.Thread:
-    """A worker on another machine exits when it loses its broker (no parent pipe to watch)."""
-    import zmq
-    from zmq.utils.monitor import recv_monitor_message
-
-    monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED)
-
-    def watch() -> None:
-        try:
-            while True:
-                event = recv_monitor_message(monitor)["event"]
-                if event == zmq.EVENT_MONITOR_STOPPED or leaving.is_set():
-                    return
-                if event == zmq.EVENT_DISCONNECTED:
-                    os._exit(EXIT_PARENT_GONE)
-        except zmq.ZMQError:
-            return
-        finally:
-            monitor.close(linger=0)
-
-    thread = threading.Thread(target=watch, name="envrunner-connection-watch", daemon=True)
-    thread.start()
-    return thread
-
-
-def _watch_parent(fd: int) -> None:
-    """Exit the moment the caller's end of the key socket closes (the caller died or left)."""
-
-    def watch() -> None:
-        try:
-            while os.read(fd, 4096):
-                pass
-        except OSError:
-            pass
-        end_group()
-        os._exit(EXIT_PARENT_GONE)
-
-    threading.Thread(target=watch, name="envrunner-parent-watch", daemon=True).start()
-
-
-def end_group() -> None:
-    """SIGKILL every other process of this worker's process group: what its tasks started and
-    left running (``Popen``, ``os.fork``). Only a worker that leads its group does this (local
-    workers start in a session of their own); a process that left the group (``setsid``,
-    ``start_new_session=True``) escapes."""
-    me = os.getpid()
-    try:
-        if os.getpgrp() != me:
-            return
-        names = os.listdir("/proc")
-    except OSError:
-        names = []
-    if not names:  # no /proc (macOS): the group gets a SIGTERM that this process ignores
-        try:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            os.killpg(me, signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
-        return
-    for name in names:
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stream:
-                stat = stream.read()
-            group = int(stat[stat.rindex(b")") + 2 :].split()[2])
-            if group == me:
-                os.kill(int(name), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            continue
 
 
 def _versions() -> Dict[str, str]:
@@ -257,6 +164,9 @@ class Worker:
         self.threshold = 0
         self.max_frame: Optional[int] = None  # the broker's MAXMSGSIZE (None: no limit)
         self.blocks: List[List[Any]] = []  # the arena blocks of the answer being sent
+        #: Waits for the caller's first message (a remote worker says what it sees); None:
+        #: a plain poll of up to ``WELCOME_TIMEOUT_MS``.
+        self.wait_welcome: Optional[Callable[[], bool]] = None
         #: The caller's blocks this worker is done with, told with the next result.
         self.freed: List[List[Any]] = []
         self.mapper = Mapper(lambda name, offset: self.freed.append([name, offset]))
@@ -282,7 +192,11 @@ class Worker:
                 pickle_protocol=pickle.HIGHEST_PROTOCOL,
             )
         )
-        if not self.control.socket.poll(WELCOME_TIMEOUT_MS):
+        if self.wait_welcome is not None:
+            arrived = self.wait_welcome()
+        else:
+            arrived = bool(self.control.socket.poll(WELCOME_TIMEOUT_MS))
+        if not arrived:
             os._exit(EXIT_NO_WELCOME)
         welcome = self.control.receive()
         if not isinstance(welcome, Welcome):
@@ -523,6 +437,7 @@ class _Arguments:
 
     connect = direct = id = key_file = curve_server_key = curve_client_key = env = started = ""
     max_message = key_fd = -1
+    start_timeout = WELCOME_TIMEOUT_MS / 1000
 
 
 def _arguments(argv: List[str]) -> _Arguments:
@@ -538,6 +453,7 @@ def _arguments(argv: List[str]) -> _Arguments:
         "--env",
         "--max-message",
         "--key-fd",
+        "--start-timeout",
         "--append-path",  # applied by the entry module, before the runtime is imported
     }
     if len(argv) % 2:
@@ -548,6 +464,8 @@ def _arguments(argv: List[str]) -> _Arguments:
         name = flag[2:].replace("-", "_")
         if name in ("max_message", "key_fd"):
             setattr(args, name, int(value))
+        elif name == "start_timeout":
+            args.start_timeout = float(value)
         elif name != "append_path":
             setattr(args, name, value)
     for required in ("connect", "id", "env"):
@@ -567,10 +485,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             reconfigure(line_buffering=True)
     remote = args.key_fd < 0
     if remote:
-        key = _read_key_file(args.key_file)
+        key = read_key_file(args.key_file)
     else:
-        key = _read_key(args.key_fd)
-        _watch_parent(args.key_fd)
+        key = read_key(args.key_fd)
+        watch_parent(args.key_fd)
 
     import zmq
 
@@ -584,10 +502,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _curve(control, *curve)
     leaving = threading.Event()
     watching = None
+    joining = None
     if remote:
         control.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         control.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-        watching = _watch_connection(control, leaving)
+        joining = Joining(control, args.connect, args.start_timeout, args.curve_client_key)
     control.connect(args.connect)
     direct = None
     if args.direct:
@@ -605,7 +524,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         worker.max_frame = args.max_message  # the broker's limit is the same as ours
     if args.started:
         worker.started_fd = os.open(args.started, os.O_WRONLY)
+    if joining is not None:
+        worker.wait_welcome = _joined(joining)
     welcome = worker.hello()
+    if joining is not None:
+        joining.close()
+        watching = watch_connection(control, leaving)
     worker.settle(welcome)
     interval = float(welcome.options.get("heartbeat") or 0)
     stop = threading.Event()
@@ -627,6 +551,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not remote:
         end_group()
     return code
+
+
+def _joined(joining: Joining) -> Callable[[], bool]:
+    """The wait for the welcome of a worker on another machine: it says what it sees, and
+    exits with ``EXIT_NO_CALLER`` (after saying why) if no caller answers in time."""
+
+    def wait() -> bool:
+        if joining.wait():
+            return True
+        os._exit(EXIT_NO_CALLER)
+
+    return wait
 
 
 def _heartbeat(
