@@ -65,7 +65,10 @@ class Joining:
             | zmq.EVENT_HANDSHAKE_SUCCEEDED
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+            # an address of its own: the connection watch that follows binds pyzmq's default
+            # one, which may not be free again yet once this monitor is stopped
+            f"inproc://envrunner-joining-{id(self)}",
         )
         self.seen: Set[str] = set()  # the kinds of event seen so far, by name
 
