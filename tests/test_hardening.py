@@ -578,3 +578,30 @@ def test_the_caller_logs_each_refused_key_once(
         router.close(linger=0)
         authenticator.stop()
         context.term()
+
+
+CALLER_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import envrunner, faults
+runner = envrunner.Runner({manifest!r}, progress=False)
+print(*runner.call("same", faults.leave_children), flush=True)
+time.sleep(600)
+"""
+
+
+def test_processes_a_task_leaves_behind_die_when_the_caller_is_killed(
+    manifest_path: Path,
+) -> None:
+    script = CALLER_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest_path))
+    caller = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert caller.stdout is not None
+    children = [int(pid) for pid in caller.stdout.readline().split()]
+    try:
+        assert len(children) == 2 and all(running(pid) for pid in children)
+    finally:
+        os.killpg(caller.pid, 9)  # kill -9 of the caller (and of nothing it did not start)
+        caller.communicate(timeout=30)
+    wait_for(lambda: not any(running(pid) for pid in children), timeout=10, what="children")
