@@ -11,12 +11,13 @@ Layout under ``ENVRUNNER_HOME`` (default: the user cache folder, ``~/.cache/envr
     overlays/<key>/             runtime packages for interpreters used as they are
     interpreters.json           what each interpreter said about itself, by file identity
 
-Modes, whatever the umask: the home and every folder envrunner makes in it are 0700 (only their
-owner enters them). Environments hold code that our workers run: a folder another user could
-write to would let that user run code in our workers (a ``.pth`` file in ``site-packages`` runs
-at every start), so a home that is not ours, or that others can write to, is refused; nobody
-else needs to read the cache. The files inside (made by uv and pip) may follow the umask: the
-0700 folders above them keep everyone else out.
+Modes, whatever the umask: the home (when envrunner makes it) and every folder envrunner makes
+in it are 0700 (only their owner enters them). Environments hold code that our workers run: a
+folder another user could write to would let that user run code in our workers (a ``.pth``
+file in ``site-packages`` runs at every start), so a home or folder in it that is not ours, or
+that others can write to (without the sticky bit), is refused; nobody else needs to read the
+cache. The files inside (made by uv and pip) may follow the umask: the 0700 folders above them
+keep everyone else out. Existing folders keep their modes (``$HOME`` may be the home).
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def home() -> Path:
 def make_dir(path: Path, what: str = "") -> Path:
     """Make ``path`` and its missing parents 0700, whatever the umask; returns it.
 
-    An existing folder must be ours and closed to others' writes; one of ours open to reads
-    is made 0700.
+    An existing folder is left as it is if it is ours and others cannot write to it, or can
+    only with the sticky bit (the rule of the runner's socket folder: then nobody else can
+    replace what we make in it, and what we make is 0700 and checked to be ours).
 
     Raises:
         EnvrunnerError: It is not ours, others can write to it, or it cannot be made (the
@@ -84,15 +86,16 @@ def make_dir(path: Path, what: str = "") -> Path:
             f"cannot make {what} {path}: {exc.strerror or exc}; set ENVRUNNER_HOME to a folder "
             "you can write to"
         ) from exc
-    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    open_to_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
+        info.st_mode & stat.S_ISVTX
+    )
+    if info.st_uid != os.getuid() or open_to_others:
         owner = "not yours" if info.st_uid != os.getuid() else "others can write to it"
         raise EnvrunnerError(
             f"refusing {what} {path}: {owner} (mode {stat.filemode(info.st_mode)}), and what "
             f"is in it runs in your workers. chmod 700 {path}, or set ENVRUNNER_HOME to a "
             "folder of your own"
         )
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(path, 0o700)
     return path
 
 
