@@ -605,3 +605,12 @@ def test_processes_a_task_leaves_behind_die_when_the_caller_is_killed(
         os.killpg(caller.pid, 9)  # kill -9 of the caller (and of nothing it did not start)
         caller.communicate(timeout=30)
     wait_for(lambda: not any(running(pid) for pid in children), timeout=10, what="children")
+
+
+def test_a_2_gb_bytes_value_fails_at_the_sender_when_it_cannot_travel() -> None:
+    from envrunner._runtime.codec import Encoder
+
+    with pytest.raises(envrunner.EncodeError) as caught:
+        Encoder(max_frame=1 << 30).encode(bytes(2**31))
+    assert "a value of 2,147,483,653 bytes is larger than" in str(caught.value)
+    assert "1,073,741,824 bytes, max_message_bytes" in str(caught.value)
