@@ -79,7 +79,7 @@ def build(
     import filelock  # only now: a cache hit does without it (8 ms of import)
 
     envs = resolved.path.parent
-    envs.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(envs)
     lock = filelock.FileLock(str(resolved.lock_path))
     try:
         lock.acquire(timeout=0)
@@ -176,7 +176,7 @@ def _build_locked(
             shutil.rmtree(folder, ignore_errors=True)  # left by a killed build
     target = link.with_name(f"{resolved.key}.b{time.time_ns():x}")
     logs = _home.logs_dir()
-    logs.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(logs)
     log_path = logs / f"{spec.name}-{resolved.key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     steps = Steps(spec.name, log_path, progress, cancel, spec.build_timeout, marker)
     started = time.monotonic()
@@ -368,7 +368,7 @@ def overlay(interpreter: Interpreter, progress: Progress | None = None) -> Path:
     marker = folder / ".complete"
     if marker.exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(folder.parent)
     with filelock.FileLock(str(folder) + ".lock"):
         if marker.exists():
             return folder

@@ -251,7 +251,7 @@ def write_lock(
     toml = path.suffix == ".toml"
     folder = Path(spec.location.file).parent
     logs = _home.logs_dir()
-    logs.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(logs)
     log_path = logs / f"lock-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     steps = Steps(spec.name, log_path, progress, None, spec.build_timeout)
     with tempfile.TemporaryDirectory(prefix="envrunner-lock-") as scratch:

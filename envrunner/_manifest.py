@@ -472,6 +472,8 @@ class _ManifestReader:
                     message = "a requirement must fit on one line"
                     hint = "write one requirement per list item"
                     self.nodes.problem(item.line, item.path, message, hint)
+                elif text.startswith("-"):
+                    self._option_as_requirement(item, text)
                 else:
                     found.append(text)
             return tuple(found), None, ()
@@ -515,6 +517,24 @@ class _ManifestReader:
             hint = "write it with uv pip compile --generate-hashes, or name it in requirements:"
             self.nodes.problem(entry.line, entry.path, message, hint)
         return path
+
+    def _option_as_requirement(self, item: Entry, text: str) -> None:
+        """Refuse an installer option written as a requirement (it would reach the installer's
+        command line as an option: ``-e /tmp``, ``--index-url=...``)."""
+        option = text.split("=", 1)[0].split(maxsplit=1)[0]
+        if option in ("-e", "--editable"):
+            hint = (
+                "a local project is a requirement 'NAME @ file:///ABSOLUTE/PATH'; editable "
+                "installs are not supported in a manifest"
+            )
+        else:
+            hint = (
+                "installer options go under the 'pip:' key of the environment ("
+                + ", ".join(PIP_KEYS)
+                + "), or in a requirements file named by 'requirements:'"
+            )
+        message = f"{text!r} is an installer option ({option}), not a requirement"
+        self.nodes.problem(item.line, item.path, message, hint)
 
     def _installer(self, entry: Entry) -> Installer:
         text = self.nodes.text(entry, "auto, uv or pip")

@@ -20,8 +20,12 @@ A worker is ``python -m envrunner.worker`` run by its environment's interpreter,
 - its working folder set to the sealed runtime copy, so that ``envrunner`` on its import path is
   that copy and never a caller-side ``envrunner`` (the worker moves to the caller's folder once the
   broker welcomes it);
-- the session key on an inherited pipe whose write end the caller keeps: when the caller dies,
-  the pipe closes and the worker exits (no orphans, whatever killed the caller);
+- the session key on an inherited Unix socket (one end of a socketpair) whose other end the
+  caller keeps: when the caller dies, the socket closes and the worker exits (no orphans,
+  whatever killed the caller). A socket, unlike a pipe, cannot be opened again through
+  ``/proc/PID/fd/N``, so no other process can read the key from it;
+- its own process group (its pid), which :meth:`WorkerProcess.kill` kills whole: processes a
+  task started and left behind go with it (the worker also kills them when it exits);
 - stdout and stderr as pipes that the broker reads line by line;
 - the caller's environment variables minus what would leak the caller's Python into it.
 """
@@ -31,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -137,8 +143,16 @@ class WorkerProcess:
         return self.popen.poll()
 
     def kill(self) -> None:
-        """SIGKILL the worker (native code cannot be interrupted any other way)."""
+        """SIGKILL the worker and its process group: what its tasks started goes with it.
+
+        Native code cannot be interrupted any other way. The group is killed only while the
+        worker is not yet reaped (its pid, the group's id, cannot have been reused then).
+        """
         if self.popen.returncode is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except OSError:
+                pass
             try:
                 self.popen.kill()
             except ProcessLookupError:
@@ -162,7 +176,7 @@ class WorkerProcess:
             return None
 
     def close(self) -> None:
-        """Close the caller's ends of every pipe (the key pipe's close tells the worker to go)."""
+        """Close the caller's ends of every pipe (the key socket's close tells the worker to go)."""
         if self.closed:
             return
         self.closed = True
@@ -225,7 +239,8 @@ class LocalLauncher:
     """Starts workers as child processes on this machine."""
 
     def launch(self, request: LaunchRequest) -> WorkerProcess:
-        read_fd, write_fd = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        write_fd, read_fd = ours.detach(), theirs.detach()
         try:
             os.write(write_fd, request.key)
             popen = subprocess.Popen(
@@ -365,7 +380,7 @@ def runtime_root() -> Path:
     root = _home.home() / "runtime" / digest.hexdigest()[:16]
     if (root / ".complete").exists():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
+    _home.make_dir(root.parent)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
     try:
         for name, source in files:

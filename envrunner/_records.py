@@ -67,7 +67,7 @@ def remember(resolved: Resolved, manifest_path: Path) -> None:
     try:
         if index.is_file() and index.read_text().strip() == resolved.key:
             return
-        index.parent.mkdir(parents=True, exist_ok=True)
+        _home.make_dir(index.parent)
         write_atomic(index, resolved.key + "\n")
     except OSError:
         pass

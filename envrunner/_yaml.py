@@ -29,8 +29,29 @@ _BOOL = "tag:yaml.org,2002:bool"
 _MERGE = "tag:yaml.org,2002:merge"
 
 
+#: Deeper nesting is refused where it starts: PyYAML composes nodes recursively, and thousands
+#: of levels would end in a RecursionError. A manifest needs about six.
+MAX_DEPTH = 100
+
+
 class ManifestLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` under our own name, so nothing we do ever changes the shared class."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,8 @@ class NodeReader:
             hint = "check the indentation and quoting on this line and the one before"
             if "'\\t'" in what:
                 hint = "indent with spaces: YAML does not allow tabs"
+            elif f"deeper than {MAX_DEPTH}" in what:
+                hint = "a manifest is a few levels deep: look for unclosed '[' or '{' here"
             elif "single document" in what:
                 hint = "keep one document: remove the '---' line and what follows it"
             self.problem(line, "", f"invalid YAML: {what}", hint)

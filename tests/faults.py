@@ -99,3 +99,46 @@ def signal_and_wait(marker: str, seconds: float) -> None:
     """Tell the test (by a file) that the call runs, then work for a long time."""
     Path(marker).write_text(str(os.getpid()))
     time.sleep(seconds)
+
+
+def leave_children() -> list[int]:
+    """Start processes and return without waiting for them: a ``sleep`` with its output to
+    /dev/null, and a forked copy of this process that sleeps."""
+    import subprocess
+
+    child = subprocess.Popen(
+        ["sleep", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    forked = os.fork()
+    if forked == 0:
+        time.sleep(1000)
+        os._exit(0)
+    return [child.pid, forked]
+
+
+def plain_value(kind: str, size: int) -> Any:
+    """A plain value of about ``size`` bytes: bytes, a str, or a list of floats."""
+    if kind == "bytes":
+        return b"x" * size
+    if kind == "str":
+        return "y" * size
+    return [0.5] * (size // 9)  # a float packs as 9 bytes
+
+
+def measure(value: Any) -> list[Any]:
+    """What arrived: its type name, length and a checksum of its ends."""
+    return [type(value).__name__, len(value), repr(value[:3]), repr(value[-3:])]
+
+
+def zeros(size: int) -> Any:
+    """A numpy array of ``size`` zero bytes (its pages untouched until read)."""
+    import numpy
+
+    return numpy.zeros(size, dtype=numpy.uint8)
+
+
+def site_packages() -> str:
+    """This worker's site-packages folder."""
+    import sysconfig
+
+    return sysconfig.get_paths()["purelib"]

@@ -25,6 +25,7 @@ code  payload
 31    cloudpickle (same Python minor version only): as 30
 40    a reference the caller passes back to the worker that holds the object: [id]
 41    a reference to an object kept in the worker: [id, type name, repr]
+50    the whole body, out of band: [buffer] (a body above ``max_body`` bytes)
 ====  ==============================================================
 
 An instance of a subclass of a built-in type (``torch.__version__`` is a ``str`` subclass) also
@@ -32,6 +33,14 @@ carries its *plain value* (``str(obj)``): a receiver that cannot import the subc
 
 A *buffer* is the index of a frame sent after the body, or, for a large buffer sent through
 shared memory, ``[segment, offset, size]`` (see ``shm.py``).
+
+Large plain values (70 MB of ``bytes``, a long ``str``, a list of millions of floats) make a
+large body; a body above ``max_body`` bytes (16 MiB, well under the protocol's header limit)
+travels out of band as one buffer (through shared memory, or in a frame of its own), and the
+message carries a small body that points to it (extension 50). A buffer sent in a frame may not
+exceed ``max_frame`` bytes (the receiver's ``MAXMSGSIZE``, which drops a larger frame unread):
+the encoder refuses it with an :class:`EncodeError` that names the limit and the way around it.
+When shared memory is full (``ENOSPC``), buffers go in frames instead.
 
 ``tz`` is None, ``["offset", seconds, name]`` or ``["zone", key]`` (a ``zoneinfo`` key).
 A dtype is ``dtype.str`` (``"<f8"``) or, for structured dtypes, ``dtype.descr``.
@@ -70,6 +79,12 @@ DATETIME, DATE, TIME, TIMEDELTA, DECIMAL, UUID, PATH = 10, 11, 12, 13, 14, 15, 1
 NDARRAY, NPSCALAR = 20, 21
 PICKLE, CLOUDPICKLE = 30, 31
 REF, KEPT = 40, 41
+BODY = 50
+
+#: Bodies above this many bytes travel out of band (a header holds at most 64 MiB).
+MAX_BODY = 16 * 1024 * 1024
+#: The largest frame a receiver accepts by default (``Runner(max_message_bytes=)``).
+MAX_FRAME = 1 << 30
 
 _PATH_NAMES = frozenset({"PurePath", "PurePosixPath", "PureWindowsPath", "Path", "PosixPath"})
 
@@ -106,11 +121,21 @@ class Encoder:
         pickle_protocol: int = 5,
         arena: Optional[Arena] = None,
         threshold: int = 0,
+        max_frame: Optional[int] = MAX_FRAME,
+        max_body: Optional[int] = MAX_BODY,
     ) -> None:
         self.by_value = by_value
         self.pickle_protocol = pickle_protocol
         self.arena = arena if threshold > 0 else None
         self.threshold = threshold
+        #: The largest buffer that may go in a frame (None: no limit).
+        self.max_frame = max_frame if max_frame is not None and max_frame > 0 else None
+        #: Bodies above this go out of band (None: never).
+        self.max_body = max_body
+        if max_body is not None and self.max_frame is not None:
+            self.max_body = min(max_body, self.max_frame // 2)
+        #: Whether shared memory ran out during the last value (its buffers went in frames).
+        self.shm_full = False
         self._buffers: List[Any] = []
         #: Segments the last value's buffers went into (the receiver maps them).
         self.segments: List[str] = []
@@ -130,8 +155,14 @@ class Encoder:
             EncodeError: Some part of ``obj`` cannot be sent; the message names its type.
         """
         self._buffers, self.segments, self.blocks, self.refs = [], [], [], []
+        self.shm_full = False
         try:
             body = self._pack(obj)
+            if self.max_body is not None and len(body) > self.max_body:
+                body = msgpack.packb(
+                    msgpack.ExtType(BODY, self._pack([self._buffer(body, "value")])),
+                    use_bin_type=True,
+                )
         except (EncodeError, ReferenceLostError):
             self.release()
             raise
@@ -159,14 +190,29 @@ class Encoder:
             unicode_errors="surrogatepass",
         )
 
-    def _buffer(self, data: Any) -> Any:
+    def _buffer(self, data: Any, what: str = "buffer") -> Any:
         size = memoryview(data).nbytes
-        if self.arena is not None and size >= self.threshold:
-            name, offset, size = self.arena.put(data)
-            if name not in self.segments:
-                self.segments.append(name)
-            self.blocks.append([name, offset])
-            return [name, offset, size]
+        if self.arena is not None and size >= self.threshold and not self.shm_full:
+            try:
+                name, offset, size = self.arena.put(data)
+            except OSError:  # shared memory is full (ENOSPC): this value goes in frames
+                self.shm_full = True
+            else:
+                if name not in self.segments:
+                    self.segments.append(name)
+                self.blocks.append([name, offset])
+                return [name, offset, size]
+        if self.max_frame is not None and size > self.max_frame:
+            if self.arena is None:
+                around = "turn shared memory on (shm_threshold > 0, the default)"
+            else:
+                around = "free space in shared memory (it was full)"
+            raise EncodeError(
+                f"a {what} of {size:,} bytes is larger than the largest message frame the "
+                f"receiver accepts ({self.max_frame:,} bytes, max_message_bytes): {around}, "
+                "raise Runner(max_message_bytes=...), or send it in smaller pieces",
+                what=what,
+            )
         self._buffers.append(data)
         return len(self._buffers) - 1
 
@@ -229,7 +275,7 @@ class Encoder:
             else:
                 order, data = "C", np.ascontiguousarray(obj)
             raw = data.reshape(-1).view(np.uint8) if data.size else b""
-            header = [_dtype_out(dtype), list(obj.shape), order, self._buffer(raw)]
+            header = [_dtype_out(dtype), list(obj.shape), order, self._buffer(raw, "numpy array")]
             return msgpack.ExtType(NDARRAY, self._pack(header))
         if isinstance(obj, np.generic) and not obj.dtype.hasobject:
             return msgpack.ExtType(NPSCALAR, self._pack([_dtype_out(obj.dtype), obj.tobytes()]))
@@ -271,6 +317,9 @@ class Encoder:
             code, dump = PICKLE, pickle.dumps
         try:
             data = dump(obj, protocol=self.pickle_protocol, buffer_callback=keep)
+        except EncodeError:  # one of its buffers is too large to send: said as it is
+            del self._buffers[first:]
+            raise
         except Exception as exc:
             del self._buffers[first:]
             raise EncodeError(
@@ -479,6 +528,10 @@ class Decoder:
             raise DecodeError(f"received a reference to a kept object in {self.where}")
         return self.objects(ident)
 
+    def _body(self, data: bytes) -> Any:
+        (ref,) = self._unpack(data)
+        return self._unpack(self._resolve(ref))
+
     def _kept(self, data: bytes) -> Any:
         ident, name, text = self._unpack(data)
         if self.make_ref is None:
@@ -549,4 +602,5 @@ class Decoder:
         CLOUDPICKLE: _pickled,
         REF: _ref,
         KEPT: _kept,
+        BODY: _body,
     }

@@ -31,7 +31,10 @@ Every message is a list of frames (the ROUTER adds the peer's identity in front)
   is refused on any other. A receiver checks the signature before decoding anything, and refuses
   a sequence number that is not larger than the last one it accepted in that scope (replays).
 - A header larger than ``MAX_HEADER_BYTES`` is refused unread; sockets refuse a frame larger
-  than their configured limit (``MAXMSGSIZE``, per frame) before it is received whole.
+  than their configured limit (``MAXMSGSIZE``, per frame) before it is received whole. So that
+  a peer that has the key is never taken for an attacker, senders keep under both: ``pack``
+  refuses a header above the limit (``EncodeError``), the codec sends a large body out of band
+  and refuses a buffer above the frame limit (see ``codec.py``).
 
 This module is pure (no sockets, no processes) and part of the sealed worker runtime.
 """
@@ -46,7 +49,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import msgpack
 
-from .errors import ProtocolError
+from .errors import EncodeError, ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -69,6 +72,7 @@ PROTOCOL_VERSION = 1
 KEY_BYTES = 32
 SIGNATURE_BYTES = 32
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # code and small values travel here; arrays do not
+ONE_SHOT_BYTES = 1 << 20  # hmac.digest takes at most 2 GiB - 1: larger frames go by update()
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,8 @@ class Signer:
 
     def sign(self, frames: Sequence[Any], scope: bytes = b"") -> bytes:
         prefix = len(scope).to_bytes(8, "little") + scope
-        if len(frames) == 1:  # the common case: one small frame, one call into OpenSSL
+        if len(frames) == 1 and _nbytes(frames[0]) <= ONE_SHOT_BYTES:
+            # the common case: one small frame, one call into OpenSSL
             frame = frames[0]
             data = prefix + _nbytes(frame).to_bytes(8, "little") + frame
             return hmac.digest(self._key, data, "sha256")
@@ -254,13 +259,23 @@ class Verifier:
 
 
 def pack(message: Message, signer: Signer, scope: bytes = b"") -> List[Any]:
-    """Turn a message into frames ``[signature + header, *buffers]`` signed for ``scope``."""
+    """Turn a message into frames ``[signature + header, *buffers]`` signed for ``scope``.
+
+    Raises:
+        EncodeError: The header is larger than ``MAX_HEADER_BYTES`` (the receiver would drop it).
+    """
     cls = type(message)
     header = msgpack.packb(
         [PROTOCOL_VERSION, cls.TAG, signer.next_sequence()]
         + [getattr(message, name) for name in _FIELDS[cls]],
         use_bin_type=True,
     )
+    if len(header) > MAX_HEADER_BYTES:
+        raise EncodeError(
+            f"a {cls.__name__} message header of {len(header):,} bytes is larger than the "
+            f"{MAX_HEADER_BYTES:,} bytes a receiver accepts: the function's code (its closure, "
+            "its globals) is too large; pass large data as arguments instead"
+        )
     buffers = list(getattr(message, "buffers", ()))
     return [signer.sign([header, *buffers], scope) + header, *buffers]
 

@@ -24,6 +24,12 @@ side. A segment's name starts with its owner's prefix, ``envrunner-<caller pid>-
 
 The mappings outlive the files: a peer's views stay valid after the owner is gone.
 
+The folder is ``/dev/shm``, or ``$ENVRUNNER_SHM_DIR`` (a tmpfs of its own; the caller and its
+workers must see the same one). When it is full, :meth:`Arena.put` raises ``OSError`` (ENOSPC)
+and gives the block back; the encoder then sends the value in frames. Pages are only ever
+written through the mapping once a ``pwrite`` has allocated them, so a full tmpfs is an error,
+never a SIGBUS.
+
 This module is part of the sealed worker runtime (standard library; numpy if present).
 """
 
@@ -37,16 +43,22 @@ import threading
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-__all__ = ["SHM_DIR", "Arena", "Mapper", "available", "remove_stale", "unlink_owned"]
+__all__ = ["SHM_DIR", "Arena", "Mapper", "available", "folder", "remove_stale", "unlink_owned"]
 
 SHM_DIR = "/dev/shm"
 ALIGN = 64
 MIN_SEGMENT = 16 * 1024 * 1024
 
 
+def folder() -> str:
+    """The shared-memory folder: ``$ENVRUNNER_SHM_DIR``, else ``/dev/shm``."""
+    return os.environ.get("ENVRUNNER_SHM_DIR") or SHM_DIR
+
+
 def available() -> bool:
     """Whether this machine has a shared-memory folder to put segments in."""
-    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+    where = folder()
+    return os.path.isdir(where) and os.access(where, os.W_OK)
 
 
 def _align(n: int) -> int:
@@ -58,7 +70,7 @@ class _Segment:
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
-        self.path = os.path.join(SHM_DIR, name)
+        self.path = os.path.join(folder(), name)
         self.size = size
         self.fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         os.ftruncate(self.fd, size)
@@ -138,12 +150,19 @@ class Arena:
             segment, offset = self._allocate(_align(max(size, 1)))
             end = offset + size
             fresh_from = min(max(offset, segment.warm), end)
-            segment.warm = max(segment.warm, end)
         if fresh_from > offset:  # warm pages: a plain memory copy
             segment.mapping[offset:fresh_from] = view[: fresh_from - offset]
         written = fresh_from
-        while written < end:  # new pages: let the kernel allocate them as it copies
-            written += os.pwrite(segment.fd, view[written - offset :], written)
+        try:
+            while written < end:  # new pages: let the kernel allocate them as it copies
+                written += os.pwrite(segment.fd, view[written - offset :], written)
+        except OSError:  # the folder is full: give the block back, never map unwritten pages
+            with self._lock:
+                segment.release(offset)
+                segment.warm = min(segment.warm, offset)  # pwrite from here on: always safe
+            raise
+        with self._lock:  # only now may later puts copy into these pages through the mapping
+            segment.warm = max(segment.warm, end)
         return segment.name, offset, size
 
     def _allocate(self, size: int) -> Tuple[_Segment, int]:
@@ -201,7 +220,7 @@ class Mapper:
                 continue
             if os.sep in name or not name.startswith("envrunner-"):
                 raise ValueError(f"not an envrunner segment: {name!r}")
-            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+            fd = os.open(os.path.join(folder(), name), os.O_RDWR)
             try:
                 mapping = mmap.mmap(fd, 0)
             finally:
@@ -267,14 +286,15 @@ def _of_a_gone_caller(name: str) -> bool:
 def _unlink_where(wanted: Callable[[str], bool]) -> int:
     """Unlink the segments whose names ``wanted`` accepts; returns how many."""
     try:
-        names = os.listdir(SHM_DIR)
+        where = folder()
+        names = os.listdir(where)
     except OSError:
         return 0
     removed = 0
     for name in names:
         if wanted(name):
             try:
-                os.unlink(os.path.join(SHM_DIR, name))
+                os.unlink(os.path.join(where, name))
                 removed += 1
             except OSError:
                 pass

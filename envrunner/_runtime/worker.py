@@ -5,10 +5,11 @@
     broker (caller process)            worker main thread                 watchdog thread
     ───────────────────────            ──────────────────                 ───────────────
     spawns `python -m envrunner.worker`
-      with the session key on an  ───► read key from the inherited pipe ─► blocks reading the
-      inherited pipe, keeps the        connect DEALER (and the direct      same pipe; EOF means
-      write end open                   PAIR the caller bound), send HELLO  the caller is gone:
-                                  ◄─── HELLO                               os._exit at once
+      with the session key on an  ───► read key from the inherited       ─► blocks reading the
+      inherited socket, keeps the      socket, connect DEALER (and the     same socket; EOF means
+      other end open                   direct PAIR the caller bound),      the caller is gone:
+                                       send HELLO                          kill the group, exit
+                                  ◄─── HELLO
     WELCOME (cwd, sys.path) ──────────► chdir, extend sys.path, start the heartbeat
                                         thread (a DEALER of its own)
     CALL ─────────────────────────────► (control) write its id to the --started file; load the
@@ -16,7 +17,7 @@
       calling thread)                   stdout/stderr, encode result
                                   ◄─── RESULT (value, or the error with its traceback)
     RELEASE ──────────────────────────► drop kept objects, free arena blocks
-    SHUTDOWN ─────────────────────────► exit 0
+    SHUTDOWN ─────────────────────────► kill what tasks left in the process group, exit 0
 
 stdout and stderr are pipes the broker reads line by line; they are flushed before every RESULT
 so that a call's output reaches the caller before its result does. faulthandler writes native
@@ -38,8 +39,9 @@ from . import __version__, shm, wire
 from .code import load_function
 from .codec import Decoder, Encoder, encode_kept, type_name
 from .errors import DecodeError, EncodeError
+from .joining import EXIT_NO_CALLER, Joining
+from .lifetime import end_group, read_key, read_key_file, watch_connection, watch_parent
 from .protocol import (
-    KEY_BYTES,
     PROTOCOL_VERSION,
     Call,
     Heartbeat,
@@ -56,30 +58,9 @@ from .protocol import (
 )
 from .shm import Arena, Mapper
 
-EXIT_PARENT_GONE = 75  # the caller went away: nothing left to serve
 EXIT_NO_WELCOME = 76  # the broker never answered the hello
 WELCOME_TIMEOUT_MS = 60_000
 FUNCTION_CACHE_SIZE = 256
-
-
-def _read_key(fd: int) -> bytes:
-    key = b""
-    while len(key) < KEY_BYTES:
-        chunk = os.read(fd, KEY_BYTES - len(key))
-        if not chunk:
-            os._exit(EXIT_PARENT_GONE)
-        key += chunk
-    return key
-
-
-def _read_key_file(path: str) -> bytes:
-    """The session key from a file only its owner can read (a worker on another machine)."""
-    info = os.stat(path)
-    if info.st_mode & 0o077:
-        print(f"envrunner worker: {path} is readable by others; chmod 600 it", file=sys.stderr)
-        raise SystemExit(2)
-    with open(path) as stream:
-        return bytes.fromhex(stream.read().strip())
 
 
 def _curve(socket: Any, server_key: str, client_key: str) -> None:
@@ -91,45 +72,6 @@ def _curve(socket: Any, server_key: str, client_key: str) -> None:
     socket.curve_serverkey = server_public
     socket.curve_publickey = public
     socket.curve_secretkey = secret
-
-
-def _watch_connection(socket: Any, leaving: threading.Event) -> threading.Thread:
-    """A worker on another machine exits when it loses its broker (no parent pipe to watch)."""
-    import zmq
-    from zmq.utils.monitor import recv_monitor_message
-
-    monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED)
-
-    def watch() -> None:
-        try:
-            while True:
-                event = recv_monitor_message(monitor)["event"]
-                if event == zmq.EVENT_MONITOR_STOPPED or leaving.is_set():
-                    return
-                if event == zmq.EVENT_DISCONNECTED:
-                    os._exit(EXIT_PARENT_GONE)
-        except zmq.ZMQError:
-            return
-        finally:
-            monitor.close(linger=0)
-
-    thread = threading.Thread(target=watch, name="envrunner-connection-watch", daemon=True)
-    thread.start()
-    return thread
-
-
-def _watch_parent(fd: int) -> None:
-    """Exit the moment the caller's end of the key pipe closes (the caller died or left)."""
-
-    def watch() -> None:
-        try:
-            while os.read(fd, 4096):
-                pass
-        except OSError:
-            pass
-        os._exit(EXIT_PARENT_GONE)
-
-    threading.Thread(target=watch, name="envrunner-parent-watch", daemon=True).start()
 
 
 def _versions() -> Dict[str, str]:
@@ -220,6 +162,11 @@ class Worker:
         self.pickle_protocol = 5
         self.arena: Optional[Arena] = None
         self.threshold = 0
+        self.max_frame: Optional[int] = None  # the broker's MAXMSGSIZE (None: no limit)
+        self.blocks: List[List[Any]] = []  # the arena blocks of the answer being sent
+        #: Waits for the caller's first message (a remote worker says what it sees); None:
+        #: a plain poll of up to ``WELCOME_TIMEOUT_MS``.
+        self.wait_welcome: Optional[Callable[[], bool]] = None
         #: The caller's blocks this worker is done with, told with the next result.
         self.freed: List[List[Any]] = []
         self.mapper = Mapper(lambda name, offset: self.freed.append([name, offset]))
@@ -245,7 +192,11 @@ class Worker:
                 pickle_protocol=pickle.HIGHEST_PROTOCOL,
             )
         )
-        if not self.control.socket.poll(WELCOME_TIMEOUT_MS):
+        if self.wait_welcome is not None:
+            arrived = self.wait_welcome()
+        else:
+            arrived = bool(self.control.socket.poll(WELCOME_TIMEOUT_MS))
+        if not arrived:
             os._exit(EXIT_NO_WELCOME)
         welcome = self.control.receive()
         if not isinstance(welcome, Welcome):
@@ -264,6 +215,7 @@ class Worker:
             print(f"envrunner worker: cannot enter {welcome.cwd}: {exc}", file=sys.stderr)
         position = 1 if sys.path else 0
         sys.path[position:position] = [p for p in welcome.sys_path if p not in sys.path]
+        self.max_frame = self.max_frame or welcome.options.get("max_frame")
         shared = welcome.options.get("shm")
         if shared and shm.available():
             self.arena = Arena(f"envrunner-{shared['owner']}-{os.getpid()}")
@@ -286,7 +238,7 @@ class Worker:
                     if isinstance(message, Call):
                         if channel is self.control:  # direct calls are never sent ahead
                             self.mark_started(message.call_id)
-                        channel.send(self.run(message))
+                        self.send_answer(channel, message, self.run(message))
                     elif isinstance(message, Release):
                         self.release(message)
                     elif isinstance(message, Shutdown):
@@ -294,6 +246,22 @@ class Worker:
         finally:
             if self.arena is not None:
                 self.arena.close()
+
+    def send_answer(self, channel: Channel, call: Call, result: Result) -> None:
+        """Send a call's answer; one that cannot be sent is replaced by the error saying why."""
+        try:
+            channel.send(result)
+            self.blocks = []
+        except EncodeError as exc:
+            self.release_blocks(result)
+            channel.send(self.failure(call, exc, skip_frames=None))
+
+    def release_blocks(self, result: Result) -> None:
+        """Give back the arena blocks of an answer that was never sent."""
+        blocks, self.blocks = self.blocks, []
+        if self.arena is not None:
+            for name, offset in blocks:
+                self.arena.free(name, offset)
 
     def mark_started(self, call_id: int) -> None:
         """Record, where the broker can read it after a crash, which call starts now.
@@ -323,7 +291,9 @@ class Worker:
             ) from None
 
     def encoder(self) -> Encoder:
-        return Encoder(self.by_value, self.pickle_protocol, self.arena, self.threshold)
+        return Encoder(
+            self.by_value, self.pickle_protocol, self.arena, self.threshold, self.max_frame
+        )
 
     def function(self, code: bytes) -> Callable[..., Any]:
         fn = self.functions.get(code)
@@ -372,15 +342,16 @@ class Worker:
         try:
             body, buffers = encoder.encode(value)
         except EncodeError as exc:
+            fix = "" if exc.what else ". Return plain data instead (lists, dicts, numpy arrays)"
             unsendable = EncodeError(
                 f"the result of {name} in environment {self.env!r} (a {type_name(value)}) "
-                f"cannot be sent back: {exc}. Return plain data instead (lists, dicts, numpy "
-                "arrays)",
+                f"cannot be sent back: {exc}{fix}",
                 what="result",
             )
             return self.failure(call, unsendable, skip_frames=None)
         del value
         _flush()
+        self.blocks = encoder.blocks
         return self.answer(call, True, body, buffers, encoder.segments)
 
     def answer(
@@ -418,6 +389,7 @@ class Worker:
             message = str(exc)
         except Exception:
             message = f"<unprintable {type(exc).__name__}>"
+        message, text = _clip(message), _clip(text)  # the error travels in the header
         error_body: Optional[bytes] = None
         if isinstance(exc, Exception):  # SystemExit and the like must not end the caller
             try:
@@ -426,12 +398,22 @@ class Worker:
                 error_body, error_buffers = None, []
             if error_buffers:
                 error_body = None
-        body, _ = Encoder(False).encode([type_name(exc), message, text, error_body])
+        if error_body is not None and len(error_body) > ERROR_BYTES:
+            error_body = None  # the caller gets a RemoteError with the text instead
+        body, _ = Encoder(False, max_body=None).encode([type_name(exc), message, text, error_body])
         _flush()
         return self.answer(call, False, body)
 
 
 _TB_HEAD = "Traceback (most recent call last):\n"
+ERROR_BYTES = 4 * 1024 * 1024  # an error's message, traceback and pickled exception, each
+
+
+def _clip(text: str, limit: int = ERROR_BYTES // 4) -> str:
+    if len(text) <= limit:
+        return text
+    cut = f"\n... ({len(text) - limit:,} characters cut) ...\n"
+    return text[: limit // 2] + cut + text[-limit // 2 :]
 
 
 def _short_repr(value: Any, limit: int = 120) -> str:
@@ -455,6 +437,7 @@ class _Arguments:
 
     connect = direct = id = key_file = curve_server_key = curve_client_key = env = started = ""
     max_message = key_fd = -1
+    start_timeout = WELCOME_TIMEOUT_MS / 1000
 
 
 def _arguments(argv: List[str]) -> _Arguments:
@@ -470,6 +453,7 @@ def _arguments(argv: List[str]) -> _Arguments:
         "--env",
         "--max-message",
         "--key-fd",
+        "--start-timeout",
         "--append-path",  # applied by the entry module, before the runtime is imported
     }
     if len(argv) % 2:
@@ -480,6 +464,8 @@ def _arguments(argv: List[str]) -> _Arguments:
         name = flag[2:].replace("-", "_")
         if name in ("max_message", "key_fd"):
             setattr(args, name, int(value))
+        elif name == "start_timeout":
+            args.start_timeout = float(value)
         elif name != "append_path":
             setattr(args, name, value)
     for required in ("connect", "id", "env"):
@@ -499,10 +485,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             reconfigure(line_buffering=True)
     remote = args.key_fd < 0
     if remote:
-        key = _read_key_file(args.key_file)
+        key = read_key_file(args.key_file)
     else:
-        key = _read_key(args.key_fd)
-        _watch_parent(args.key_fd)
+        key = read_key(args.key_fd)
+        watch_parent(args.key_fd)
 
     import zmq
 
@@ -516,10 +502,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _curve(control, *curve)
     leaving = threading.Event()
     watching = None
+    joining = None
     if remote:
         control.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         control.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-        watching = _watch_connection(control, leaving)
+        joining = Joining(control, args.connect, args.start_timeout, args.curve_client_key)
     control.connect(args.connect)
     direct = None
     if args.direct:
@@ -533,9 +520,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.id,
         args.env,
     )
+    if args.max_message > 0:
+        worker.max_frame = args.max_message  # the broker's limit is the same as ours
     if args.started:
         worker.started_fd = os.open(args.started, os.O_WRONLY)
+    if joining is not None:
+        worker.wait_welcome = _joined(joining)
     welcome = worker.hello()
+    if joining is not None:
+        joining.close()
+        watching = watch_connection(control, leaving)
     worker.settle(welcome)
     interval = float(welcome.options.get("heartbeat") or 0)
     stop = threading.Event()
@@ -554,7 +548,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if socket is not None:
             socket.close()
     context.term()
+    if not remote:
+        end_group()
     return code
+
+
+def _joined(joining: Joining) -> Callable[[], bool]:
+    """The wait for the welcome of a worker on another machine: it says what it sees, and
+    exits with ``EXIT_NO_CALLER`` (after saying why) if no caller answers in time."""
+
+    def wait() -> bool:
+        if joining.wait():
+            return True
+        os._exit(EXIT_NO_CALLER)
+
+    return wait
 
 
 def _heartbeat(
