@@ -117,9 +117,7 @@ class EntryInfo:
     header: Mapping[str, Any] = field(repr=False)
 
 
-def call_key(
-    fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], env: EnvFacts
-) -> CallKey:
+def call_key(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], env: EnvFacts) -> CallKey:
     """The cache key of calling ``fn(*args, **kwargs)`` in ``env``.
 
     Raises:
@@ -248,8 +246,11 @@ class ResultCache:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(seen.get("time", 0))))
         if not reasons:
             return f"recomputing {name}(): its result of {when} was evicted or cleared"
-        return f"recomputing {name}(): " + "; ".join(reasons[:3]) + _more(reasons, 3) + (
-            f" since {when}"
+        return (
+            f"recomputing {name}(): "
+            + "; ".join(reasons[:3])
+            + _more(reasons, 3)
+            + (f" since {when}")
         )
 
     # ---------------------------------------------------------------- writing

@@ -132,9 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--delete", action="store_true", help="really remove them")
     gc.set_defaults(handler=_gc)
 
+    from . import _cli_results
     from ._cli_remote import add_verbs
 
     add_verbs(verbs, common)
+    _cli_results.add_verbs(verbs, common)
 
     schema = verbs.add_parser(
         "schema", help="print the manifest's JSON Schema (for editors: see docs/manifest.md)"

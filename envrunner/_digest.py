@@ -125,9 +125,8 @@ def _feed(h: Any, value: Any, where: str, depth: int) -> None:
         feeder(h, value, where, depth)
         return
     module = getattr(kind, "__module__", "")
-    if module == "numpy" or module.startswith("numpy."):
-        if _feed_numpy(h, value, where):
-            return
+    if (module == "numpy" or module.startswith("numpy.")) and _feed_numpy(h, value, where):
+        return
     _feed_pickle(h, value, where)
 
 

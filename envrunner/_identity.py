@@ -296,7 +296,7 @@ def _qualified(fn: Any) -> str:
 
 def _short(qualified: str) -> str:
     """``pkg.helpers.normalize`` -> ``normalize``; ``mod.Model.fit`` -> ``Model.fit``."""
-    module_and_name = qualified.split(".<locals>.")[-1]
+    module_and_name = qualified.rsplit(".<locals>.", maxsplit=1)[-1]
     pieces = module_and_name.split(".")
     if len(pieces) >= 2 and pieces[-2][:1].isupper():
         return ".".join(pieces[-2:])

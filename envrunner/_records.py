@@ -51,10 +51,23 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 GIT_TIMEOUT = 3.0
-_COLUMNS = (
-    "id task started ended outcome cache cache_key env env_key python host project "
-    "git_commit git_dirty data"
-).split()
+_COLUMNS = [
+    "id",
+    "task",
+    "started",
+    "ended",
+    "outcome",
+    "cache",
+    "cache_key",
+    "env",
+    "env_key",
+    "python",
+    "host",
+    "project",
+    "git_commit",
+    "git_dirty",
+    "data",
+]
 
 
 class UnknownRecordError(LookupError):

@@ -75,7 +75,9 @@ def test_a_miss_says_which_package_changed(cache: ResultCache) -> None:
     assert cache.get(later) is None
     reason = cache.miss_reason(later)
     assert reason is not None
-    assert reason.startswith("recomputing evaluate(): environment 'tf': numpy 1.26.4 -> 2.1.0 since ")
+    assert reason.startswith(
+        "recomputing evaluate(): environment 'tf': numpy 1.26.4 -> 2.1.0 since "
+    )
     assert cache.miss_reason(key([3])) is None  # never stored with these arguments
 
 
