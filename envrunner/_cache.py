@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._digest import digest_value, new_hash
+from ._digest import content_hash, digest_value
 from ._home import cache_dir, cache_limit
 from ._identity import Identity, describe_changes, function_identity
 
@@ -406,7 +406,7 @@ def _write_entry(
     path: Path, header: Mapping[str, Any], payload: bytes, views: Sequence[memoryview]
 ) -> int:
     head = json.dumps(header, sort_keys=True).encode()
-    digest = new_hash()
+    digest = content_hash()
     chunks: list[bytes | memoryview] = [MAGIC, _HEADER.pack(len(head)), head, payload, *views]
     for chunk in chunks:
         digest.update(chunk)
@@ -442,7 +442,7 @@ def _read_entry(path: Path) -> tuple[dict[str, Any], memoryview] | None:
     if got != size or size < len(MAGIC) + _HEADER.size + _DIGEST_BYTES:
         _unlink(path)
         return None
-    digest = new_hash()
+    digest = content_hash()
     digest.update(view[:-_DIGEST_BYTES])
     if digest.digest() != view[-_DIGEST_BYTES:] or view[: len(MAGIC)] != MAGIC:
         _unlink(path)

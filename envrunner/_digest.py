@@ -1,6 +1,7 @@
 """Digests of values: what a call's arguments (and a function's data globals) hash to.
 
-May import: the standard library, cloudpickle, numpy (only when a value is a numpy object).
+May import: the standard library, cloudpickle, blake3 (when installed), numpy (only when a value
+is a numpy object).
 
 One digest scheme, used for a call's arguments, for a function's closure values and for the
 plain-data globals it reads:
@@ -13,15 +14,16 @@ plain-data globals it reads:
   the order, so treating them as one would return a result computed for the other. Sets and
   frozensets are unordered: their items' digests are sorted.
 - **numpy arrays** by dtype, shape and a hash of their content, read from the array's own
-  buffer without a copy (a non-contiguous array is copied once to read it in order). Arrays of
-  16 MiB and more are hashed in 8 MiB pieces on several threads (hashlib releases the GIL).
+  buffer without a copy (a non-contiguous array is copied once to read it in order), with
+  BLAKE3 (the ``blake3`` package, about 3.5 GB/s on one core) or, where it is not installed,
+  BLAKE2b (about 1 GB/s; from 16 MiB on, in 8 MiB pieces on several threads).
   Numpy scalars by dtype and bytes. Arrays of Python objects (``dtype=object``) by pickle.
 - **anything else** by its pickle (cloudpickle, protocol 5): two objects equal in meaning may
   pickle differently (and so miss), and an object that pickles the same after a change the
   pickle does not show would hit. An object that cannot be pickled has no digest:
   :class:`UnhashableValueError` says which.
 
-The hash is BLAKE2b (32-byte digests, hex), from :mod:`hashlib`.
+Everything else is hashed with BLAKE2b from :mod:`hashlib` (32-byte digests, hex).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["UnhashableValueError", "digest_buffer", "digest_value", "new_hash"]
+__all__ = ["UnhashableValueError", "content_hash", "digest_buffer", "digest_value", "new_hash"]
 
 DIGEST_SIZE = 32
 #: Arrays at least this large are hashed piecewise on threads.
@@ -43,6 +45,12 @@ PIECE_BYTES = 8 << 20
 MAX_DEPTH = 100
 
 _threads: Any = None
+
+_blake3: Any
+try:
+    from blake3 import blake3 as _blake3
+except ImportError:  # a platform without its wheel: BLAKE2b from hashlib instead
+    _blake3 = None
 
 
 class UnhashableValueError(TypeError):
@@ -82,14 +90,22 @@ def digest_value(value: Any, where: str = "value") -> str:
 
 
 def digest_buffer(data: Any) -> bytes:
-    """The digest of a bytes-like object's content, on threads when it is large; no copy."""
-    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    """The digest of a bytes-like object's content (no copy), tagged with its algorithm.
+
+    BLAKE3 (the ``blake3`` package, 3-4x faster than BLAKE2b on large buffers) when installed;
+    else BLAKE2b, on several threads for large buffers. The tag keeps the two apart, so a
+    cache written with one is a miss, never a wrong hit, under the other.
+    """
+    view = memoryview(data)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
     size = view.nbytes
+    if _blake3 is not None:
+        return b"b3" + _blake3(view).digest()
     if size < PARALLEL_BYTES or (os.cpu_count() or 1) < 2:
-        return hashlib.blake2b(view, digest_size=DIGEST_SIZE).digest()
-    pool = _pool()
+        return b"b2" + hashlib.blake2b(view, digest_size=DIGEST_SIZE).digest()
     offsets = range(0, size, PIECE_BYTES)
-    pieces = pool.map(
+    pieces = _pool().map(
         lambda start: hashlib.blake2b(
             view[start : start + PIECE_BYTES], digest_size=DIGEST_SIZE
         ).digest(),
@@ -99,7 +115,14 @@ def digest_buffer(data: Any) -> bytes:
     top.update(struct.pack("<QQ", size, PIECE_BYTES))
     for piece in pieces:
         top.update(piece)
-    return top.digest()
+    return b"b2p" + top.digest()
+
+
+def content_hash() -> Any:
+    """A hasher for large content (cache entries): BLAKE3 when installed, else BLAKE2b."""
+    if _blake3 is not None:
+        return _blake3()
+    return new_hash()
 
 
 def _pool() -> Any:
@@ -236,4 +259,8 @@ def _feed_pickle(h: Any, value: Any, where: str) -> None:
             where, f"{kind.__module__}.{kind.__qualname__}", f"{type(exc).__name__}: {exc}"
         ) from None
     _tag(h, b"p", f"{kind.__module__}.{kind.__qualname__}".encode())
-    h.update(digest_buffer(data) if len(data) >= PARALLEL_BYTES else hashlib.blake2b(data).digest())
+    h.update(digest_buffer(data) if len(data) >= PARALLEL_BYTES else new_hash_of(data))
+
+
+def new_hash_of(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()

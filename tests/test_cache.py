@@ -40,7 +40,7 @@ def test_a_stored_result_comes_back_as_it_was_sent(cache: ResultCache) -> None:
     k = key([1, 2])
     assert cache.get(k) is None
     array = np.arange(1000, dtype=np.int64)
-    cache.put(k, b"head", [b"one", memoryview(array)])
+    cache.put(k, b"head", [b"one", array.data])
     hit = cache.get(k)
     assert hit is not None
     assert (hit.payload, bytes(hit.buffers[0]), hit.error) == (b"head", b"one", False)

@@ -224,6 +224,23 @@ def test_large_arrays_hash_in_pieces_the_same_each_time() -> None:
     assert digest_value(big) != digest_value(changed)
 
 
+def test_without_blake3_large_arrays_hash_with_blake2b_on_threads() -> None:
+    probe = (
+        "import sys; sys.modules['blake3'] = None\n"
+        "import numpy as np\n"
+        "from envrunner._digest import digest_value\n"
+        "big = np.arange(5_000_000, dtype=np.float64)\n"
+        "other = big.copy(); other[0] = -1\n"
+        "print(digest_value(big), digest_value(big.copy()), digest_value(other))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    first, again, other = out.stdout.split()
+    assert first == again != other
+    assert first != digest_value(np.arange(5_000_000, dtype=np.float64))  # blake3 here
+
+
 def test_other_objects_by_pickle_and_a_clear_error_when_they_do_not() -> None:
     import fractions
     import threading
