@@ -1,7 +1,7 @@
 """The result cache: encoded results on disk, keyed by code, arguments and environment.
 
 May import: the standard library, ``envrunner._digest``, ``envrunner._identity``,
-``envrunner._home``.
+``envrunner._home``, ``envrunner._environments`` (on first use, for :func:`env_facts`).
 
 A call's key (:func:`call_key`) is one digest over
 
@@ -37,11 +37,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._digest import content_hash, digest_value
 from ._home import cache_dir, cache_limit
 from ._identity import Identity, describe_changes, function_identity
+
+if TYPE_CHECKING:
+    from ._environments import Resolved
 
 __all__ = [
     "CachedResult",
@@ -51,6 +54,7 @@ __all__ = [
     "ResultCache",
     "call_key",
     "describe_packages",
+    "env_facts",
 ]
 
 MAGIC = b"envrunner-result-1\n"
@@ -122,6 +126,26 @@ class EntryInfo:
     error: bool
     path: Path
     header: Mapping[str, Any] = field(repr=False)
+
+
+def env_facts(resolved: Resolved) -> EnvFacts:
+    """What an environment contributes to keys: its build record's packages, or (for an
+    environment used as it is, which has no record) what its Python finds installed now.
+
+    Call it once per runner and environment, after the environment is built.
+    """
+    from ._environments import _packages, read_record
+
+    record = read_record(resolved.path) if resolved.key is not None else None
+    if record is not None:
+        packages = {p["name"]: p["version"] for p in record.get("packages", [])}
+    else:
+        packages = {name: version for name, version, _ in _packages(resolved)}
+    interpreter = resolved.interpreter
+    python = ".".join(map(str, interpreter.version))
+    if interpreter.implementation != "cpython":
+        python = f"{interpreter.implementation} {python}"
+    return EnvFacts(resolved.spec.name, resolved.key, python, packages)
 
 
 def call_key(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], env: EnvFacts) -> CallKey:

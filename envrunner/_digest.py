@@ -101,7 +101,8 @@ def digest_buffer(data: Any) -> bytes:
         view = view.cast("B")
     size = view.nbytes
     if _blake3 is not None:
-        return b"b3" + _blake3(view).digest()
+        digest: bytes = _blake3(view).digest()
+        return b"b3" + digest
     if size < PARALLEL_BYTES or (os.cpu_count() or 1) < 2:
         return b"b2" + hashlib.blake2b(view, digest_size=DIGEST_SIZE).digest()
     offsets = range(0, size, PIECE_BYTES)

@@ -136,6 +136,21 @@ def test_list_and_clear_by_task_and_age(cache: ResultCache) -> None:
     assert len(cache.entries()) == 1
 
 
+def test_env_facts_of_a_built_environment_name_its_packages(manifest_path: Path) -> None:
+    from envrunner._cache import env_facts
+    from envrunner._environments import build, resolve
+    from envrunner._manifest import load_manifest
+
+    resolved = resolve(load_manifest(manifest_path)["same"])
+    build(resolved, manifest_path=manifest_path)
+    facts = env_facts(resolved)
+    assert (facts.name, facts.key) == ("same", resolved.key)
+    assert facts.python == ".".join(map(str, sys.version_info[:3]))
+    assert facts.packages["six"] == "1.16.0"
+    assert facts.packages["numpy"].startswith("2.")
+    assert "cloudpickle" in facts.packages  # the worker runtime is part of what runs
+
+
 WRITER = """\
 import os, sys, time
 sys.path.insert(0, {tests!r})
