@@ -1,7 +1,7 @@
 """Call records: what ran, where, with what code and packages, and how it ended. Opt-in.
 
 May import: the standard library, ``envrunner._home``, ``envrunner._identity``,
-``envrunner._cache``.
+``envrunner._digest``, ``envrunner._callkey``.
 
 Records live in one SQLite database (``$ENVRUNNER_RECORDS``, default
 ``<ENVRUNNER_HOME>/runs.sqlite``) in WAL mode, so that several scripts (and their threads) write
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._cache import describe_packages
+from ._callkey import CallKey, EnvFacts, call_key, describe_packages
 from ._home import records_path
 from ._identity import describe_changes
 
@@ -42,9 +42,12 @@ __all__ = [
     "CallRecord",
     "RecordStore",
     "UnknownRecordError",
+    "call_record",
     "caller_project_dir",
+    "describe_call",
     "diff_records",
     "new_call_id",
+    "outcome_of",
     "project_state",
     "this_host",
 ]
@@ -106,6 +109,73 @@ class CallRecord:
             arguments=dict(self.arguments), code=dict(self.code), packages=dict(self.packages)
         )
         return out
+
+
+def call_record(
+    *,
+    call_id: str,
+    task: str,
+    key: CallKey | None,
+    env: EnvFacts,
+    started: float,
+    ended: float | None,
+    error: BaseException | None,
+    cache: str,
+    project: tuple[Path, str | None, bool | None],
+) -> CallRecord:
+    """A record of one call, from what the runner holds when it ends.
+
+    Args:
+        call_id: :func:`new_call_id`, made when the call was submitted.
+        task: The task's qualified name (``module.qualname``).
+        key: The call's :class:`~envrunner._cache.CallKey` (see :func:`describe_call`), or None
+            when its arguments have no digest.
+        env: The environment's facts (:func:`envrunner._cache.env_facts`, once per runner).
+        started, ended: ``time.time()`` at submission and completion.
+        error: The call's exception, None when it returned.
+        cache: ``"hit"``, ``"miss"`` or ``"off"``.
+        project: ``(folder, commit, dirty)``: :func:`caller_project_dir` and
+            :func:`project_state` of it, taken once per runner.
+    """
+    folder, commit, dirty = project
+    return CallRecord(
+        id=call_id,
+        task=task,
+        started=started,
+        ended=ended,
+        outcome=outcome_of(error),
+        cache=cache,
+        env=env.name,
+        env_key=env.key,
+        python=env.python,
+        host=this_host(),
+        project=str(folder),
+        git_commit=commit,
+        git_dirty=dirty,
+        cache_key=key.key if key is not None and cache != "off" else None,
+        arguments=dict(key.argument_digests) if key is not None else {},
+        code=dict(key.identity.parts) if key is not None else {},
+        packages=dict(env.packages),
+    )
+
+
+def describe_call(fn: Any, args: Any, kwargs: Any, env: EnvFacts) -> CallKey | None:
+    """The call's key for a record when the cache is off; None if an argument has no digest."""
+    from ._digest import UnhashableValueError
+
+    try:
+        return call_key(fn, args, kwargs, env)
+    except (UnhashableValueError, TypeError):
+        return None
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """``"ok"``, ``"cancelled"`` or ``"error: ValueError"`` (the type's name, never its text)."""
+    if error is None:
+        return "ok"
+    if type(error).__name__ == "CancelledError":
+        return "cancelled"
+    return f"error: {type(error).__name__}"
 
 
 def new_call_id() -> str:

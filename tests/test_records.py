@@ -146,3 +146,40 @@ def test_project_state_reads_the_commit_and_the_dirty_flag(tmp_path: Path) -> No
     assert project_state(tmp_path) == (head, False)
     (tmp_path / "task.py").write_text("x = 2\n")
     assert project_state(tmp_path) == (head, True)
+
+
+def test_a_call_record_from_a_key_holds_digests_and_never_values(tmp_path: Path) -> None:
+    import threading
+
+    from envrunner._cache import EnvFacts
+    from envrunner._records import call_record, caller_project_dir, describe_call
+
+    def evaluate(values: list[int], secret: str = "") -> int:
+        return len(values)
+
+    env = EnvFacts("tf", "k1", "3.12.3", {"numpy": "2.1.0"})
+    key = describe_call(evaluate, ([1, 2],), {"secret": "hunter2"}, env)
+    assert key is not None
+    folder = caller_project_dir()
+    made = call_record(
+        call_id=new_call_id(),
+        task=key.task,
+        key=key,
+        env=env,
+        started=1.0,
+        ended=2.0,
+        error=ValueError("hunter2 in the message"),
+        cache="off",
+        project=(folder, *project_state(folder)),
+    )
+    store = RecordStore(tmp_path / "runs.sqlite")
+    store.add(made)
+    store.close()
+    raw = (tmp_path / "runs.sqlite").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("runs.sqlite-*")
+    )
+    assert b"hunter2" not in raw
+    assert made.outcome == "error: ValueError"
+    assert set(made.arguments) == {"values", "secret"}
+    assert made.cache_key is None and made.packages == {"numpy": "2.1.0"}
+    assert describe_call(evaluate, (threading.Lock(),), {}, env) is None
