@@ -248,3 +248,39 @@ def test_other_objects_by_pickle_and_a_clear_error_when_they_do_not() -> None:
     assert digest_value(fractions.Fraction(1, 3)) == digest_value(fractions.Fraction(2, 6))
     with pytest.raises(UnhashableValueError, match=r"argument 'lock'.*_thread.lock.*cache=False"):
         digest_value(threading.Lock(), "argument 'lock'")
+
+
+RESULTS_MODULES = {
+    "_digest": {"cloudpickle", "blake3", "numpy"},
+    "_identity": {"envrunner._digest"},
+    "_callkey": {"envrunner._digest", "envrunner._identity", "envrunner._environments"},
+    "_cache": {"envrunner._callkey", "envrunner._digest", "envrunner._identity", "envrunner._home"},
+    "_records": {
+        "envrunner._home",
+        "envrunner._identity",
+        "envrunner._digest",
+        "envrunner._callkey",
+    },
+    "_cli_results": {"envrunner._cache", "envrunner._records", "envrunner._home"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESULTS_MODULES))
+def test_the_results_modules_import_only_what_their_docstring_allows(name: str) -> None:
+    import ast
+
+    path = Path(__file__).parent.parent / "envrunner" / f"{name}.py"
+    tree = ast.parse(path.read_text())
+    docstring = ast.get_docstring(tree) or ""
+    assert "May import:" in docstring
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            found.add(f"envrunner.{module}" if node.level else module.split(".")[0])
+    foreign = {m for m in found if m not in sys.stdlib_module_names and m != "__future__"}
+    assert foreign <= RESULTS_MODULES[name], foreign - RESULTS_MODULES[name]
+    for module in foreign:
+        assert f"``{module}``" in docstring or module in docstring, module
