@@ -273,7 +273,7 @@ def test_the_results_modules_import_only_what_their_docstring_allows(name: str) 
     tree = ast.parse(path.read_text())
     docstring = ast.get_docstring(tree) or ""
     assert "May import:" in docstring
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
