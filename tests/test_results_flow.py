@@ -138,3 +138,35 @@ def test_a_script_run_again_reuses_recomputes_on_change_and_says_why(tmp_path: P
     )
     assert "package: six 1.16.0 -> 1.15.0" in diff.stdout
     assert "code:" not in diff.stdout, diff.stdout  # the code did not change between those two
+
+
+def test_errors_are_stored_only_when_the_task_asks(tmp_path: Path) -> None:
+    from envrunner._cache import EnvFacts
+    from envrunner._results import CallResults
+
+    def divide(a: int, b: int) -> float:
+        return a / b
+
+    env = EnvFacts("app", "k", MINOR, {"six": "1.16.0"})
+    results = CallResults(records=tmp_path / "runs.sqlite", cache_dir=tmp_path / "cache")
+    failed = results.begin(divide, (1, 0), {}, env, cache=True)
+    results.finish(failed, payload=b"encoded ZeroDivisionError", error=ZeroDivisionError())
+    again = results.begin(divide, (1, 0), {}, env, cache=True, cache_errors=True)
+    assert again.cache == "miss"  # the error was not stored
+    results.finish(again, payload=b"encoded ZeroDivisionError", error=ZeroDivisionError())
+    third = results.begin(divide, (1, 0), {}, env, cache=True, cache_errors=True)
+    assert third.hit is not None and third.hit.error
+    results.finish(third, error=ZeroDivisionError())
+    off = results.begin(divide, (4, 2), {}, env, cache=False)
+    results.finish(off, payload=b"2.0")
+    assert results.cache.entries()[0].error and len(results.cache.entries()) == 1
+    assert results.records is not None
+    rows = results.records.list()
+    assert [(r.cache, r.outcome) for r in rows] == [
+        ("off", "ok"),
+        ("hit", "error: ZeroDivisionError"),
+        ("miss", "error: ZeroDivisionError"),
+        ("miss", "error: ZeroDivisionError"),
+    ]
+    assert rows[0].arguments.keys() == {"a", "b"} and rows[0].cache_key is None
+    results.close()
