@@ -51,6 +51,8 @@ from ._digest import UnhashableValueError, digest_value, new_hash
 __all__ = ["Identity", "describe_changes", "function_identity", "is_project_file"]
 
 _PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+#: Objects visited in one identity: id -> (the object, kept alive; its part name).
+_Seen = dict[int, tuple[Any, str]]
 _ENVRUNNER_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
 
 
@@ -75,15 +77,19 @@ def function_identity(fn: Any) -> Identity:
     Raises:
         TypeError: ``fn`` is not a Python function.
     """
-    target = _unwrap(fn)
+    target = fn
+    while not isinstance(target, types.FunctionType) and hasattr(target, "__wrapped__"):
+        target = target.__wrapped__  # a Task, a functools.partial-like wrapper object
     if not isinstance(target, types.FunctionType):
         raise TypeError(f"the cache needs a Python function, got {type(fn).__name__}")
     parts: dict[str, str] = {"python": _PYTHON}
-    _visit(target, parts, set())
+    _visit(target, parts, {})
     h = new_hash()
     for name in sorted(parts):
         h.update(name.encode() + b"\0" + parts[name].encode() + b"\0")
-    return Identity(_qualified(target), h.hexdigest(), dict(sorted(parts.items())))
+    innermost = _unwrap(target)  # a decorated task is named as its user wrote it
+    named = innermost if isinstance(innermost, types.FunctionType) else target
+    return Identity(_qualified(named), h.hexdigest(), dict(sorted(parts.items())))
 
 
 def describe_changes(old: Mapping[str, str], new: Mapping[str, str], function: str) -> list[str]:
@@ -135,11 +141,12 @@ def is_project_file(filename: str | None) -> bool:
 # --------------------------------------------------------------------------- parts
 
 
-def _visit(fn: types.FunctionType, parts: dict[str, str], seen: set[str]) -> str:
-    name = _qualified(fn)
-    if name in seen:
-        return name
-    seen.add(name)
+def _visit(fn: types.FunctionType, parts: dict[str, str], seen: _Seen) -> str:
+    known = seen.get(id(fn))
+    if known is not None:
+        return known[1]
+    name = _unique(_code_name(fn), seen)
+    seen[id(fn)] = (fn, name)
     code = fn.__code__
     h = new_hash()
     h.update(bytes.fromhex(_code_digest(code)))
@@ -170,8 +177,9 @@ def _visit(fn: types.FunctionType, parts: dict[str, str], seen: set[str]) -> str
     return name
 
 
-def _value_part(value: Any, parts: dict[str, str], seen: set[str], where: str) -> str:
-    target = _unwrap(value)
+def _value_part(value: Any, parts: dict[str, str], seen: _Seen, where: str) -> str:
+    # A function is visited as it is: a decorator's wrapper holds the wrapped one in its closure.
+    target = value if isinstance(value, types.FunctionType) else _unwrap(value)
     if isinstance(target, types.MethodType):
         target = target.__func__
     if isinstance(target, types.FunctionType):
@@ -191,17 +199,16 @@ def _value_part(value: Any, parts: dict[str, str], seen: set[str], where: str) -
         return f"opaque {kind.__module__}.{kind.__qualname__}"
 
 
-def _class_part(cls: type, parts: dict[str, str], seen: set[str]) -> str:
+def _class_part(cls: type, parts: dict[str, str], seen: _Seen) -> str:
     name = f"{cls.__module__}.{cls.__qualname__}"
-    try:
-        filename = inspect.getsourcefile(cls)
-    except (TypeError, OSError):
-        filename = None
+    filename = _class_file(cls)
     if filename is None or not is_project_file(filename):
         return "ref " + name
-    if name in seen:
-        return "class " + name
-    seen.add(name)
+    known = seen.get(id(cls))
+    if known is not None:
+        return "class " + known[1]
+    name = _unique(name, seen)
+    seen[id(cls)] = (cls, name)
     h = new_hash()
     for attribute, value in sorted(vars(cls).items()):
         if attribute in ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"):
@@ -217,6 +224,32 @@ def _class_part(cls: type, parts: dict[str, str], seen: set[str]) -> str:
             h.update(_value_part(item, parts, seen, f"{name}.{attribute}").encode())
     parts[f"code {name}"] = h.hexdigest()
     return "class " + name
+
+
+def _class_file(cls: type) -> str | None:
+    """Where a class is defined: its methods' file, else its module's (None: not known)."""
+    for value in vars(cls).values():
+        inner = value
+        if isinstance(value, (staticmethod, classmethod)):
+            inner = value.__func__
+        elif isinstance(value, property):
+            inner = value.fget
+        if isinstance(inner, types.FunctionType):
+            return inner.__code__.co_filename
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, "__file__", None)
+
+
+def _unique(name: str, seen: _Seen) -> str:
+    """``name``, or ``name#2`` ... when another object (a second closure of one inner function,
+    a second wrapper of one decorator) already has it: numbered in the order they are read."""
+    taken = {given for _, given in seen.values()}
+    if name not in taken:
+        return name
+    number = 2
+    while f"{name}#{number}" in taken:
+        number += 1
+    return f"{name}#{number}"
 
 
 def _data_digest(value: Any, where: str) -> str:
@@ -294,10 +327,20 @@ def _qualified(fn: Any) -> str:
     return f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn.__name__)}"
 
 
+def _code_name(fn: types.FunctionType) -> str:
+    """Where the code was written, ``module.qualname``: a wrapper made by ``functools.wraps``
+    carries the wrapped one's names, its code does not."""
+    module = fn.__globals__.get("__name__", fn.__module__)
+    return f"{module}.{getattr(fn.__code__, 'co_qualname', fn.__qualname__)}"
+
+
 def _short(qualified: str) -> str:
-    """``pkg.helpers.normalize`` -> ``normalize``; ``mod.Model.fit`` -> ``Model.fit``."""
-    module_and_name = qualified.rsplit(".<locals>.", maxsplit=1)[-1]
-    pieces = module_and_name.split(".")
+    """``pkg.helpers.normalize`` -> ``normalize``; ``mod.Model.fit`` -> ``Model.fit``;
+    ``mod.make.<locals>.scale`` -> ``make.scale``."""
+    if ".<locals>." in qualified:
+        head, _, rest = qualified.partition(".<locals>.")
+        return head.rpartition(".")[2] + "." + rest.replace(".<locals>.", ".")
+    pieces = qualified.split(".")
     if len(pieces) >= 2 and pieces[-2][:1].isupper():
         return ".".join(pieces[-2:])
     return pieces[-1]

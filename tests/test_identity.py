@@ -128,7 +128,7 @@ def test_a_closure_value_changes_the_identity(project: Path) -> None:
     before = identity_of(project)
     edit(project / "tasks.py", "make_scaler(3)", "make_scaler(4)")
     after = identity_of(project)
-    assert changes(before, after) == ["closure value factor of scale() changed"]
+    assert changes(before, after) == ["closure value factor of make_scaler.scale() changed"]
 
 
 def test_the_task_own_code_and_its_defaults_count(project: Path) -> None:
@@ -164,6 +164,64 @@ def test_functions_calling_each_other_are_followed_once() -> None:
         "code cycle.ping",
         "code cycle.pong",
     }
+
+
+def identity_of_source(source: str, entry: str) -> dict[str, str]:
+    namespace: dict[str, object] = {"__name__": "proj"}
+    exec(compile(source, "<proj>", "exec"), namespace)
+    return dict(function_identity(namespace[entry]).parts)
+
+
+DECORATED = """\
+import functools
+
+def logged(fn):
+    @functools.wraps(fn)
+    def wrapper(*args):
+        return fn(*args)
+    return wrapper
+
+@logged
+def helper(x):
+    return x + 1
+
+class Model:
+    scale = 2
+
+    def fit(self, x):
+        return x * self.scale
+
+def task(x):
+    return Model().fit(helper(x))
+"""
+
+
+def test_decorated_helpers_and_classes_of_the_project_are_followed() -> None:
+    before = identity_of_source(DECORATED, "task")
+    assert "code proj.helper" in before and "code proj.Model" in before
+    changed_helper = identity_of_source(DECORATED.replace("x + 1", "x + 2"), "task")
+    assert describe_changes(before, changed_helper, "proj.task") == ["helper helper() changed"]
+    changed_method = identity_of_source(DECORATED.replace("x * self", "x / self"), "task")
+    assert describe_changes(before, changed_method, "proj.task") == ["helper Model.fit() changed"]
+    changed_attribute = identity_of_source(DECORATED.replace("scale = 2", "scale = 3"), "task")
+    assert describe_changes(before, changed_attribute, "proj.task") == ["helper Model() changed"]
+    changed_decorator = identity_of_source(DECORATED.replace("fn(*args)", "fn(*args[:1])"), "task")
+    assert describe_changes(before, changed_decorator, "proj.task") == [
+        "helper logged.wrapper() changed"
+    ]
+
+
+def test_two_closures_of_one_inner_function_are_both_counted() -> None:
+    source = (
+        "def make(k):\n    def scale(x):\n        return x * k\n    return scale\n"
+        "double, triple = make(2), make(3)\n"
+        "def task(x):\n    return double(x) + triple(x)\n"
+    )
+    before = identity_of_source(source, "task")
+    after = identity_of_source(source.replace("make(3)", "make(4)"), "task")
+    assert describe_changes(before, after, "proj.task") == [
+        "closure value k of make.scale#2() changed"
+    ]
 
 
 def test_a_lock_in_the_globals_is_counted_by_type() -> None:
