@@ -184,6 +184,8 @@ class ResultCache:
             "env": _env_json(key.env),
         }
         path = self._entry_path(key.key)
+        if not self.root.exists():  # results may be private: the folder is the user's alone
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         size = _write_entry(path, header, payload, views)
         self._remember(key, now)
         self._maybe_evict(size)

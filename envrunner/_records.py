@@ -236,6 +236,8 @@ class RecordStore:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else records_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # private to the user, as the rest of the home
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False

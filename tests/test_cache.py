@@ -41,6 +41,7 @@ def test_a_stored_result_comes_back_as_it_was_sent(cache: ResultCache) -> None:
     assert cache.get(k) is None
     array = np.arange(1000, dtype=np.int64)
     cache.put(k, b"head", [b"one", array.data])
+    assert cache.root.stat().st_mode & 0o777 == 0o700
     hit = cache.get(k)
     assert hit is not None
     assert (hit.payload, bytes(hit.buffers[0]), hit.error) == (b"head", b"one", False)

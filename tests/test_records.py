@@ -46,6 +46,7 @@ def record(**changes: object) -> CallRecord:
 
 def test_a_record_reads_back_whole(tmp_path: Path) -> None:
     store = RecordStore(tmp_path / "runs.sqlite")
+    assert (tmp_path / "runs.sqlite").stat().st_mode & 0o777 == 0o600
     written = record(git_dirty=None, git_commit=None, ended=None)
     store.add(written)
     assert store.get(written.id[:6]) == written
