@@ -27,7 +27,16 @@ from ._identity import Identity, function_identity
 if TYPE_CHECKING:
     from ._environments import Resolved
 
-__all__ = ["CallKey", "EnvFacts", "call_key", "describe_packages", "env_facts"]
+__all__ = [
+    "CallInputs",
+    "CallKey",
+    "EnvFacts",
+    "call_inputs",
+    "call_key",
+    "describe_packages",
+    "env_facts",
+    "key_for",
+]
 
 
 @dataclass(frozen=True)
@@ -96,11 +105,41 @@ def call_key(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], env: EnvFa
     Raises:
         envrunner._digest.UnhashableValueError: an argument has no digest (it names which).
     """
+    return key_for(call_inputs(fn, args, kwargs), env)
+
+
+@dataclass(frozen=True)
+class CallInputs:
+    """The caller's half of a key: the function's identity and the arguments' digests, taken
+    when the call is submitted (the arguments may change after)."""
+
+    identity: Identity
+    arguments: str
+    argument_digests: Mapping[str, str]
+
+
+def call_inputs(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> CallInputs:
+    """The function's identity and the arguments' digests, without the environment.
+
+    Raises:
+        envrunner._digest.UnhashableValueError: an argument has no digest (it names which).
+    """
     identity = function_identity(fn)
     digests = _argument_digests(fn, args, kwargs)
-    arguments = digest_value(list(digests.items()))
-    key = digest_value(["envrunner-call-1", identity.digest, arguments, env.digest])
-    return CallKey(identity.function, key, identity, arguments, digests, env)
+    return CallInputs(identity, digest_value(list(digests.items())), digests)
+
+
+def key_for(inputs: CallInputs, env: EnvFacts) -> CallKey:
+    """The key of a call whose inputs are known, in ``env``."""
+    key = digest_value(["envrunner-call-1", inputs.identity.digest, inputs.arguments, env.digest])
+    return CallKey(
+        inputs.identity.function,
+        key,
+        inputs.identity,
+        inputs.arguments,
+        inputs.argument_digests,
+        env,
+    )
 
 
 def _argument_digests(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:

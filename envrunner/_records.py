@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._callkey import CallKey, EnvFacts, call_key, describe_packages
+from ._callkey import CallKey, EnvFacts, describe_packages
 from ._home import records_path
 from ._identity import describe_changes
 
@@ -44,7 +44,6 @@ __all__ = [
     "UnknownRecordError",
     "call_record",
     "caller_project_dir",
-    "describe_call",
     "diff_records",
     "new_call_id",
     "outcome_of",
@@ -128,8 +127,8 @@ def call_record(
     Args:
         call_id: :func:`new_call_id`, made when the call was submitted.
         task: The task's qualified name (``module.qualname``).
-        key: The call's :class:`~envrunner._cache.CallKey` (see :func:`describe_call`), or None
-            when its arguments have no digest.
+        key: The call's :class:`~envrunner._callkey.CallKey` (made even when the cache is off),
+            or None when its arguments have no digest.
         env: The environment's facts (:func:`envrunner._cache.env_facts`, once per runner).
         started, ended: ``time.time()`` at submission and completion.
         error: The call's exception, None when it returned.
@@ -157,16 +156,6 @@ def call_record(
         code=dict(key.identity.parts) if key is not None else {},
         packages=dict(env.packages),
     )
-
-
-def describe_call(fn: Any, args: Any, kwargs: Any, env: EnvFacts) -> CallKey | None:
-    """The call's key for a record when the cache is off; None if an argument has no digest."""
-    from ._digest import UnhashableValueError
-
-    try:
-        return call_key(fn, args, kwargs, env)
-    except (UnhashableValueError, TypeError):
-        return None
 
 
 def outcome_of(error: BaseException | None) -> str:

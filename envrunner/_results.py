@@ -1,15 +1,18 @@
 """A runner's side of cached results and call records: what the core calls around each call.
 
 May import: the standard library, ``envrunner._cache``, ``envrunner._callkey``,
-``envrunner._records``, ``envrunner._home``.
+``envrunner._digest``, ``envrunner._records``, ``envrunner._home``.
 
 One :class:`CallResults` per runner; each call goes through it twice::
 
     caller thread                                 when the call ends (any thread)
     -------------                                 ------------------------------
-    pending = results.begin(fn, args, kwargs,
-                            facts, cache=...)
-      key = call_key(...)        (cache on, or records on)
+    inputs = results.inputs(fn, args, kwargs,     (at submission: identity, argument digests)
+                            cache=...)
+    ... once the environment is built:
+    pending = results.begin(fn, inputs, facts,
+                            cache=...)
+      key = key_for(inputs, facts)
       hit = cache.get(key)       (cache on)
       miss after an earlier store: log why
     pending.hit is not None:
@@ -32,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from ._cache import CachedResult, ResultCache
-from ._callkey import CallKey, EnvFacts, call_key, env_facts
+from ._callkey import CallInputs, CallKey, EnvFacts, call_inputs, env_facts, key_for
+from ._digest import UnhashableValueError
 from ._records import (
     RecordStore,
     call_record,
     caller_project_dir,
-    describe_call,
     new_call_id,
     project_state,
 )
@@ -123,7 +126,64 @@ class CallResults:
                 self._facts[name] = facts
         return facts
 
+    def inputs(
+        self, fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], *, cache: bool
+    ) -> CallInputs | None:
+        """At submission, in the caller's thread: the function's identity and the arguments'
+        digests, taken before the caller can change the arguments. None when neither the
+        cache (``cache``) nor records need them, or, for records alone, when an argument has
+        no digest.
+
+        Raises:
+            envrunner._digest.UnhashableValueError: ``cache`` is on and an argument has no
+                digest (its message names the argument and says ``.options(cache=False)``).
+        """
+        if cache:
+            return call_inputs(fn, args, kwargs)
+        if self.records is None:
+            return None
+        try:
+            return call_inputs(fn, args, kwargs)
+        except (UnhashableValueError, TypeError):
+            return None
+
     def begin(
+        self,
+        fn: Any,
+        inputs: CallInputs | None,
+        env: EnvFacts,
+        *,
+        cache: bool,
+        cache_errors: bool = False,
+        started: float | None = None,
+    ) -> PendingCall:
+        """Once the environment is known (built): look the call up and start its record.
+
+        Args:
+            fn: The task's function (for its name when ``inputs`` is None).
+            inputs: From :meth:`inputs` (required when ``cache``).
+            env: :meth:`environment` of the call's environment.
+            cache: Whether the call uses the cache.
+            cache_errors: Whether an exception is stored too.
+            started: When the call was submitted (default: now).
+        """
+        started = time.time() if started is None else started
+        key = key_for(inputs, env) if inputs is not None else None
+        if not cache or key is None:
+            task = key.task if key is not None else _qualified(fn)
+            return PendingCall(new_call_id(), task, key, env, started, "off")
+        hit = self.cache.get(key)
+        reason = None
+        if hit is None:
+            reason = self.cache.miss_reason(key)
+            if reason is not None:
+                log.info(reason)
+        state = "hit" if hit is not None else "miss"
+        return PendingCall(
+            new_call_id(), key.task, key, env, started, state, hit, reason, cache_errors
+        )
+
+    def begin_call(
         self,
         fn: Any,
         args: Sequence[Any],
@@ -133,29 +193,9 @@ class CallResults:
         cache: bool,
         cache_errors: bool = False,
     ) -> PendingCall:
-        """Look the call up (``cache``) and start its record (records on).
-
-        Raises:
-            envrunner._digest.UnhashableValueError: ``cache`` is on and an argument has no
-                digest (its message names the argument and says ``.options(cache=False)``).
-        """
-        started = time.time()
-        if cache:
-            key: CallKey | None = call_key(fn, args, kwargs, env)
-            assert key is not None
-            hit = self.cache.get(key)
-            reason = None
-            if hit is None:
-                reason = self.cache.miss_reason(key)
-                if reason is not None:
-                    log.info(reason)
-            state = "hit" if hit is not None else "miss"
-            return PendingCall(
-                new_call_id(), key.task, key, env, started, state, hit, reason, cache_errors
-            )
-        key = describe_call(fn, args, kwargs, env) if self.records is not None else None
-        task = key.task if key is not None else _qualified(fn)
-        return PendingCall(new_call_id(), task, key, env, started, "off")
+        """:meth:`inputs` and :meth:`begin` at once, for an environment known at submission."""
+        inputs = self.inputs(fn, args, kwargs, cache=cache)
+        return self.begin(fn, inputs, env, cache=cache, cache_errors=cache_errors)
 
     def finish(
         self,

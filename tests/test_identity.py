@@ -320,6 +320,13 @@ RESULTS_MODULES = {
         "envrunner._callkey",
     },
     "_cli_results": {"envrunner._cache", "envrunner._records", "envrunner._home"},
+    "_results": {
+        "envrunner._cache",
+        "envrunner._callkey",
+        "envrunner._digest",
+        "envrunner._records",
+        "envrunner._home",
+    },
 }
 
 

@@ -15,6 +15,7 @@ from envrunner._records import (
     CallRecord,
     RecordStore,
     UnknownRecordError,
+    caller_project_dir,
     diff_records,
     new_call_id,
     project_state,
@@ -153,29 +154,19 @@ def test_a_call_record_from_a_key_holds_digests_and_never_values(tmp_path: Path)
     import threading
 
     from envrunner._cache import EnvFacts
-    from envrunner._records import call_record, caller_project_dir, describe_call
+    from envrunner._results import CallResults
 
     def evaluate(values: list[int], secret: str = "") -> int:
         return len(values)
 
     env = EnvFacts("tf", "k1", "3.12.3", {"numpy": "2.1.0"})
-    key = describe_call(evaluate, ([1, 2],), {"secret": "hunter2"}, env)
-    assert key is not None
-    folder = caller_project_dir()
-    made = call_record(
-        call_id=new_call_id(),
-        task=key.task,
-        key=key,
-        env=env,
-        started=1.0,
-        ended=2.0,
-        error=ValueError("hunter2 in the message"),
-        cache="off",
-        project=(folder, *project_state(folder)),
-    )
-    store = RecordStore(tmp_path / "runs.sqlite")
-    store.add(made)
-    store.close()
+    results = CallResults(records=tmp_path / "runs.sqlite", cache_dir=tmp_path / "cache")
+    inputs = results.inputs(evaluate, ([1, 2],), {"secret": "hunter2"}, cache=False)
+    pending = results.begin(evaluate, inputs, env, cache=False, started=1.0)
+    results.finish(pending, payload=b"x", error=ValueError("hunter2 in the message"))
+    assert results.records is not None
+    (made,) = results.records.list()
+    results.close()
     raw = (tmp_path / "runs.sqlite").read_bytes() + b"".join(
         p.read_bytes() for p in tmp_path.glob("runs.sqlite-*")
     )
@@ -183,4 +174,6 @@ def test_a_call_record_from_a_key_holds_digests_and_never_values(tmp_path: Path)
     assert made.outcome == "error: ValueError"
     assert set(made.arguments) == {"values", "secret"}
     assert made.cache_key is None and made.packages == {"numpy": "2.1.0"}
-    assert describe_call(evaluate, (threading.Lock(),), {}, env) is None
+    assert made.started == 1.0 and made.git_commit == project_state(caller_project_dir())[0]
+    assert results.inputs(evaluate, (threading.Lock(),), {}, cache=False) is None
+    assert results.cache.entries() == []  # cache off: nothing stored

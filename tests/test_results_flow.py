@@ -60,7 +60,7 @@ with envrunner.Runner(manifest, progress=False) as runner:
     runner.prepare("app")
     results = CallResults(records=True)
     facts = results.environment(resolve(runner.manifest["app"]))
-    pending = results.begin(evaluate, ([1, 3],), {}, facts, cache=True)
+    pending = results.begin_call(evaluate, ([1, 3],), {}, facts, cache=True)
     if pending.hit is not None:
         value = pickle.loads(pending.hit.payload)
         results.finish(pending)
@@ -149,15 +149,15 @@ def test_errors_are_stored_only_when_the_task_asks(tmp_path: Path) -> None:
 
     env = EnvFacts("app", "k", MINOR, {"six": "1.16.0"})
     results = CallResults(records=tmp_path / "runs.sqlite", cache_dir=tmp_path / "cache")
-    failed = results.begin(divide, (1, 0), {}, env, cache=True)
+    failed = results.begin_call(divide, (1, 0), {}, env, cache=True)
     results.finish(failed, payload=b"encoded ZeroDivisionError", error=ZeroDivisionError())
-    again = results.begin(divide, (1, 0), {}, env, cache=True, cache_errors=True)
+    again = results.begin_call(divide, (1, 0), {}, env, cache=True, cache_errors=True)
     assert again.cache == "miss"  # the error was not stored
     results.finish(again, payload=b"encoded ZeroDivisionError", error=ZeroDivisionError())
-    third = results.begin(divide, (1, 0), {}, env, cache=True, cache_errors=True)
+    third = results.begin_call(divide, (1, 0), {}, env, cache=True, cache_errors=True)
     assert third.hit is not None and third.hit.error
     results.finish(third, error=ZeroDivisionError())
-    off = results.begin(divide, (4, 2), {}, env, cache=False)
+    off = results.begin_call(divide, (4, 2), {}, env, cache=False)
     results.finish(off, payload=b"2.0")
     assert results.cache.entries()[0].error and len(results.cache.entries()) == 1
     assert results.records is not None
