@@ -150,11 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     gc.set_defaults(handler=_gc)
 
+    from . import _cli_results
     from ._cli_lock import add_verbs as add_lock_verbs
     from ._cli_remote import add_verbs
 
     add_verbs(verbs, common)
     add_lock_verbs(verbs, common)
+    _cli_results.add_verbs(verbs, common)
 
     schema = verbs.add_parser(
         "schema", help="print the manifest's JSON Schema (for editors: see docs/manifest.md)"
