@@ -56,7 +56,7 @@ from ._direct import DirectPath
 from ._process import Launcher, LaunchRequest, LocalLauncher, RemoteProcess, worker_environ
 from ._remote import RemoteDoor
 from ._runtime import wire
-from ._runtime.errors import EnvrunnerError, ProtocolError, WorkerStartError
+from ._runtime.errors import EncodeError, EnvrunnerError, ProtocolError, WorkerStartError
 from ._runtime.protocol import (
     KEY_BYTES,
     Heartbeat,
@@ -548,16 +548,30 @@ class Broker:
             self._free_blocks(request)  # cancelled while it waited
             return self.scheduler.dispatch_refused(ticket, time.monotonic())
         io = self._io[action.ident]
+        try:
+            frames = pack(request.message, self._signer, scope("to", io.ident))
+        except EncodeError as exc:  # too large to send: the call fails, the worker is free
+            more = self.scheduler.dispatch_refused(ticket, time.monotonic())
+            self._free_blocks(request)
+            self._done.append((sch.Complete(ticket, exc), future))
+            return more
         request.sent = True
         io.lent.update((name, offset) for name, offset in request.blocks)
         io.given.append(ticket)
-        self._send(io, request.message)
+        try:
+            wire.send(io.router, frames, (io.ident,))
+        except zmq.ZMQError as exc:
+            log.debug("cannot send to %r: %s", io, exc)  # gone: its exit fails the call
         return None
 
     def _do_complete(self, action: sch.Complete) -> None:
         request: CallRequest = action.ticket.body
         if not request.sent:
             self._free_blocks(request)
+        error = action.outcome
+        pool = self.scheduler.pools[action.ticket.env]
+        if isinstance(error, WorkerStartError) and not pool.config.local and self._door:
+            action = sch.Complete(action.ticket, self._door.explain(error, pool.env))
         self._done.append((action, request.future))
 
     def _do_shutdown(self, action: sch.Shutdown) -> None:
@@ -676,6 +690,8 @@ class Broker:
         options: dict[str, Any] = {}
         if self._shm_threshold and io.direct is not None:  # shared memory on this machine only
             options["shm"] = {"owner": os.getpid(), "threshold": self._shm_threshold}
+        if self._max_message > 0:
+            options["max_frame"] = self._max_message  # a joined worker has no --max-message
         beat = self.scheduler.heartbeat_timeout
         if beat is not None:
             options["heartbeat"] = min(5.0, max(0.2, beat / 6))

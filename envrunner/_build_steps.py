@@ -1,6 +1,7 @@
 """Running an installer's commands for a build: watched, logged, stopped with their caller.
 
-May import: the standard library and ``envrunner._progress``, ``envrunner._runtime``.
+May import: the standard library, uv (its package, only to find its binary), and
+``envrunner._progress``, ``envrunner._runtime``.
 
 Each command runs under a tiny watcher process, in a process group of its own::
 

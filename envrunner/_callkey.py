@@ -1,7 +1,8 @@
 """A call's cache key, and the facts of the environment it runs in.
 
 May import: the standard library, ``envrunner._digest``, ``envrunner._identity``,
-``envrunner._environments`` (on first use, for :func:`env_facts`).
+``envrunner._environments`` and
+``envrunner._records`` (on first use, for :func:`env_facts`).
 
 A call's key (:func:`call_key`) is one digest over
 

@@ -52,6 +52,13 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     worker.add_argument(
         "--insecure", action="store_true", help="connect without CurveZMQ (the caller must agree)"
     )
+    worker.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up (exit 77) when no caller welcomes it within this time (60)",
+    )
     worker.set_defaults(handler=_worker)
 
 
@@ -97,6 +104,7 @@ def _worker(args: argparse.Namespace) -> int:
     identity = f"r-{args.client or 'insecure'}-{socket.gethostname()}-{os.getpid()}"
     argv = [str(ready.python), "-m", "envrunner.worker", "--connect", args.connect]
     argv += ["--id", identity, "--env", spec.name, "--key-file", str(session.absolute())]
+    argv += ["--start-timeout", str(args.start_timeout)]
     argv += [*curve, *(arg for path in ready.append_paths for arg in ("--append-path", path))]
     environ = worker_environ(os.environ, ready.bin_dir, ready.virtual_env, ready.environ)
     print(

@@ -31,6 +31,7 @@ from . import _scheduler as sch
 from ._calls import CallRequest, RawResult, UndecodedError
 from ._channels import DirectChannel, WorkerIO
 from ._runtime import wire
+from ._runtime.errors import EncodeError
 from ._runtime.protocol import Result, Shutdown, pack, unpack
 from ._runtime.shm import Mapper
 
@@ -77,10 +78,18 @@ class DirectPath:
             io.given.append(ticket)
         direct = io.direct
         assert direct is not None
+        try:
+            frames = pack(request.message, direct.signer, direct.outgoing)
+        except EncodeError:  # too large to send: the worker goes back, the error is the call's
+            with host.lock:
+                host.post(host.scheduler.answered_direct(io.ident, ticket, time.monotonic()))
+                io.given.clear()
+            self._let_go(io)
+            raise
         request.future.set_running_or_notify_cancel()
         deadline = None if ticket.timeout is None else time.monotonic() + ticket.timeout
         try:
-            wire.send(direct.socket, pack(request.message, direct.signer, direct.outgoing))
+            wire.send(direct.socket, frames)
             result = self._wait(io, direct, ticket, deadline)
         except KeyboardInterrupt:
             self._kill(io, sch.KillReason.INTERRUPTED)

@@ -61,6 +61,7 @@ def encode_arguments(
     same: bool,
     arena: Arena | None,
     threshold: int,
+    max_frame: int | None = None,
 ) -> tuple[bytes, list[Any], Encoder]:
     """Encode a call's arguments: body, frames, and the encoder (its blocks and refs).
 
@@ -69,7 +70,7 @@ def encode_arguments(
     """
     from ._runtime.codec import Encoder, type_name
 
-    encoder = Encoder(by_value=same, arena=arena, threshold=threshold)
+    encoder = Encoder(by_value=same, arena=arena, threshold=threshold, max_frame=max_frame)
     try:
         body, frames = encoder.encode([list(args), kwargs])
         return body, frames, encoder
@@ -85,7 +86,7 @@ def encode_arguments(
     labelled += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
     for label, value in labelled:
         try:
-            Encoder(by_value=same).encode(value)
+            Encoder(by_value=same, max_frame=max_frame).encode(value)
         except EncodeError as exc:
             raise EncodeError(
                 f"{label} of {name}, a {type_name(value)}, cannot be sent to environment "

@@ -1,6 +1,6 @@
 """Keys for workers on other machines: CurveZMQ key pairs and the session key, in one folder.
 
-May import: the standard library, zmq.
+May import: the standard library, zmq, ``envrunner._runtime.errors``.
 
 Layout of a keys folder (``envrunner keys DIR --client NAME``)::
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from ._runtime.errors import ProtocolError
+from ._runtime.errors import ProtocolError, WorkerStartError
 from ._runtime.protocol import Hello, Verifier, scope, unpack
 
 __all__ = ["RemoteDoor"]
@@ -41,15 +41,13 @@ class RemoteDoor:
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.MAXMSGSIZE, max_message)
         self._auth: Any = None
+        self.refused: Any = None
         if keys is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            from ._keys import server_keys
+            from ._keys import server_keys, start_authenticator
 
             public, secret = server_keys(keys)
-            self._auth = ThreadAuthenticator(context)
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(keys / "clients"))
+            # Refused keys are logged (once each) on envrunner.broker.
+            self._auth, self.refused = start_authenticator(context, keys)
             router.curve_secretkey = secret
             router.curve_publickey = public
             router.curve_server = True
@@ -68,6 +66,19 @@ class RemoteDoor:
             log.warning("dropped a message from an unknown remote peer %r", identity)
             return None
         return hello
+
+    def explain(self, error: WorkerStartError, env: str) -> WorkerStartError:
+        """``error`` (no worker joined ``env``) with how to start one, and refused keys."""
+        if "joined" not in error.reason:
+            return error
+        reason = (
+            f"{error.reason}; start one there with: envrunner worker {env} --connect "
+            f"{self.address} --keys DIR --client NAME"
+        )
+        refused = self.refused.summary() if self.refused is not None else ""
+        if refused:
+            reason += f". {refused}"
+        return WorkerStartError(error.env, error.pid, reason, error.stderr_tail, error.returncode)
 
     def close(self) -> None:
         self.router.close(linger=0)

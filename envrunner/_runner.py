@@ -413,7 +413,7 @@ class Runner:
         code, name = encode_function(fn, same, env, version, by_reference)
         threshold = self.shm_threshold if env not in self.remote_envs else 0  # one machine
         body, frames, encoder = encode_arguments(
-            fn, name, env, args, kwargs, same, self._arena, threshold
+            fn, name, env, args, kwargs, same, self._arena, threshold, self.max_message_bytes
         )
         try:
             pinned, pinned_what = pin(encoder.refs, env, name)

@@ -767,6 +767,11 @@ class Scheduler:
         self._send_ahead(pool, now)
         if not pool.queue:
             return
+        if pool.state is PoolState.FAILED:  # calls back from a dead worker: nowhere to run
+            assert pool.error is not None
+            while pool.queue:
+                self._complete(pool.queue.popleft(), pool.error)
+            return
         if not pool.config.local:
             if pool.state is PoolState.NEW:
                 pool.state = PoolState.READY
