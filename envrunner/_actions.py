@@ -147,8 +147,14 @@ class Slot:
     last_beat: float = 0.0
     calls: int = 0
     killed_for: KillReason | None = None
-    held: bool = False  # a calling thread uses its direct channel
+    stop_by: float | None = None  # told to go: killed if still there then
+    held_by: int | None = None  # the call whose calling thread uses its direct channel
     kept: set[int] = field(default_factory=set)  # ids of objects it keeps for the caller
+
+    @property
+    def held(self) -> bool:
+        """A calling thread uses its direct channel (the direct path)."""
+        return self.held_by is not None
 
     def __repr__(self) -> str:
         return (

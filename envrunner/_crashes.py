@@ -32,8 +32,9 @@ def sort_out_calls(
     died with it, and (back to the front of ``queue``) those it never started.
 
     It held its running call and the calls sent ahead, in the order it runs them; the id
-    it recorded as it began each one (``started``) says how far it got. Without that record
-    (or if it names none of them), the first is the one that was running.
+    it recorded as it began each one (``started``) says how far it got. A record naming an
+    earlier call (already answered) means it began none of these; without a record (0), or one
+    naming none of them, the first is the one that was running.
     """
     given = ([slot.running] if slot.running is not None else []) + list(slot.ahead)
     slot.running = None
@@ -41,12 +42,16 @@ def sort_out_calls(
     if not given:
         return None, []
     ids = [ticket.call_id for ticket in given]
-    running = ids.index(started) if started in ids else 0
+    # A record naming an earlier (answered) call: it began none of these.
+    began_none = 0 < started < ids[0]
+    running = -1 if began_none else (ids.index(started) if started in ids else 0)
     for waiting in reversed(given[running + 1 :]):  # never started: run them elsewhere
         waiting.state = CallState.QUEUED
         waiting.worker = None
         waiting.deadline = None
         queue.appendleft(waiting)  # (only unpinned calls are ever sent ahead)
+    if running < 0:
+        return None, []
     return given[running], given[:running]
 
 

@@ -84,7 +84,6 @@ class DirectPath:
             with host.lock:
                 host.post(host.scheduler.answered_direct(io.ident, ticket, time.monotonic()))
                 io.given.clear()
-            self._let_go(io)
             raise
         request.future.set_running_or_notify_cancel()
         deadline = None if ticket.timeout is None else time.monotonic() + ticket.timeout
@@ -93,10 +92,10 @@ class DirectPath:
             result = self._wait(io, direct, ticket, deadline)
         except KeyboardInterrupt:
             self._kill(io, sch.KillReason.INTERRUPTED)
-            self._let_go(io)
+            self._let_go(io, ticket)
             raise
         if result is None:  # it died or ran out of time: the scheduler's error says which
-            self._let_go(io)
+            self._let_go(io, ticket)
             value: RawResult = request.future.result()
             return value
         return self._give_back(io, ticket, result)
@@ -131,11 +130,11 @@ class DirectPath:
                 if isinstance(action, sch.Kill):
                     io.process.kill()
 
-    def _let_go(self, io: WorkerIO) -> None:
+    def _let_go(self, io: WorkerIO, ticket: sch.Ticket) -> None:
         """This thread is done with the worker's channel (its I/O is freed if it died)."""
         host = self._host
         with host.lock:
-            for action in host.scheduler.let_go(io.ident):
+            for action in host.scheduler.let_go(io.ident, ticket.call_id):
                 if isinstance(action, sch.Forget):
                     host.forget(action.ident)
 
@@ -153,7 +152,6 @@ class DirectPath:
                 else:
                     later.append(action)
             io.given.clear()
-        self._let_go(io)
         host.post(later)
         if io.output.pending():
             host.drain(io.ident, 5.0)

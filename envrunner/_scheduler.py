@@ -165,7 +165,9 @@ class Scheduler:
         if slot is not None:
             if slot.running is ticket:
                 slot.running = slot.ahead.popleft() if slot.ahead else None
-                if slot.running is None and slot.state is WorkerState.BUSY:
+                if slot.running is not None:
+                    self._start_clock(slot.running, now)
+                elif slot.state is WorkerState.BUSY:
                     slot.state = WorkerState.IDLE
                     slot.idle_since = now
             elif ticket in slot.ahead:
@@ -201,7 +203,7 @@ class Scheduler:
         if slot.running is not None:  # the next one sent ahead has started
             self._start_clock(slot.running, now)
         elif self._recycle(pool, slot):
-            self._shutdown(slot)
+            self._shutdown(slot, now)
         else:
             slot.state = WorkerState.IDLE
             slot.idle_since = now
@@ -239,9 +241,9 @@ class Scheduler:
         else:
             candidates = pool.workers
         for slot in candidates:
-            if slot.state is WorkerState.IDLE and not slot.joined:
+            if slot.state is WorkerState.IDLE and not slot.joined and not slot.held:
                 slot.state = WorkerState.DIRECT
-                slot.held = True
+                slot.held_by = ticket.call_id
                 slot.running = ticket
                 ticket.state = CallState.RUNNING
                 ticket.worker = slot.ident
@@ -261,9 +263,10 @@ class Scheduler:
             return []  # it died right after answering: its exit is reported as usual
         slot.calls += 1
         slot.running = None
+        slot.held_by = None  # the calling thread is done with its channel
         pool = self.pools[slot.env]
         if self._recycle(pool, slot):
-            self._shutdown(slot)
+            self._shutdown(slot, now)
         else:
             slot.state = WorkerState.IDLE
             slot.idle_since = now
@@ -277,12 +280,13 @@ class Scheduler:
         self._let_go(now)
         return self._emit()
 
-    def let_go(self, ident: bytes) -> list[Action]:
-        """The calling thread is done with a worker's direct channel."""
+    def let_go(self, ident: bytes, call_id: int | None = None) -> list[Action]:
+        """The calling thread of ``call_id`` is done with a worker's direct channel (after a
+        failure: its answer, ``answered_direct``, lets go by itself)."""
         slot = self.slots.get(ident)
-        if slot is None:
-            return []
-        slot.held = False
+        if slot is None or (call_id is not None and slot.held_by not in (None, call_id)):
+            return []  # (another thread holds it now)
+        slot.held_by = None
         if slot.state is WorkerState.DEAD:
             del self.slots[ident]
             return [Forget(ident)]
@@ -308,9 +312,12 @@ class Scheduler:
 
     def start_failed(self, ident: bytes, error: WorkerStartError, now: float) -> list[Action]:
         """A worker could not be launched at all (its interpreter is gone, no fds left)."""
-        slot = self.slots.pop(ident, None)
+        slot = self.slots.get(ident)
         if slot is None:
             return []
+        if slot.state is not WorkerState.STARTING:
+            return [Ignored(ident, "a failed start of a worker that is not starting")]
+        del self.slots[ident]
         pool = self.pools[slot.env]
         if slot in pool.workers:
             pool.workers.remove(slot)
@@ -361,10 +368,12 @@ class Scheduler:
         slot = self.slots.get(ident)
         if slot is None:
             return []
+        starting = slot.state is WorkerState.STARTING
         self._kill(slot, KillReason.PROTOCOL)
-        pool = self.pools[slot.env]
-        pool.start_failures = START_FAILURE_LIMIT
-        self._after_start_failure(pool, error, now)
+        if starting:  # a worker that already worked just sent one bad message: only it goes
+            pool = self.pools[slot.env]
+            pool.start_failures = START_FAILURE_LIMIT
+            self._after_start_failure(pool, error, now)
         return self._emit()
 
     def kill(self, ident: bytes, reason: KillReason) -> list[Action]:
@@ -400,6 +409,8 @@ class Scheduler:
         pool = self.pools[slot.env]
         if slot in pool.workers:
             pool.workers.remove(slot)
+        if previous is WorkerState.DIRECT:
+            started = 0  # a direct call is not recorded: it is the one that was running
         running, lost = sort_out_calls(slot, pool.queue, started)
         if running is not None and self._retry(running, slot, pool):
             running = None
@@ -447,6 +458,8 @@ class Scheduler:
                     deadlines.append(slot.idle_since + idle)
             if beat is not None and slot.state in _BEATING:
                 deadlines.append(slot.last_beat + beat)
+            if slot.state is WorkerState.STOPPING and slot.stop_by is not None:
+                deadlines.append(slot.stop_by)
         for pool in self.pools.values():
             if pool.queue and pool.waiting_since is not None:
                 deadlines.append(pool.waiting_since + self.start_timeout)
@@ -457,6 +470,7 @@ class Scheduler:
     def tick(self, now: float) -> list[Action]:
         """The clock moved: deadlines, heartbeats, start and idle timeouts, waits."""
         beat = self.heartbeat_timeout
+        killed: set[bytes] = set()
         for slot in list(self.slots.values()):
             if beat is not None and slot.state in _BEATING and now >= slot.last_beat + beat:
                 self._kill(slot, KillReason.HEARTBEAT)
@@ -475,7 +489,11 @@ class Scheduler:
             elif slot.state is WorkerState.IDLE and not slot.kept:  # keeps objects: stays
                 idle = self.pools[slot.env].config.idle_timeout
                 if idle is not None and now >= slot.idle_since + idle:
-                    self._shutdown(slot)
+                    self._shutdown(slot, now)
+            elif slot.state is WorkerState.STOPPING and slot.stop_by and now >= slot.stop_by:
+                slot.stop_by = None  # told to go, and still there
+                self._kill(slot, KillReason.SHUTDOWN)
+                killed.add(slot.ident)
         for pool in self.pools.values():
             waiting = pool.waiting_since
             if pool.queue and waiting is not None and now >= waiting + self.start_timeout:
@@ -493,7 +511,7 @@ class Scheduler:
                 pool.waiting_since = None
         if self.stop_deadline is not None and now >= self.stop_deadline:
             for slot in list(self.slots.values()):
-                if slot.state is not WorkerState.DEAD:
+                if slot.state is not WorkerState.DEAD and slot.ident not in killed:
                     self._kill(slot, KillReason.SHUTDOWN)
             self.stop_deadline = now + SHUTDOWN_GRACE
         return self._emit()
@@ -522,7 +540,8 @@ class Scheduler:
                     ticket, slot.running = slot.running, None
                     self._complete(ticket, stopped)
                     self._kill(slot, KillReason.SHUTDOWN)
-        if any(p.state is PoolState.PREPARING and not p.queue for p in self.pools.values()):
+        preparing = any(p.state is PoolState.PREPARING and not p.queue for p in self.pools.values())
+        if preparing and not cancel:  # (cancel stopped them above)
             self._out.append(StopBuilds())
         self._let_go(now)
         return self._emit()
@@ -640,8 +659,9 @@ class Scheduler:
         limit = pool.config.max_calls
         return limit is not None and slot.calls + 1 + len(slot.ahead) >= limit
 
-    def _shutdown(self, slot: Slot) -> None:
+    def _shutdown(self, slot: Slot, now: float) -> None:
         slot.state = WorkerState.STOPPING
+        slot.stop_by = now + SHUTDOWN_GRACE  # then it is killed
         self._out.append(Shutdown(slot.ident))
 
     def _kill(self, slot: Slot, reason: KillReason) -> None:
@@ -679,7 +699,7 @@ class Scheduler:
             if self.pools[slot.env].queue or slot.pinned:
                 continue
             if slot.state is WorkerState.IDLE:
-                self._shutdown(slot)
+                self._shutdown(slot, now)
             elif slot.state is WorkerState.STARTING:
                 self._kill(slot, KillReason.SHUTDOWN)
         pending = any(p.queue for p in self.pools.values())
