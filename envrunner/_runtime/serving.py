@@ -1,7 +1,7 @@
 """The serving loop of a worker: calls in, answers out, one at a time.
 
 May import: the standard library, msgpack, zmq and the runtime's ``code``, ``codec``,
-``errors``, ``protocol``, ``shm``, ``wire`` (``worker`` starts it; see its drawing).
+``errors``, ``exits``, ``protocol``, ``shm``, ``wire`` (``worker`` starts it; see its drawing).
 
 ::
 
@@ -26,6 +26,7 @@ from . import __version__, shm, wire
 from .code import load_function
 from .codec import Decoder, Encoder, encode_kept, type_name
 from .errors import DecodeError, EncodeError
+from .exits import EXIT_NO_WELCOME
 from .protocol import (
     PROTOCOL_VERSION,
     Call,
@@ -42,7 +43,6 @@ from .protocol import (
 )
 from .shm import Arena, Mapper
 
-EXIT_NO_WELCOME = 76  # the broker never answered the hello
 WELCOME_TIMEOUT_MS = 60_000
 FUNCTION_CACHE_SIZE = 256
 

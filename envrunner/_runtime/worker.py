@@ -3,7 +3,7 @@
 This module starts it (the command line, the key, the sockets, the watchdog and heartbeat
 threads) and ends it; the serving loop is ``serving.Worker``.
 
-May import: the standard library, zmq and the runtime's ``joining``, ``lifetime``,
+May import: the standard library, zmq and the runtime's ``exits``, ``joining``, ``lifetime``,
 ``protocol``, ``serving``.
 
 ::
@@ -40,10 +40,11 @@ import sys
 import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from .exits import EXIT_NO_WELCOME
 from .joining import EXIT_NO_CALLER, Joining
 from .lifetime import end_group, read_key, read_key_file, watch_connection, watch_parent
 from .protocol import Heartbeat
-from .serving import EXIT_NO_WELCOME, WELCOME_TIMEOUT_MS, Channel, Worker
+from .serving import WELCOME_TIMEOUT_MS, Channel, Worker
 
 __all__ = ["EXIT_NO_WELCOME", "Channel", "Worker", "main"]
 
