@@ -126,11 +126,26 @@ def test_no_module_imports_another_that_imports_it_back() -> None:
     assert not circles, f"import circles: {circles}"
 
 
+#: Past this many lines a module is split by concept (STYLE.md: about 500).
+MOST_LINES = 520
+#: Modules still over it while they are being split, at their size then: none may grow, and
+#: each leaves this list when it is split.
+STILL_GIANTS = {
+    "envrunner/_broker.py": 811,
+    "envrunner/_runner.py": 633,
+    "envrunner/_scheduler.py": 959,
+}
+
+
 def test_no_module_is_a_giant() -> None:
     """Split by concept past about 500 lines (STYLE.md); the sealed runtime counts too."""
     sizes = {
-        str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines())
+        p.relative_to(PACKAGE.parent).as_posix(): len(p.read_text().splitlines())
         for p in sorted(PACKAGE.rglob("*.py"))
     }
-    giants = {path: n for path, n in sizes.items() if n > 650}
-    assert not giants, giants
+    giants = {
+        path: n for path, n in sizes.items() if n > max(MOST_LINES, STILL_GIANTS.get(path, 0))
+    }
+    assert not giants, f"over {MOST_LINES} lines (or grown past STILL_GIANTS): {giants}"
+    split = sorted(path for path in STILL_GIANTS if sizes.get(path, 0) <= MOST_LINES)
+    assert not split, f"{split} no longer over {MOST_LINES} lines: remove from STILL_GIANTS"
