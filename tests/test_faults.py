@@ -20,7 +20,7 @@ from typing import Any
 
 import faults
 import pytest
-from support import alive, wait_for
+from support import WriteManifest, alive, wait_for
 
 import envrunner
 
@@ -120,7 +120,7 @@ def test_retries_run_a_crashed_call_again_but_never_an_exception(
     assert counter.read_text() == "x"
 
 
-def test_an_environment_timeout_applies_to_its_calls(write_manifest) -> None:  # type: ignore[no-untyped-def]
+def test_an_environment_timeout_applies_to_its_calls(write_manifest: WriteManifest) -> None:
     path = write_manifest(
         'version: 1\nenvironments:\n  slow:\n    python: "3.12"\n    timeout: 0.5\n'
     )
@@ -130,7 +130,7 @@ def test_an_environment_timeout_applies_to_its_calls(write_manifest) -> None:  #
         assert scoped.call("slow", faults.add, 1, 1) == 2
 
 
-def test_max_calls_recycles_a_worker(write_manifest) -> None:  # type: ignore[no-untyped-def]
+def test_max_calls_recycles_a_worker(write_manifest: WriteManifest) -> None:
     path = write_manifest('version: 1\nenvironments:\n  w:\n    python: "3.12"\n    max_calls: 2\n')
     with envrunner.Runner(path, progress=False) as scoped:
         pids = [scoped.call("w", faults.pid) for _ in range(6)]
@@ -138,8 +138,8 @@ def test_max_calls_recycles_a_worker(write_manifest) -> None:  # type: ignore[no
 
 
 def test_a_worker_that_cannot_start_stops_after_a_few_attempts(
-    write_manifest, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    write_manifest: WriteManifest, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken-site"
     broken.mkdir()
     (broken / "sitecustomize.py").write_text(
