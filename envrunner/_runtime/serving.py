@@ -1,7 +1,8 @@
 """The serving loop of a worker: calls in, answers out, one at a time.
 
-May import: the standard library, msgpack, zmq and the runtime's ``code``, ``codec``,
-``errors``, ``exits``, ``protocol``, ``shm``, ``wire`` (``worker`` starts it; see its drawing).
+May import: the standard library, msgpack, zmq and the runtime's package (its version),
+``code``, ``codec``, ``errors``, ``exits``, ``protocol``, ``shm``, ``wire``. ``worker`` starts it
+(see its drawing).
 
 ::
 
