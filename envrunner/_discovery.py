@@ -1,14 +1,16 @@
-"""What to say when no manifest is found: the messages of manifest discovery.
+"""Finding the manifest, and what to say when none is found.
 
-``_manifest.find_manifest`` decides where to look; this module explains a miss: a named file
-that is not there, a named folder that holds other manifests, a search that missed the manifest
-beside the script being run.
+``find_manifest`` decides where to look (a name given, ``$ENVRUNNER_MANIFEST``, then the
+current folder and its parents); the rest explains a miss: a named file that is not there, a
+named folder that holds other manifests, a search that missed the manifest beside the script
+being run.
 
 May import: the standard library and ``envrunner._runtime.errors``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -115,3 +117,54 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+# --------------------------------------------------------------------------- the search
+
+MANIFEST_ENV = "ENVRUNNER_MANIFEST"
+
+
+def find_manifest(
+    explicit: str | os.PathLike[str] | None = None, start: Path | None = None
+) -> Path:
+    """Find the manifest to use.
+
+    Args:
+        explicit: A manifest named by the caller (a file, or a folder holding one). It must
+            exist: no other place is searched.
+        start: The folder where the search begins (default: the current folder).
+
+    Returns:
+        The absolute path of the manifest: ``explicit`` if given, else ``$ENVRUNNER_MANIFEST``
+        if set, else ``environments.yaml`` then ``envrunner.yaml`` in ``start`` or the nearest
+        parent folder holding either.
+
+    Raises:
+        ManifestNotFoundError: Nothing was found; it lists every place searched.
+    """
+    if explicit is not None:
+        return _named_manifest(Path(explicit), os.fspath(explicit))
+    configured = os.environ.get(MANIFEST_ENV)
+    if configured:
+        return _named_manifest(Path(configured), f"{MANIFEST_ENV}={configured}")
+    folder = (start if start is not None else Path.cwd()).expanduser().absolute()
+    searched: list[str] = []
+    for candidate_folder in (folder, *folder.parents):
+        for name in MANIFEST_NAMES:
+            candidate = candidate_folder / name
+            if candidate.is_file():
+                return candidate
+            searched.append(str(candidate))
+    raise nothing_found(folder, searched)
+
+
+def _named_manifest(path: Path, label: str) -> Path:
+    path = path.expanduser().absolute()
+    if path.is_dir():
+        for name in MANIFEST_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise folder_without_manifest(path, label)
+    if path.is_file():
+        return path
+    raise missing_file(path, label)

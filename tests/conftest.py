@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import WriteManifest
 
 import envrunner
 
@@ -83,7 +84,7 @@ def env(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def write_manifest(tmp_path: Path):  # type: ignore[no-untyped-def]
+def write_manifest(tmp_path: Path) -> WriteManifest:
     """Write a manifest (dedented) into a fresh folder; returns its path."""
 
     def write(text: str, name: str = "environments.yaml") -> Path:

@@ -9,9 +9,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class WriteManifest(Protocol):
+    """The ``write_manifest`` fixture: writes a manifest (dedented) and returns its path."""
+
+    def __call__(self, text: str, name: str = "environments.yaml") -> Path: ...
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:

@@ -53,7 +53,7 @@ def add(a: int, b: int = 0) -> int:
 def numpy_version() -> str:
     import numpy
 
-    return numpy.__version__
+    return str(numpy.__version__)
 
 
 def array_stats(array: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tasks
 from localpkg import builds, make_package
-from support import run_cli
+from support import WriteManifest, run_cli
 
 import envrunner
 from envrunner._build import build_folders
@@ -144,7 +144,7 @@ def test_progress_names_each_step(tmp_path: Path, six_manifest: Path) -> None:
     assert "envrunner: new: built in" in text
 
 
-def test_a_failed_build_keeps_its_log_and_leaves_nothing(write_manifest) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_build_keeps_its_log_and_leaves_nothing(write_manifest: WriteManifest) -> None:
     path = write_manifest(
         "version: 1\nenvironments:\n  env:\n"
         '    requirements: ["envrunner-no-such-package-zz==9.9"]\n'
@@ -163,7 +163,9 @@ def test_a_failed_build_keeps_its_log_and_leaves_nothing(write_manifest) -> None
 
 
 @pytest.mark.parametrize("installer", ["uv", "pip"])
-def test_a_requirements_file_with_hashes_installs(write_manifest, installer: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_requirements_file_with_hashes_installs(
+    write_manifest: WriteManifest, installer: str
+) -> None:
     path = write_manifest(
         f"version: 1\nenvironments:\n  env:\n    requirements: pinned.txt\n"
         f"    installer: {installer}\n"
@@ -177,7 +179,7 @@ def test_a_requirements_file_with_hashes_installs(write_manifest, installer: str
     assert record["installer"] == installer
 
 
-def test_virtualenv_and_pip_build_a_working_environment(write_manifest) -> None:  # type: ignore[no-untyped-def]
+def test_virtualenv_and_pip_build_a_working_environment(write_manifest: WriteManifest) -> None:
     path = write_manifest(
         'version: 1\nenvironments:\n  env:\n    python: "3.12"\n    installer: pip\n'
         '    requirements: ["six==1.16.0"]\n'
@@ -294,7 +296,7 @@ def _pyenv_python(version: str) -> str:
     return str(found[-1])
 
 
-def test_a_missing_interpreter_names_the_manifest_line(write_manifest) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_interpreter_names_the_manifest_line(write_manifest: WriteManifest) -> None:
     path = write_manifest('version: 1\nenvironments:\n  env:\n    python: "3.99"\n')
     with pytest.raises(envrunner.InterpreterNotFoundError) as caught:
         resolve(spec_of(path))

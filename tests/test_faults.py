@@ -22,7 +22,7 @@ from typing import Any
 
 import faults
 import pytest
-from support import alive, wait_for
+from support import WriteManifest, alive, wait_for
 
 import envrunner
 
@@ -60,6 +60,7 @@ TABLE: list[tuple[str, str, type[BaseException], str]] = [
 def provoke(runner: envrunner.Runner, env: str, stage: str, how: str, path: str) -> Any:
     hang_limit = 2.0 if how == "hang" else None
     fn: Any
+    args: tuple[Any, ...]
     if stage == "encode arguments":
         fn, args = faults.take, (faults.FailsWhenSent(how),)
     elif stage == "decode in worker":
@@ -138,7 +139,7 @@ def test_retries_run_a_crashed_call_again_but_never_an_exception(
     assert counter.read_text() == "x"
 
 
-def test_an_environment_timeout_applies_to_its_calls(write_manifest) -> None:  # type: ignore[no-untyped-def]
+def test_an_environment_timeout_applies_to_its_calls(write_manifest: WriteManifest) -> None:
     path = write_manifest(
         'version: 1\nenvironments:\n  slow:\n    python: "3.12"\n    timeout: 0.5\n'
     )
@@ -148,7 +149,7 @@ def test_an_environment_timeout_applies_to_its_calls(write_manifest) -> None:  #
         assert scoped.call("slow", faults.add, 1, 1) == 2
 
 
-def test_max_calls_recycles_a_worker(write_manifest) -> None:  # type: ignore[no-untyped-def]
+def test_max_calls_recycles_a_worker(write_manifest: WriteManifest) -> None:
     path = write_manifest('version: 1\nenvironments:\n  w:\n    python: "3.12"\n    max_calls: 2\n')
     with envrunner.Runner(path, progress=False) as scoped:
         pids = [scoped.call("w", faults.pid) for _ in range(6)]
@@ -156,8 +157,8 @@ def test_max_calls_recycles_a_worker(write_manifest) -> None:  # type: ignore[no
 
 
 def test_a_worker_that_cannot_start_stops_after_a_few_attempts(
-    write_manifest, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    write_manifest: WriteManifest, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken-site"
     broken.mkdir()
     (broken / "sitecustomize.py").write_text(

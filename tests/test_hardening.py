@@ -21,7 +21,7 @@ from typing import Any
 import faults
 import pytest
 import tasks
-from support import wait_for
+from support import WriteManifest, wait_for
 
 import envrunner
 from envrunner._keys import create_keys
@@ -303,7 +303,9 @@ def test_an_installer_option_is_not_a_requirement(
 
 
 @pytest.mark.parametrize("style", ["flow", "block"])
-def test_deep_nesting_is_a_manifest_error_at_its_line(write_manifest: Any, style: str) -> None:
+def test_deep_nesting_is_a_manifest_error_at_its_line(
+    write_manifest: WriteManifest, style: str
+) -> None:
     depth = 5000
     if style == "flow":
         value = "[" * depth + "1" + "]" * depth

@@ -126,20 +126,27 @@ def test_no_module_imports_another_that_imports_it_back() -> None:
     assert not circles, f"import circles: {circles}"
 
 
-#: Modules allowed past the limit, at most at this size, each with its reason.
+#: Past this many lines a module is split by concept (STYLE.md: about 500).
+MOST_LINES = 520
+#: Modules allowed past it, at most at this size, each with its reason: none may grow, and one
+#: split under the limit leaves this list.
 LARGER = {
     # h11's rule: everything that decides what happens to calls and workers lives in one file.
     "envrunner/_scheduler.py": 720,
     # To split next: the broker's thread loop and its action handlers.
     "envrunner/_broker.py": 660,
+    # To split next: edited for other issues while the rest was split.
+    "envrunner/_runner.py": 633,
 }
 
 
 def test_no_module_is_a_giant() -> None:
     """Split by concept past about 500 lines (STYLE.md); the sealed runtime counts too."""
     sizes = {
-        str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines())
+        p.relative_to(PACKAGE.parent).as_posix(): len(p.read_text().splitlines())
         for p in sorted(PACKAGE.rglob("*.py"))
     }
-    giants = {path: n for path, n in sizes.items() if n > LARGER.get(path, 650)}
-    assert not giants, giants
+    giants = {path: n for path, n in sizes.items() if n > LARGER.get(path, MOST_LINES)}
+    assert not giants, f"over {MOST_LINES} lines, or grown past LARGER: {giants}"
+    split = sorted(path for path in LARGER if sizes.get(path, 0) <= MOST_LINES)
+    assert not split, f"{split} no longer over {MOST_LINES} lines: remove them from LARGER"

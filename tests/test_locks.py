@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from localpkg import make_package
-from support import pid_gone, run_cli, wait_for
+from support import WriteManifest, pid_gone, run_cli, wait_for
 
 from envrunner._requirements import named, parse
 
@@ -263,7 +263,7 @@ def test_build_messages_say_what_failed_and_count_requirements(tmp_path: Path) -
     assert "there is no version of six==0.0.99" in built.stderr.split("failed:", 2)[-1]
 
 
-def test_the_manifest_checks_lock_keys(write_manifest) -> None:  # type: ignore[no-untyped-def]
+def test_the_manifest_checks_lock_keys(write_manifest: WriteManifest) -> None:
     from envrunner import ManifestError
     from envrunner._manifest import load_manifest
 

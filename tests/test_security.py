@@ -49,7 +49,8 @@ def poisoned_error(path: Path) -> bytes:
     """A failed-call answer whose exception is the trap (the broker loads errors)."""
     trap = msgpack.ExtType(CLOUDPICKLE, msgpack.packb(["Exception", pickle.dumps(Trap(path)), []]))
     blob = msgpack.packb(trap)
-    return msgpack.packb(["ValueError", "x", "traceback", blob], use_bin_type=True)
+    answer: bytes = msgpack.packb(["ValueError", "x", "traceback", blob], use_bin_type=True)
+    return answer
 
 
 def result_frames(path: Path, key: bytes, sequence_from: int = 1) -> list[bytes]:

@@ -23,6 +23,11 @@
 Every message names the object it is about (an environment, a manifest file:line, a worker pid),
 the cause, and what fixes it; the object also rides along as an attribute.
 
+How a process's exit is put in words (``describe_exit``) lives in ``exits.py``, re-exported here.
+
+May import: the standard library and the runtime's ``exits`` (and its package, for
+``RUNTIME_REQUIREMENTS``).
+
 This module is part of the sealed worker runtime: standard library only, parses on Python 3.9.
 """
 
@@ -30,6 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
+
+from .exits import describe_exit
 
 __all__ = [
     "BuildError",
@@ -50,6 +57,7 @@ __all__ = [
     "UnknownEnvironmentError",
     "WorkerCrashed",
     "WorkerStartError",
+    "describe_exit",
 ]
 
 
@@ -268,34 +276,6 @@ def _runtime_clashes(tail: Sequence[str]) -> List[str]:
 
 
 # --------------------------------------------------------------------------- workers
-
-_SIGNAL_MEANINGS = {
-    "SIGKILL": "killed: out of memory (the OOM killer) or by another process",
-    "SIGSEGV": "a native crash (segmentation fault) in an extension module",
-    "SIGBUS": "a native crash (bus error), often a truncated memory-mapped file",
-    "SIGABRT": "aborted by native code (a failed assertion in C/C++)",
-    "SIGFPE": "a native arithmetic error",
-    "SIGILL": "an illegal instruction: a binary built for another CPU",
-    "SIGTERM": "terminated by another process",
-    "SIGINT": "interrupted",
-}
-
-
-def describe_exit(returncode: Optional[int]) -> str:
-    """Name a process's exit: ``"exit code 3"``, ``"signal SIGSEGV (-11): a native crash ..."``."""
-    if returncode is None:
-        return "still running"
-    if returncode >= 0:
-        return f"exit code {returncode}"
-    import signal
-
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        return f"signal {-returncode}"
-    meaning = _SIGNAL_MEANINGS.get(name)
-    text = f"signal {name} ({returncode})"
-    return f"{text}: {meaning}" if meaning else text
 
 
 def _tail_block(stderr_tail: Sequence[str]) -> str:

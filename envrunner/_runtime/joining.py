@@ -26,9 +26,9 @@ import sys
 import time
 from typing import IO, Any, Dict, Optional, Set
 
-__all__ = ["EXIT_NO_CALLER", "Joining"]
+from .exits import EXIT_NO_CALLER
 
-EXIT_NO_CALLER = 77  # no caller welcomed this worker within its start timeout
+__all__ = ["EXIT_NO_CALLER", "Joining"]
 
 
 class Joining:

@@ -20,6 +20,7 @@ import sys
 import threading
 from typing import Any
 
+from .exits import EXIT_PARENT_GONE
 from .protocol import KEY_BYTES
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
     "watch_connection",
     "watch_parent",
 ]
-
-EXIT_PARENT_GONE = 75  # the caller went away: nothing left to serve
 
 
 def read_key(fd: int) -> bytes:
