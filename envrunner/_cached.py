@@ -10,7 +10,7 @@
       hit  ─► a CallFuture completed with the stored payload (decoded as a worker's answer);
               no worker, no broker
       miss ─► runner._ticket(...) with a _Recorded future in place of its CallFuture
-              ─► runner._run (sync) / runner._send (async), as an uncached call
+              ─► runner._run (sync) / the broker (async), as an uncached call
     _Recorded, when the call ends (whichever thread ends it):
       a shared-memory block in the answer is copied out first (the caller may write to the
       arrays that map it), then results.finish_later(...): the writer thread stores the
@@ -20,8 +20,12 @@ The stored payload is the worker's answer itself, made self-contained: an answer
 buffers came through shared memory has those buffers copied into frames of its own
 (:func:`self_contained`), so a hit never needs a worker or a segment.
 
-May import: the standard library, msgpack, ``envrunner._calls``, ``_futures``, ``_options``,
-``_prepare``, ``_results``, ``_runtime``.
+The runner is reached through :class:`Host`, the few members of it this path uses (this module
+is imported by ``_runner``, so it cannot import it back).
+
+May import: the standard library, msgpack, ``envrunner._broker`` (types), ``_callkey``, ``_calls``,
+``_environments``, ``_futures``, ``_manifest``, ``_options``, ``_prepare``, ``_progress``,
+``_results``, ``_runtime``, ``_scheduler``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
@@ -44,17 +48,48 @@ from ._runtime import codec
 from ._runtime.errors import EnvrunnerError, RunnerClosedError
 
 if TYPE_CHECKING:
+    from ._broker import Broker
     from ._callkey import EnvFacts
-    from ._runner import Runner
+    from ._environments import Resolved
+    from ._manifest import EnvSpec, Manifest
+    from ._progress import Progress
     from ._runtime.shm import Mapper
     from ._scheduler import Ticket
 
-__all__ = ["cached_call", "cached_submit", "results_of", "self_contained"]
+__all__ = ["Host", "cached_call", "cached_submit", "results_of", "self_contained"]
 
 log = logging.getLogger("envrunner.cache")
 
 
-def results_of(runner: Runner) -> CallResults:
+class Host(Protocol):
+    """What this path needs of the runner (``_runner.Runner``)."""
+
+    manifest: Manifest
+    records: bool | str | os.PathLike[str]
+    remote_envs: frozenset[str]
+    _results: CallResults | None
+    _lock: threading.RLock
+    _closed: bool
+    _cancel_builds: threading.Event
+    _mapper: Mapper
+
+    @property
+    def _link(self) -> Link: ...
+    def _resolve(self, spec: EnvSpec) -> Resolved: ...
+    def _progress(self) -> Progress: ...
+    def _ticket(
+        self,
+        env: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        by_reference: bool = True,
+    ) -> Ticket: ...
+    def _run(self, ticket: Ticket) -> Any: ...
+    def _ensure_broker(self) -> Broker: ...
+
+
+def results_of(runner: Host) -> CallResults:
     """The runner's cache and records (made on first use)."""
     results = runner._results
     if results is None:
@@ -66,7 +101,7 @@ def results_of(runner: Runner) -> CallResults:
 
 
 def cached_call(
-    runner: Runner, env: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    runner: Host, env: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Runner.call`` of a call that uses the cache or the records."""
     begun = _begin(runner, env, fn, args, kwargs, True)
@@ -76,7 +111,7 @@ def cached_call(
 
 
 def cached_submit(
-    runner: Runner,
+    runner: Host,
     env: str,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -87,11 +122,14 @@ def cached_submit(
     begun = _begin(runner, env, fn, args, kwargs, by_reference)
     if isinstance(begun, Future):
         return begun
-    return runner._send(begun)
+    if not runner._ensure_broker().submit(begun):
+        raise RunnerClosedError(f"{runner!r} was shut down")
+    future: Future[Any] = begun.body.future
+    return future
 
 
 def _begin(
-    runner: Runner,
+    runner: Host,
     env: str,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -137,7 +175,7 @@ def _begin(
     return ticket
 
 
-def _facts(runner: Runner, results: CallResults, env: str) -> EnvFacts:
+def _facts(runner: Host, results: CallResults, env: str) -> EnvFacts:
     """The environment's facts; the first time, built (or found built) in this thread."""
     facts = results.known(env)
     if facts is None:

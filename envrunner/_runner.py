@@ -110,9 +110,7 @@ class Runner:
         shm_threshold: Buffers (array contents) of at least this many bytes go through shared
             memory instead of socket frames; 0 turns shared memory off. Default:
             ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
-        records: Record every call in the call records (``envrunner runs``): True for the
-            default database (``$ENVRUNNER_RECORDS``, else ``<ENVRUNNER_HOME>/runs.sqlite``),
-            or a database path. See docs/caching.md.
+        records: Record every call for ``envrunner runs``: True, or a database (caching.md).
 
     Raises:
         ManifestError: The manifest is missing or invalid (every problem listed).
@@ -194,9 +192,7 @@ class Runner:
             return cached_call(self, env, fn, args, kwargs)  # type: ignore[no-any-return]
         return self._run(self._ticket(env, fn, args, kwargs))  # type: ignore[no-any-return]
 
-    def _run(self, ticket: Ticket) -> Any:
-        """Run an encoded call and return its value: on an idle worker in this thread, else
-        through the broker."""
+    def _run(self, ticket: Ticket) -> Any:  # on an idle worker in this thread, else the broker
         from ._calls import UndecodedError
 
         broker = self._ensure_broker()
@@ -286,13 +282,9 @@ class Runner:
             broker = self._broker
         if cancel_futures:
             self._cancel_builds.set()
-        if broker is None:
-            if self._results is not None:
-                self._results.close()
-            return
-        if not already or cancel_futures:
+        if broker is not None and (not already or cancel_futures):
             broker.shutdown(cancel_futures)
-        if wait:
+        if broker is not None and wait:
             try:
                 broker.closed.wait()
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for anything
@@ -300,12 +292,11 @@ class Runner:
                 broker.closed.wait(10)
                 raise
             broker.join()
-        if self._results is not None:
-            self._results.close(wait)  # stores and records of calls that ended are written
-        if wait:
             if self._arena is not None:
                 self._arena.close()
             self._mapper.close()
+        if self._results is not None:
+            self._results.close(wait)  # stores and records of the calls that ended are written
 
     def env_of(self, task: Any) -> str:
         """The environment a task runs in: its own, or the manifest's only one."""
@@ -406,10 +397,7 @@ class Runner:
             from ._cached import cached_submit
 
             return cached_submit(self, env, fn, args, kwargs, by_reference)
-        return self._send(self._ticket(env, fn, args, kwargs, by_reference))
-
-    def _send(self, ticket: Ticket) -> Future[Any]:
-        """Hand an encoded call to the broker; its future."""
+        ticket = self._ticket(env, fn, args, kwargs, by_reference)
         if not self._ensure_broker().submit(ticket):
             raise RunnerClosedError(f"{self!r} was shut down")
         future: Future[Any] = ticket.body.future
