@@ -120,7 +120,7 @@ class CallResults:
         self._facts: dict[str, EnvFacts] = {}
         self._project: tuple[Path, str | None, bool | None] | None = None
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Work | threading.Event | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._closed = False
 
@@ -143,6 +143,15 @@ class CallResults:
             writer.join()
         if self.records is not None:
             self.records.close()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until what is queued now is written; False if ``timeout`` passed first."""
+        done = threading.Event()
+        with self._lock:
+            if self._writer is None or self._closed:
+                return True
+            self._queue.put(done)
+        return done.wait(timeout)
 
     def known(self, name: str) -> EnvFacts | None:
         """The facts of environment ``name`` if :meth:`environment` read them already."""
@@ -302,6 +311,9 @@ class CallResults:
             item = self._queue.get()
             if item is None:
                 break
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
             pending, payload, buffers, error = item
             self.finish(pending, payload=payload, buffers=buffers, error=error)
 

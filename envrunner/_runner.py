@@ -110,7 +110,8 @@ class Runner:
         shm_threshold: Buffers (array contents) of at least this many bytes go through shared
             memory instead of socket frames; 0 turns shared memory off. Default:
             ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
-        records: Record every call for ``envrunner runs``: True, or a database (caching.md).
+        records: Record every call for ``envrunner runs``: True, a database path, or None for
+            the manifest's ``records:`` (docs/caching.md).
 
     Raises:
         ManifestError: The manifest is missing or invalid (every problem listed).
@@ -130,7 +131,7 @@ class Runner:
         insecure: bool = False,
         remote_envs: Iterable[str] = (),
         shm_threshold: int | None = None,
-        records: bool | str | os.PathLike[str] = False,
+        records: bool | str | os.PathLike[str] | None = None,
     ) -> None:
         from ._manifest import Manifest, find_manifest, load_manifest
         from ._runtime import shm
@@ -171,7 +172,7 @@ class Runner:
         self._runtime: Path | None = None
         self._rundir: Path | None = None
         self._link = _Link(self)
-        self.records = records
+        self.records = records if records is not None else self.manifest.records
         self._results: CallResults | None = None  # the result cache and records, on first use
         _install_hooks()
         _runners.add(self)

@@ -1,6 +1,6 @@
 """The whole flow of #16 as a user meets it, through a script run several times.
 
-The script calls a ``@envrunner.task(cache=True)`` under ``Runner(records=True)``. A file the
+The script calls a ``@envrunner.task(cache=True)``; its manifest says ``records: true``. A file the
 task appends to, in the worker, counts real runs.
 """
 
@@ -18,6 +18,7 @@ MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 MANIFEST = f"""\
 version: 1
+records: true
 environments:
   app:
     python: "{MINOR}"
@@ -50,7 +51,7 @@ def evaluate(values):
 
 
 manifest = Path(__file__).with_name("environments.yaml")
-with envrunner.Runner(manifest, records=True):
+with envrunner.Runner(manifest):  # the manifest's records: true
     print(evaluate([1, 3]))
 """
 
