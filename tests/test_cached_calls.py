@@ -20,6 +20,7 @@ import envrunner
 from envrunner._cache import ResultCache, _read_entry
 from envrunner._callrecords import RecordStore
 from envrunner._runtime.codec import Decoder
+from envrunner._runtime.errors import DecodeError
 
 
 @pytest.fixture
@@ -179,3 +180,54 @@ def test_records_alone_record_every_call_of_the_runner(
     assert rows[1].arguments.keys() == {"a", "b"}
     assert rows[1].packages["six"] == "1.16.0" and rows[0].packages["six"] == "1.15.0"
     assert cache.entries() == []
+
+
+class Holder:
+    """A pickled object whose arrays travel as out-of-band pickle buffers."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+
+def test_an_answer_through_shared_memory_is_made_self_contained() -> None:
+    """Arrays, pickle buffers and an out-of-band body in shared memory become frames."""
+    import os
+
+    import numpy as np
+
+    from envrunner._cached import self_contained
+    from envrunner._runtime.codec import Encoder
+    from envrunner._runtime.shm import Arena, Mapper, available
+
+    if not available():
+        pytest.skip("no shared-memory folder")
+    value = {
+        "array": np.arange(1000, dtype=np.float64),
+        "in a tuple": (np.ones((20, 30)), "x"),
+        "pickled": Holder(np.arange(500, dtype=np.int32)),
+        "plain": list(range(2000)),  # with the rest, over max_body: the body goes out of band
+    }
+    arena = Arena(f"envrunner-{os.getpid()}-{os.getpid()}.selftest")
+    released: list[tuple[str, int]] = []
+    mapper = Mapper(lambda name, offset: released.append((name, offset)))
+    try:
+        encoder = Encoder(arena=arena, threshold=64, max_body=4096)
+        payload, buffers = encoder.encode(value)
+        assert encoder.segments  # something went through shared memory
+        assert len(payload) < 64  # the body itself went out of band
+        with pytest.raises(DecodeError, match="shared-memory"):
+            Decoder(mapper=None).decode(payload, buffers)
+        alone, frames = self_contained(payload, buffers, mapper)
+        decoded = Decoder(mapper=None).decode(alone, frames)
+        assert np.array_equal(decoded["pickled"].array, value["pickled"].array)
+        assert np.array_equal(decoded["array"], value["array"])
+        assert np.array_equal(decoded["in a tuple"][0], value["in a tuple"][0])
+        assert decoded["in a tuple"][1] == "x" and decoded["plain"] == value["plain"]
+        assert isinstance(decoded["in a tuple"], tuple)
+        # an answer without shared memory comes back as it is
+        plain_payload, plain_buffers = Encoder().encode(value)
+        same, same_buffers = self_contained(plain_payload, plain_buffers, mapper)
+        assert same is plain_payload and len(same_buffers) == len(plain_buffers)
+    finally:
+        mapper.close()
+        arena.close()
