@@ -90,7 +90,8 @@ class Runner:
         start_timeout: Seconds a new worker has to come up.
         progress: Show build progress on stderr (None: a status line on a terminal, log lines
             otherwise; False: nothing), or an object with methods ``step(env, text)``,
-            ``output(env, line)`` and ``done(env, text)`` that receives it.
+            ``output(env, line)`` and ``done(env, text)`` that receives it; ``done`` also says
+            why a cached call is recomputed.
         heartbeat_timeout: Seconds without a heartbeat from a worker (a thread of its own sends
             one every few seconds) after which it counts as hung and is killed; None: never.
         max_message_bytes: The largest frame of a message (its header, or one array's
