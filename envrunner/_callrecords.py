@@ -118,7 +118,7 @@ def call_record(
     env: EnvFacts,
     started: float,
     ended: float | None,
-    error: BaseException | None,
+    error: BaseException | str | None,
     cache: str,
     project: tuple[Path, str | None, bool | None],
 ) -> CallRecord:
@@ -131,7 +131,8 @@ def call_record(
             or None when its arguments have no digest.
         env: The environment's facts (:func:`envrunner._cache.env_facts`, once per runner).
         started, ended: ``time.time()`` at submission and completion.
-        error: The call's exception, None when it returned.
+        error: The call's exception (or its type's name, as a worker reports it), None when
+            it returned.
         cache: ``"hit"``, ``"miss"`` or ``"off"``.
         project: ``(folder, commit, dirty)``: :func:`caller_project_dir` and
             :func:`project_state` of it, taken once per runner.
@@ -158,13 +159,18 @@ def call_record(
     )
 
 
-def outcome_of(error: BaseException | None) -> str:
-    """``"ok"``, ``"cancelled"`` or ``"error: ValueError"`` (the type's name, never its text)."""
+def outcome_of(error: BaseException | str | None) -> str:
+    """``"ok"``, ``"cancelled"`` or ``"error: ValueError"`` (the type's name, never its text).
+
+    ``error`` is an exception, or the name of its type (``"mod.MyError"`` counts as
+    ``MyError``).
+    """
     if error is None:
         return "ok"
-    if type(error).__name__ == "CancelledError":
+    name = error.rpartition(".")[2] if isinstance(error, str) else type(error).__name__
+    if name == "CancelledError":
         return "cancelled"
-    return f"error: {type(error).__name__}"
+    return f"error: {name}"
 
 
 def new_call_id() -> str:

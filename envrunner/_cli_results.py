@@ -1,7 +1,7 @@
 """``envrunner cache`` and ``envrunner runs``: the result cache and the call records.
 
 May import: the standard library, ``envrunner._cache``, ``envrunner._callrecords``,
-``envrunner._home``.
+``envrunner._home``, ``envrunner._manifest``, ``envrunner._runtime``.
 
 ::
 
@@ -21,6 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 EXIT_FAILED = 1
@@ -44,18 +45,24 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     _filters(clear)
     clear.set_defaults(handler=_cache_clear)
 
-    runs = verbs.add_parser("runs", help="the call records: list, show one, diff two")
+    runs = verbs.add_parser(
+        "runs", parents=[common], help="the call records: list, show one, diff two"
+    )
     _run_filters(runs)
     runs.set_defaults(handler=_runs_list)
     runs_verbs = runs.add_subparsers(dest="runs_command", metavar="ACTION")
-    runs_list = runs_verbs.add_parser("list", help="records, newest first (the default)")
+    runs_list = runs_verbs.add_parser(
+        "list", parents=[common], help="records, newest first (the default)"
+    )
     _run_filters(runs_list)
     runs_list.set_defaults(handler=_runs_list)
-    runs_show = runs_verbs.add_parser("show", help="one call's record")
+    runs_show = runs_verbs.add_parser("show", parents=[common], help="one call's record")
     runs_show.add_argument("id", metavar="ID", help="the call id or its first characters")
     runs_show.add_argument("--json", action="store_true", help="print JSON")
     runs_show.set_defaults(handler=_runs_show)
-    runs_diff = runs_verbs.add_parser("diff", help="what differed between two calls")
+    runs_diff = runs_verbs.add_parser(
+        "diff", parents=[common], help="what differed between two calls"
+    )
     runs_diff.add_argument("a", metavar="A")
     runs_diff.add_argument("b", metavar="B")
     runs_diff.add_argument("--json", action="store_true", help="print JSON")
@@ -185,11 +192,11 @@ def _entry_json(entry: Any, whole: bool = False) -> dict[str, Any]:
 # --------------------------------------------------------------------------- runs
 
 
-def _open_records() -> Any:
+def _open_records(args: argparse.Namespace) -> Any:
     from ._callrecords import RecordStore
     from ._home import records_path
 
-    path = records_path()
+    path = _manifest_records(args) or records_path()
     if not path.exists():
         print(
             f"no call records yet at {path}: records are opt-in (see docs/caching.md, "
@@ -199,8 +206,24 @@ def _open_records() -> Any:
     return RecordStore(path)
 
 
+def _manifest_records(args: argparse.Namespace) -> Path | None:
+    """The database the manifest's ``records: PATH`` names (a manifest given with
+    ``--manifest`` must load; one found otherwise counts only if it does)."""
+    from ._manifest import find_manifest, load_manifest
+    from ._runtime.errors import EnvrunnerError
+
+    explicit = getattr(args, "manifest", None)
+    try:
+        manifest = load_manifest(find_manifest(explicit))
+    except EnvrunnerError:
+        if explicit is not None:
+            raise
+        return None
+    return manifest.records if isinstance(manifest.records, Path) else None
+
+
 def _runs_list(args: argparse.Namespace) -> int:
-    store = _open_records()
+    store = _open_records(args)
     if store is None:
         return 0
     try:
@@ -225,7 +248,7 @@ def _runs_list(args: argparse.Namespace) -> int:
 def _runs_show(args: argparse.Namespace) -> int:
     from ._callrecords import UnknownRecordError
 
-    store = _open_records()
+    store = _open_records(args)
     if store is None:
         return EXIT_FAILED
     try:
@@ -265,7 +288,7 @@ def _runs_show(args: argparse.Namespace) -> int:
 def _runs_diff(args: argparse.Namespace) -> int:
     from ._callrecords import UnknownRecordError, diff_records
 
-    store = _open_records()
+    store = _open_records(args)
     if store is None:
         return EXIT_FAILED
     try:

@@ -48,7 +48,7 @@ __all__ = [
 
 # --------------------------------------------------------------------------- loading
 
-TOP_KEYS = ("version", "defaults", "environments")
+TOP_KEYS = ("version", "defaults", "environments", "records")
 ENV_KEYS = (
     "python",
     "requirements",
@@ -118,6 +118,7 @@ class _ManifestReader:
     def read(self, text: str) -> Manifest:
         root = self.nodes.compose(text)
         environments: dict[str, EnvSpec] = {}
+        records: bool | Path = False
         top = Entry("", "", line_of(root), root) if root is not None else None
         if top is not None and not top.is_null:
             keys = self.nodes.entries(top, "a mapping with 'version:' and 'environments:'")
@@ -126,13 +127,14 @@ class _ManifestReader:
                 self._version(keys, top.line)
                 defaults = self._defaults(keys)
                 environments = self._environments(keys, defaults, top.line)
+                records = self._records(keys.get("records"))
         elif not self.problems:
             hint = "start it with 'version: 1' and an 'environments:' mapping"
             self.nodes.problem(1, "", "the manifest is empty", hint)
         if self.problems:
             problems = sorted(dict.fromkeys(self.problems), key=self._order)
             raise ManifestError(self.nodes.file, problems)
-        return Manifest(self.file, 1, MappingProxyType(environments))
+        return Manifest(self.file, 1, MappingProxyType(environments), records)
 
     def _order(self, problem: Problem) -> tuple[bool, str, int]:
         """The manifest's own problems first, by line; then those of requirements files."""
@@ -149,6 +151,15 @@ class _ManifestReader:
         elif value != 1:
             message = f"unsupported manifest version {value}: this envrunner reads version 1"
             self.nodes.problem(entry.line, "version", message, "write 'version: 1'")
+
+    def _records(self, entry: Entry | None) -> bool | Path:
+        value = None if entry is None else self.nodes.scalar(entry)
+        if entry is None or entry.is_null or isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, str) and value:
+            return self.folder / Path(value).expanduser()
+        self.nodes.expected(entry, "true, false or a database path", "write 'records: true'")
+        return False
 
     def _defaults(self, keys: dict[str, Entry]) -> dict[str, Entry]:
         entry = keys.get("defaults")

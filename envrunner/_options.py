@@ -33,18 +33,31 @@ class Options:
         timeout: Seconds a call may run (None: the environment's ``timeout:``, else none).
         keep: Keep each result in the worker and return a ``Ref`` to it.
         retries: Runs again after a worker died under the call.
+        cache: Store the result on disk and return it for the same call later
+            (``docs/caching.md``).
+        cache_errors: With ``cache``, store an exception the task raised too.
     """
 
     env: str | None = None
     timeout: float | None = None
     keep: bool = False
     retries: int = 0
+    cache: bool = False
+    cache_errors: bool = False
+
+    def __post_init__(self) -> None:
+        if self.keep and self.cache:
+            raise ValueError(
+                "keep=True and cache=True do not go together: a kept result stays in its "
+                "worker and cannot be stored; drop one (task.options(cache=False) for a call "
+                "that keeps its result)"
+            )
 
     def but(self, **changes: Any) -> Options:
         """These options with some changed; a change given as ``SAME`` (or None where None
         cannot mean anything) keeps the option as it is."""
         kept = {k: v for k, v in changes.items() if v is not SAME}
-        for name in ("env", "keep", "retries"):
+        for name in ("env", "keep", "retries", "cache", "cache_errors"):
             if kept.get(name, 0) is None:
                 del kept[name]
         return replace(self, **kept)

@@ -18,15 +18,22 @@ One :class:`CallResults` per runner; each call goes through it twice::
     pending.hit is not None:
       decode hit.payload/hit.buffers as the
       worker's result; complete the future;      results.finish(pending, error=decoded or None)
-    else: send the call as usual  ------------>  results.finish(pending, payload=..., buffers=...,
-                                                                 error=exc or None)
-                                                   miss and (no error or cache_errors): put
-                                                   records on: one row
+    else: send the call as usual  ------------>  results.finish_later(pending, payload=...,
+                                                           buffers=..., error=exc or None)
+                                                   queued; the writer thread then runs
+                                                   finish(): miss and (no error or
+                                                   cache_errors): put; records on: one row
+
+``finish_later`` keeps disk writes off the thread that completes the call (the caller's on the
+direct path, the broker's otherwise); :meth:`CallResults.close` (at the runner's shutdown)
+writes what is still queued.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -48,6 +55,14 @@ from ._digest import UnhashableValueError
 __all__ = ["CallResults", "PendingCall"]
 
 log = logging.getLogger("envrunner.cache")
+
+#: A call queued for the writer: its pending call, payload, buffers and error.
+_Work = tuple[
+    "PendingCall",
+    "bytes | None",
+    "Sequence[bytes | bytearray | memoryview]",
+    "BaseException | str | None",
+]
 
 
 @dataclass
@@ -94,7 +109,7 @@ class CallResults:
     def __init__(
         self,
         *,
-        records: bool | str | Path = False,
+        records: bool | str | os.PathLike[str] = False,
         cache_dir: str | Path | None = None,
         cache_size: int | None = None,
     ) -> None:
@@ -105,14 +120,42 @@ class CallResults:
         self._facts: dict[str, EnvFacts] = {}
         self._project: tuple[Path, str | None, bool | None] | None = None
         self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Work | threading.Event | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         records = self.records.path if self.records is not None else None
         return f"<CallResults cache='{self.cache.root}' records={str(records)!r}>"
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Write what is queued (``wait``: before returning, then close the records).
+
+        A call that ends after this is written by the thread that ends it.
+        """
+        with self._lock:
+            self._closed = True
+            writer = self._writer
+        if writer is not None:
+            self._queue.put(None)
+            if not wait:
+                return  # the writer finishes the queue; the records stay open for it
+            writer.join()
         if self.records is not None:
             self.records.close()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until what is queued now is written; False if ``timeout`` passed first."""
+        done = threading.Event()
+        with self._lock:
+            if self._writer is None or self._closed:
+                return True
+            self._queue.put(done)
+        return done.wait(timeout)
+
+    def known(self, name: str) -> EnvFacts | None:
+        """The facts of environment ``name`` if :meth:`environment` read them already."""
+        return self._facts.get(name)
 
     def environment(self, resolved: Any) -> EnvFacts:
         """The facts of a built environment (read once per runner; ``resolved`` is its
@@ -203,7 +246,7 @@ class CallResults:
         *,
         payload: bytes | None = None,
         buffers: Sequence[bytes | bytearray | memoryview] = (),
-        error: BaseException | None = None,
+        error: BaseException | str | None = None,
     ) -> None:
         """Store the result of a miss (``payload``/``buffers`` as the worker sent them; with
         ``error``, only when the task caches errors) and write the call's record.
@@ -236,6 +279,43 @@ class CallResults:
             )
         except Exception as exc:  # sqlite3.Error, a full disk: the call's result still stands
             log.warning("could not record call %s of %s: %s", pending.call_id, pending.task, exc)
+
+    def finish_later(
+        self,
+        pending: PendingCall,
+        *,
+        payload: bytes | None = None,
+        buffers: Sequence[bytes | bytearray | memoryview] = (),
+        error: BaseException | str | None = None,
+    ) -> None:
+        """:meth:`finish`, in the writer thread (started on first use); nothing to do when
+        the call stores nothing and records are off. ``payload`` and ``buffers`` must not
+        change after: pass what no one writes to (a worker's frames, copies)."""
+        stores = pending.cache == "miss" and payload is not None
+        if self.records is None and not (stores and (error is None or pending.cache_errors)):
+            return
+        with self._lock:
+            now = self._closed
+            if not now:
+                self._queue.put((pending, payload, buffers, error))
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write, name="envrunner-results", daemon=True
+                    )
+                    self._writer.start()
+        if now:
+            self.finish(pending, payload=payload, buffers=buffers, error=error)
+
+    def _write(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            pending, payload, buffers, error = item
+            self.finish(pending, payload=payload, buffers=buffers, error=error)
 
     def _project_state(self) -> tuple[Path, str | None, bool | None]:
         if self._project is None:

@@ -13,9 +13,9 @@ The atexit hook (wait for running calls) and the fork hook (a child forgets its 
 runners) are installed when the first runner is made, not at import.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
-(``_broker``, ``_calls``, ``_encode``, ``_environments``, ``_futures``, ``_keys``,
-``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``, ``_rundir``,
-``_scheduler``, ``_runtime``).
+(``_broker``, ``_cached``, ``_calls``, ``_encode``, ``_environments``, ``_futures``, ``_keys``,
+``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``, ``_results``,
+``_rundir``, ``_scheduler``, ``_runtime``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._environments import Resolved
     from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
+    from ._results import CallResults
     from ._runtime.shm import Mapper
     from ._scheduler import Ticket
 
@@ -89,7 +90,8 @@ class Runner:
         start_timeout: Seconds a new worker has to come up.
         progress: Show build progress on stderr (None: a status line on a terminal, log lines
             otherwise; False: nothing), or an object with methods ``step(env, text)``,
-            ``output(env, line)`` and ``done(env, text)`` that receives it.
+            ``output(env, line)`` and ``done(env, text)`` that receives it; ``done`` also says
+            why a cached call is recomputed.
         heartbeat_timeout: Seconds without a heartbeat from a worker (a thread of its own sends
             one every few seconds) after which it counts as hung and is killed; None: never.
         max_message_bytes: The largest frame of a message (its header, or one array's
@@ -109,6 +111,8 @@ class Runner:
         shm_threshold: Buffers (array contents) of at least this many bytes go through shared
             memory instead of socket frames; 0 turns shared memory off. Default:
             ``$ENVRUNNER_SHM_THRESHOLD``, else 256 KiB.
+        records: Record every call for ``envrunner runs``: True, a database path, or None for
+            the manifest's ``records:`` (docs/caching.md).
 
     Raises:
         ManifestError: The manifest is missing or invalid (every problem listed).
@@ -128,6 +132,7 @@ class Runner:
         insecure: bool = False,
         remote_envs: Iterable[str] = (),
         shm_threshold: int | None = None,
+        records: bool | str | os.PathLike[str] | None = None,
     ) -> None:
         from ._manifest import Manifest, find_manifest, load_manifest
         from ._runtime import shm
@@ -168,6 +173,8 @@ class Runner:
         self._runtime: Path | None = None
         self._rundir: Path | None = None
         self._link = _Link(self)
+        self.records = records if records is not None else self.manifest.records
+        self._results: CallResults | None = None  # the result cache and records, on first use
         _install_hooks()
         _runners.add(self)
         if listen is not None:
@@ -181,9 +188,15 @@ class Runner:
         On an idle worker the calling thread runs the call itself (fast); else it goes
         through the broker.
         """
+        if self.records or getattr(fn, "__envrunner_options__", Options()).cache:
+            from ._cached import cached_call
+
+            return cached_call(self, env, fn, args, kwargs)  # type: ignore[no-any-return]
+        return self._run(self._ticket(env, fn, args, kwargs))  # type: ignore[no-any-return]
+
+    def _run(self, ticket: Ticket) -> Any:  # on an idle worker in this thread, else the broker
         from ._calls import UndecodedError
 
-        ticket = self._ticket(env, fn, args, kwargs)
         broker = self._ensure_broker()
         try:
             raw = broker.direct.run(ticket)
@@ -191,7 +204,7 @@ class Runner:
             future = ticket.body.future
             assert isinstance(future, CallFuture)
             future.set_exception(failure)
-            return future.result()  # type: ignore[no-any-return]
+            return future.result()
         except KeyboardInterrupt:
             self._interrupt()
             raise
@@ -200,8 +213,8 @@ class Runner:
         if raw is None:
             if not broker.submit(ticket):
                 raise RunnerClosedError(f"{self!r} was shut down")
-            return future.result()  # type: ignore[no-any-return]
-        return future.decoded(raw)  # type: ignore[no-any-return]
+            return future.result()
+        return future.decoded(raw)
 
     def submit(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Start ``fn(*args, **kwargs)`` in a worker of ``env``; return its future.
@@ -271,11 +284,9 @@ class Runner:
             broker = self._broker
         if cancel_futures:
             self._cancel_builds.set()
-        if broker is None:
-            return
-        if not already or cancel_futures:
+        if broker is not None and (not already or cancel_futures):
             broker.shutdown(cancel_futures)
-        if wait:
+        if broker is not None and wait:
             try:
                 broker.closed.wait()
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for anything
@@ -286,6 +297,8 @@ class Runner:
             if self._arena is not None:
                 self._arena.close()
             self._mapper.close()
+        if self._results is not None:
+            self._results.close(wait)  # stores and records of the calls that ended are written
 
     def env_of(self, task: Any) -> str:
         """The environment a task runs in: its own, or the manifest's only one."""
@@ -382,6 +395,10 @@ class Runner:
         by_reference: bool = True,
     ) -> Future[Any]:
         """``submit``, with the function sent by value (or as source) when asked (tests)."""
+        if self.records or getattr(fn, "__envrunner_options__", Options()).cache:
+            from ._cached import cached_submit
+
+            return cached_submit(self, env, fn, args, kwargs, by_reference)
         ticket = self._ticket(env, fn, args, kwargs, by_reference)
         if not self._ensure_broker().submit(ticket):
             raise RunnerClosedError(f"{self!r} was shut down")

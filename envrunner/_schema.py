@@ -128,6 +128,11 @@ def manifest_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "version": {"const": 1, "description": "The manifest format: 1."},
+            "records": {
+                "type": ["boolean", "string"],
+                "description": "Record every call in the call records (envrunner runs): true "
+                "for the default database, or its path (relative to this file).",
+            },
             "defaults": {
                 **settings,
                 "description": "Merged into every environment (env and pip key by key).",

@@ -130,6 +130,7 @@ class Manifest:
     path: Path
     version: int
     environments: Mapping[str, EnvSpec]
+    records: bool | Path = False  # its ``records:``, a path made absolute
 
     def __getitem__(self, name: str) -> EnvSpec:
         try:

@@ -2,7 +2,7 @@
 
 ::
 
-    @task(env="torch", timeout=600)  ─► Task(fn, Options(env, timeout, keep, retries))
+    @task(env="torch", timeout=600)  ─► Task(fn, Options(env, timeout, keep, retries, cache...))
     train(x)          ─► current_runner().call(...)    blocks; the value or the task's error
     train.submit(x)   ─► current_runner().submit(...)  a CallFuture
     train.map(xs)     ─► current_runner().map(...)     results in order
@@ -66,6 +66,10 @@ class Task(Generic[P, R]):
     def retries(self) -> int:
         return self.__envrunner_options__.retries
 
+    @property
+    def cache(self) -> bool:
+        return self.__envrunner_options__.cache
+
     @overload
     def options(
         self,
@@ -74,6 +78,8 @@ class Task(Generic[P, R]):
         timeout: float | Literal[Same.SAME] | None = SAME,
         keep: Literal[True],
         retries: int | None = None,
+        cache: bool | None = None,
+        cache_errors: bool | None = None,
     ) -> Task[P, Ref]: ...
 
     @overload
@@ -84,6 +90,8 @@ class Task(Generic[P, R]):
         timeout: float | Literal[Same.SAME] | None = SAME,
         keep: Literal[False] | None = None,
         retries: int | None = None,
+        cache: bool | None = None,
+        cache_errors: bool | None = None,
     ) -> Task[P, R]: ...
 
     def options(
@@ -93,15 +101,26 @@ class Task(Generic[P, R]):
         timeout: float | Literal[Same.SAME] | None = SAME,
         keep: bool | None = None,
         retries: int | None = None,
+        cache: bool | None = None,
+        cache_errors: bool | None = None,
     ) -> Task[P, Any]:
         """The same task with other options (those not given stay as they are).
 
         ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`;
         ``task.options(timeout=None)`` drops the task's own timeout, back to the environment's
-        (its manifest ``timeout:``, else none).
+        (its manifest ``timeout:``, else none); ``task.options(cache=False)(x)`` runs and
+        stores nothing.
+
+        Raises:
+            ValueError: ``keep=True`` on a task with ``cache=True`` (or the other way round).
         """
         changed = self.__envrunner_options__.but(
-            env=env, timeout=timeout, keep=keep, retries=retries
+            env=env,
+            timeout=timeout,
+            keep=keep,
+            retries=retries,
+            cache=cache,
+            cache_errors=cache_errors,
         )
         other: Task[P, Any] = Task(self.fn, changed)
         other.__envrunner_codes__ = self.__envrunner_codes__
@@ -152,6 +171,8 @@ def task(
     timeout: float | None = None,
     keep: Literal[True],
     retries: int = 0,
+    cache: Literal[False] = False,
+    cache_errors: bool = False,
 ) -> Callable[[Callable[P, Any]], Task[P, Ref]]: ...
 
 
@@ -162,6 +183,8 @@ def task(
     timeout: float | None = None,
     keep: Literal[False] = False,
     retries: int = 0,
+    cache: bool = False,
+    cache_errors: bool = False,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -173,6 +196,8 @@ def task(
     timeout: float | None = None,
     keep: bool = False,
     retries: int = 0,
+    cache: bool = False,
+    cache_errors: bool = False,
 ) -> Task[P, Any] | Callable[[Callable[P, Any]], Task[P, Any]]:
     """Pin a function to an environment of the manifest.
 
@@ -190,11 +215,26 @@ def task(
             per call: ``task.submit(..., keep=True)`` or ``task.options(keep=True)``).
         retries: Run a call again this many times if its worker dies under it (a crash, the
             OOM killer); never after an exception the function raised, nor after a timeout.
+        cache: Store each result on disk and return it, without running, when the same call
+            comes again: same code (the function and the helpers of your project it calls),
+            same arguments, same environment and packages (see docs/caching.md).
+        cache_errors: With ``cache``, store an exception the task raised too: the same call
+            raises it again without running.
 
     Returns:
         A :class:`Task`.
+
+    Raises:
+        ValueError: ``keep=True`` with ``cache=True``.
     """
-    options = Options(env=env, timeout=timeout, keep=keep, retries=retries)
+    options = Options(
+        env=env,
+        timeout=timeout,
+        keep=keep,
+        retries=retries,
+        cache=cache,
+        cache_errors=cache_errors,
+    )
 
     def decorate(function: Callable[P, Any]) -> Task[P, Any]:
         return Task(function, options)

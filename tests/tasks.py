@@ -261,3 +261,22 @@ def version_like() -> Any:
     exec("class Version(str):\n    pass\n", module.__dict__)
     sys.modules["only_in_worker_version"] = module
     return module.Version("2.13.0+cpu")
+
+
+def counted(path: str, value: Any) -> Any:
+    """Append a line to a file (one per run) and return ``value``."""
+    with open(path, "a") as file:
+        file.write("ran\n")
+    return value
+
+
+def counted_array(path: str, n: int) -> Any:
+    import numpy
+
+    counted(path, None)
+    return numpy.arange(n, dtype=numpy.float64)
+
+
+def counted_failure(path: str, code: int) -> None:
+    counted(path, None)
+    raise TaskError("counted failure", code)

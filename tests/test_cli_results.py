@@ -123,3 +123,34 @@ def test_runs_list_show_and_diff(home: Path) -> None:
     unknown = envrunner(home, "runs", "diff", first.id[:8], "0123")
     assert unknown.returncode == 1
     assert "no call record has id '0123'" in unknown.stderr
+
+
+def test_runs_reads_the_database_the_manifest_names(home: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    manifest = project / "environments.yaml"
+    manifest.write_text("version: 1\nrecords: calls.sqlite\nenvironments:\n  a:\n")
+    store = RecordStore(project / "calls.sqlite")
+    store.add(record(task="tasks.named"))
+    store.close()
+
+    for args in (["runs", "--json", "-m", str(manifest)], ["-m", str(manifest), "runs", "--json"]):
+        listed = envrunner(home, *args)
+        assert listed.returncode == 0, listed.stderr
+        assert [r["task"] for r in json.loads(listed.stdout)] == ["tasks.named"]
+    found = subprocess.run(  # discovered in the current folder, as a Runner there finds it
+        [sys.executable, "-m", "envrunner", "runs", "--json"],
+        cwd=project,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("ENVRUNNER_")},
+            "ENVRUNNER_HOME": str(home),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert found.returncode == 0, found.stderr
+    assert [r["task"] for r in json.loads(found.stdout)] == ["tasks.named"]
+    broken = envrunner(home, "runs", "-m", str(tmp_path / "missing.yaml"))
+    assert broken.returncode == 2 and "missing.yaml" in broken.stderr

@@ -59,6 +59,25 @@ def executable(path: Path) -> Path:
 # --------------------------------------------------------------------------- valid manifests
 
 
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [("", False), ("records: false", False), ("records: true", True), ("records:", False)],
+)
+def test_records_is_off_unless_asked_for(tmp_path: Path, written: str, expected: bool) -> None:
+    manifest = write(
+        tmp_path / "environments.yaml", f"version: 1\n{written}\nenvironments:\n  a:\n"
+    )
+    assert load_manifest(manifest).records is expected
+
+
+def test_a_records_path_is_relative_to_the_manifest(tmp_path: Path) -> None:
+    manifest = write(
+        tmp_path / "sub" / "environments.yaml",
+        "version: 1\nrecords: runs/calls.sqlite\nenvironments:\n  a:\n",
+    )
+    assert load_manifest(manifest).records == tmp_path / "sub" / "runs" / "calls.sqlite"
+
+
 def test_full_manifest_loads_into_dataclasses_with_defaults_merged(tmp_path: Path) -> None:
     write(tmp_path / "requirements" / "tf.txt", "tensorflow==2.17\n")
     manifest_path = write(
@@ -931,6 +950,16 @@ ERRORS = [
         "environments.yaml:4: environments.torch.system_site_packages: expected true or false, "
         "got 1",
         id="system-site-packages-number",
+    ),
+    pytest.param(
+        """
+        version: 1
+        records: 3
+        environments:
+          a:
+        """,
+        "environments.yaml:2: records: expected true, false or a database path, got 3",
+        id="records-number",
     ),
 ]
 

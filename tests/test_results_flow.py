@@ -1,8 +1,7 @@
 """The whole flow of #16 as a user meets it, through a script run several times.
 
-The script calls its task through today's runner and keeps results with ``CallResults`` the way
-the rebuilt core will (it stands in for the core's wiring, with pickle as the result's
-encoding). A file the task appends to, in the worker, counts real runs.
+The script calls a ``@envrunner.task(cache=True)``; its manifest says ``records: true``. A file the
+task appends to, in the worker, counts real runs.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 MANIFEST = f"""\
 version: 1
+records: true
 environments:
   app:
     python: "{MINOR}"
@@ -32,20 +32,16 @@ def normalize(values):
 """
 
 SCRIPT = """\
-import logging
-import pickle
-import sys
 from pathlib import Path
 
 import envrunner
-from envrunner._environments import resolve
-from envrunner._results import CallResults
 
 from helpers import normalize
 
 RAN = str(Path(__file__).with_name("ran.txt"))
 
 
+@envrunner.task(env="app", cache=True)
 def evaluate(values):
     import six
 
@@ -54,21 +50,9 @@ def evaluate(values):
     return normalize(values)
 
 
-logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 manifest = Path(__file__).with_name("environments.yaml")
-with envrunner.Runner(manifest, progress=False) as runner:
-    runner.prepare("app")
-    results = CallResults(records=True)
-    facts = results.environment(resolve(runner.manifest["app"]))
-    pending = results.begin_call(evaluate, ([1, 3],), {}, facts, cache=True)
-    if pending.hit is not None:
-        value = pickle.loads(pending.hit.payload)
-        results.finish(pending)
-    else:
-        value = envrunner.task(env="app")(evaluate)([1, 3])
-        results.finish(pending, payload=pickle.dumps(value))
-    results.close()
-print(pending.cache, value)
+with envrunner.Runner(manifest):  # the manifest's records: true
+    print(evaluate([1, 3]))
 """
 
 
@@ -101,18 +85,27 @@ def test_a_script_run_again_reuses_recomputes_on_change_and_says_why(tmp_path: P
     def runs() -> list[str]:
         return (project / "ran.txt").read_text().split()
 
-    assert run().stdout.split() == ["miss", "[0.25,", "0.75]"]
-    assert run().stdout.split() == ["hit", "[0.25,", "0.75]"]
+    first = run()
+    assert first.stdout == "[0.25, 0.75]\n"
+    assert "recomputing" not in first.stderr  # never stored before: nothing to explain
+    assert runs() == ["1.16.0"]
+    again = run()
+    assert again.stdout == "[0.25, 0.75]\n"
     assert runs() == ["1.16.0"]  # the task ran once
+    assert "recomputing" not in again.stderr
 
     (project / "helpers.py").write_text(HELPERS.replace("v / total", "2 * v / total"))
     edited = run()
-    assert edited.stdout.split() == ["miss", "[0.5,", "1.5]"]
-    assert "recomputing evaluate(): helper normalize() changed since " in edited.stderr
+    assert edited.stdout == "[0.5, 1.5]\n"
+    # said on stderr by default, through the progress output
+    assert "envrunner: app: recomputing evaluate(): helper normalize() changed since " in (
+        edited.stderr
+    )
+    assert runs() == ["1.16.0", "1.16.0"]
 
     (project / "environments.yaml").write_text(MANIFEST.replace("1.16.0", "1.15.0"))
     upgraded = run()
-    assert upgraded.stdout.split()[0] == "miss"
+    assert upgraded.stdout == "[0.5, 1.5]\n"
     assert "recomputing evaluate(): environment 'app': six 1.16.0 -> 1.15.0" in upgraded.stderr
     assert runs() == ["1.16.0", "1.16.0", "1.15.0"]
 
