@@ -40,17 +40,19 @@ from ._runtime.errors import (
 )
 
 if TYPE_CHECKING:
+    from ._executor import EnvExecutor
     from ._futures import CallFuture, Ref
     from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
     from ._runner import Runner, current_runner
     from ._runtime import current_environment
-    from ._tasks import Task, call, task
+    from ._tasks import Task, call, executor, task
 
 __all__ = [
     "BuildError",
     "CallFuture",
     "DecodeError",
     "EncodeError",
+    "EnvExecutor",
     "EnvSpec",
     "EnvrunnerError",
     "InterpreterNotFoundError",
@@ -75,6 +77,7 @@ __all__ = [
     "call",
     "current_environment",
     "current_runner",
+    "executor",
     "find_manifest",
     "load_manifest",
     "task",
@@ -86,6 +89,8 @@ _LAZY = {
     "Runner": "_runner",
     "Task": "_tasks",
     "call": "_tasks",
+    "executor": "_tasks",
+    "EnvExecutor": "_executor",
     "current_environment": "_runtime",
     "current_runner": "_runner",
     "task": "_tasks",

@@ -13,9 +13,9 @@ The atexit hook (wait for running calls) and the fork hook (a child forgets its 
 runners) are installed when the first runner is made, not at import.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
-(``_broker``, ``_calls``, ``_encode``, ``_environments``, ``_futures``, ``_keys``,
-``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``, ``_rundir``,
-``_scheduler``, ``_runtime``).
+(``_broker``, ``_calls``, ``_encode``, ``_environments``, ``_executor``, ``_futures``,
+``_keys``, ``_manifest``, ``_mapping``, ``_options``, ``_prepare``, ``_process``,
+``_progress``, ``_rundir``, ``_scheduler``, ``_runtime``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import itertools
 import os
 import sys
 import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -41,6 +39,7 @@ if TYPE_CHECKING:
     from ._broker import Broker
     from ._calls import Prepared
     from ._environments import Resolved
+    from ._executor import EnvExecutor
     from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
     from ._runtime.shm import Mapper
@@ -220,61 +219,91 @@ class Runner:
         /,
         *iterables: Iterable[Any],
         timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
         """Run ``fn`` over zipped ``iterables`` in ``env``; yield results in order.
 
-        Up to twice the environment's ``workers`` calls are in flight at once, so the workers
-        never wait and a long iterable is never submitted all at once.
+        As ``concurrent.futures.Executor.map``: every call is submitted before this returns
+        (so they run, and their results can be read, after the ``with`` block or after
+        ``shutdown()``), and an error of the input iterables is raised here.
+
+        Args:
+            timeout: Seconds from this call until every result must be in.
+            chunksize: Items sent per message (one call of a runtime helper per chunk).
+            buffersize: Submit only this many calls (chunks) ahead of the results read: for
+                huge or endless inputs (Python 3.14's meaning).
         """
-        spec = self.manifest[env]
-        window = max(2, 2 * spec.workers)
-        end = None if timeout is None else time.monotonic() + timeout
-        arguments = zip(*iterables)  # noqa: B905 - like map(): the shortest wins
-        futures: deque[Future[T]] = deque()
+        from ._mapping import map_calls
 
-        def fill() -> None:
-            while len(futures) < window:
-                try:
-                    args = next(arguments)
-                except StopIteration:
-                    return
-                futures.append(self.submit(env, fn, *args))
+        options = self._chunk_options(fn, chunksize)
+        return map_calls(
+            lambda f, args: self._submit(env, f, args, {}, options=options),
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            chunk_code=lambda: self._code_of(env, fn),
+            owner=self,
+        )
 
-        fill()
+    def executor(
+        self,
+        env: str,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> EnvExecutor:
+        """A ``concurrent.futures.Executor`` whose calls run in ``env`` (see ``EnvExecutor``).
 
-        def results() -> Iterator[T]:
-            try:
-                while futures:
-                    future = futures.popleft()
-                    remaining = None if end is None else max(0.0, end - time.monotonic())
-                    value = future.result(remaining)
-                    fill()
-                    yield value
-            finally:
-                for future in futures:
-                    future.cancel()
+        ``initializer(*initargs)`` runs once in each worker of ``env`` before its first call
+        of this executor. Shutting the executor down ends its own calls, not the runner.
+        """
+        from ._executor import EnvExecutor
 
-        return results()
+        self.manifest[env]  # an unknown name fails here, with a suggestion
+        return EnvExecutor(self, env, initializer, initargs)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    async def acall(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``await`` a call: ``call`` for asyncio. Cancelling the awaiting task cancels the
+        call if it has not been sent to a worker yet (a running call runs on)."""
+        import asyncio
+
+        future = self.submit(env, fn, *args, **kwargs)
+        value: T = await asyncio.wrap_future(future)
+        return value
+
+    def terminate(self) -> None:
+        """Stop now: cancel queued calls, stop running ones (their futures fail with an
+        ``EnvrunnerError`` saying they were stopped), and shut down."""
+        self.shutdown(wait=True, cancel_futures=True, kill=True)
+
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, kill: bool = False
+    ) -> None:
         """Stop the workers and the broker; no process and no socket file stays behind.
 
         Args:
             wait: Block until running (and, unless cancelled, queued) calls have finished and
                 every worker has exited.
-            cancel_futures: Cancel queued calls and stop running ones (their futures raise
-                ``CancelledError``).
+            cancel_futures: Cancel the calls no worker has started (their futures report
+                ``cancelled()``); running calls finish.
+            kill: Also stop running calls: their workers are killed and their futures fail
+                with an error saying they were stopped (see :meth:`terminate`).
         """
         with self._lock:
             already = self._closed
             self._closed = True
             broker = self._broker
-        if cancel_futures:
+        if cancel_futures or kill:
             self._cancel_builds.set()
         if broker is None:
             return
-        if not already or cancel_futures:
-            broker.shutdown(cancel_futures)
+        if not already or cancel_futures or kill:
+            try:
+                broker.shutdown(cancel_futures or kill, kill=kill)  # type: ignore[call-arg]
+            except TypeError:  # TRANSITION: a broker whose cancel also stops running calls
+                broker.shutdown(cancel_futures or kill)
         if wait:
             try:
                 broker.closed.wait()
@@ -317,7 +346,8 @@ class Runner:
         with _global_lock:
             if self in _active:
                 _active.remove(self)
-        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        failed = exc_type is not None  # the block failed: stop what runs too
+        self.shutdown(wait=True, cancel_futures=failed, kill=failed)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._broker else "idle")
@@ -370,7 +400,27 @@ class Runner:
 
     def _interrupt(self) -> None:
         """Ctrl-C while waiting on a call: cancel what is queued, stop what runs, shut down."""
-        self.shutdown(wait=False, cancel_futures=True)
+        self.shutdown(wait=False, cancel_futures=True, kill=True)
+
+    def _code_of(self, env: str, fn: Callable[..., Any]) -> bytes:
+        """``fn`` encoded for a worker of ``env``, as an argument of a runtime helper."""
+        from ._encode import encode_function
+
+        version = self._resolve(self.manifest[env]).interpreter.version
+        same = version[:2] == tuple(sys.version_info[:2])
+        return encode_function(fn, same, env, version, True)[0]
+
+    def _chunk_options(self, fn: Callable[..., Any], chunksize: int) -> Options | None:
+        """The options of a chunk's call: ``fn``'s own (its timeout counts per chunk)."""
+        if chunksize == 1:
+            return None
+        options: Options = getattr(fn, "__envrunner_options__", Options())
+        if options.keep:
+            raise ValueError(
+                "map(chunksize=...) cannot keep results in the worker (keep=True): a chunk's "
+                "results come back as one list; use chunksize=1"
+            )
+        return options
 
     def _submit(
         self,
@@ -380,9 +430,11 @@ class Runner:
         kwargs: dict[str, Any],
         *,
         by_reference: bool = True,
+        options: Options | None = None,
     ) -> Future[Any]:
-        """``submit``, with the function sent by value (or as source) when asked (tests)."""
-        ticket = self._ticket(env, fn, args, kwargs, by_reference)
+        """``submit``, with the function sent by value (or as source) when asked (tests), or
+        with the options of another function (a chunk or an executor's wrapped call)."""
+        ticket = self._ticket(env, fn, args, kwargs, by_reference, options)
         if not self._ensure_broker().submit(ticket):
             raise RunnerClosedError(f"{self!r} was shut down")
         future: Future[Any] = ticket.body.future
@@ -395,6 +447,7 @@ class Runner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         by_reference: bool = True,
+        options: Options | None = None,
     ) -> Ticket:
         """Encode a call in the calling thread, ready for a worker."""
         from ._calls import CallRequest
@@ -406,7 +459,8 @@ class Runner:
             raise RunnerClosedError(
                 f"{self!r} was shut down; make a new Runner (or leave the with block later)"
             )
-        options: Options = getattr(fn, "__envrunner_options__", Options())
+        if options is None:
+            options = getattr(fn, "__envrunner_options__", Options())
         spec = self.manifest[env]
         version = self._resolve(spec).interpreter.version
         same = version[:2] == tuple(sys.version_info[:2])
@@ -430,7 +484,7 @@ class Runner:
             future: CallFuture[Any] = CallFuture(env, name, self._link)
             request = CallRequest(message, future, [list(b) for b in encoder.blocks])
             timeout = options.timeout if options.timeout is not None else spec.timeout
-            return Ticket(
+            ticket = Ticket(
                 call_id=call_id,
                 env=env,
                 name=name,
@@ -440,6 +494,8 @@ class Runner:
                 pinned_what=pinned_what,
                 body=request,
             )
+            future.withdraw_with(weakref.ref(ticket))
+            return ticket
         except BaseException:
             encoder.release()
             raise
@@ -587,6 +643,15 @@ class _Link:
         if runner is not None:
             runner._interrupt()
 
+    def withdraw(self, ticket: Ticket) -> None:
+        """A future was cancelled before its call was sent: take the call off its queue."""
+        from ._scheduler import CallState
+
+        runner = self._runner()
+        broker = runner._broker if runner is not None else None
+        if broker is not None and ticket.state is CallState.QUEUED:
+            broker.cancel(ticket)
+
     def release_ref(self, worker: bytes, ident: int) -> None:
         runner = self._runner()
         broker = runner._broker if runner is not None else None
@@ -618,7 +683,7 @@ def _shutdown_all() -> None:
     failing = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
     for runner in list(_runners):
         try:
-            runner.shutdown(wait=True, cancel_futures=failing is not None)
+            runner.shutdown(wait=True, cancel_futures=failing is not None, kill=failing is not None)
         except (Exception, KeyboardInterrupt):
             pass
 

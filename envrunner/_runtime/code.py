@@ -77,8 +77,16 @@ def encode_function(
     if reference is not None and (by_reference or not isinstance(fn, types.FunctionType)):
         return _packb(["ref", reference[0], reference[1]])
     if not isinstance(fn, types.FunctionType):
-        try:
-            return _packb(["pickle", pickle.dumps(fn, protocol=5)])
+        from .byname import ScriptObjectError, dumps
+
+        try:  # by name; what names __main__ (a partial of a script function, a bound method
+            return _packb(["pickle", dumps(fn, protocol=5)])  # of a script object) goes by value
+        except ScriptObjectError as exc:
+            if not same_python:
+                raise EncodeError(
+                    f"{describe(fn)} ({type_name(fn)}) cannot be sent to {target}: {exc}",
+                    what=describe(fn),
+                ) from None
         except Exception as exc:
             if not same_python:
                 raise EncodeError(

@@ -314,9 +314,14 @@ class Encoder:
                     f"move {type(obj).__qualname__} into a module next to your script",
                     what=type_name(obj),
                 )
-            code, dump = PICKLE, pickle.dumps
+            from .byname import ScriptObjectError, dumps
+
+            code, dump = PICKLE, dumps  # refuses what names __main__, at any depth
         try:
             data = dump(obj, protocol=self.pickle_protocol, buffer_callback=keep)
+        except ScriptObjectError as exc:
+            del self._buffers[first:]
+            raise EncodeError(f"a {type_name(obj)} cannot be sent: {exc}", what=exc.what) from None
         except EncodeError:  # one of its buffers is too large to send: said as it is
             del self._buffers[first:]
             raise
