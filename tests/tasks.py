@@ -261,3 +261,36 @@ def version_like() -> Any:
     exec("class Version(str):\n    pass\n", module.__dict__)
     sys.modules["only_in_worker_version"] = module
     return module.Version("2.13.0+cpu")
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def square_or_fail(x: int, bad: int) -> int:
+    if x == bad:
+        raise TaskError(f"refused {x}", x)
+    return x * x
+
+
+def gate(path: str, timeout: float = 60.0) -> int:
+    """Block until ``path`` exists (the test opens the gate), then return this worker's pid."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate {path} never opened")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+_INITIALIZED: list[str] = []
+
+
+def initialize(path: str, label: str) -> None:
+    """An executor's initializer: note this worker's pid, remember the label."""
+    note(path)
+    _INITIALIZED.append(label)
+
+
+def initialized() -> list[str]:
+    return list(_INITIALIZED)

@@ -50,7 +50,7 @@ class _Pickler(pickle.Pickler):
 
 
 def _message(found: str) -> str:
-    name = found.split()[-1]
+    name = found.rsplit(maxsplit=1)[-1]
     short = name.split(".", 1)[1].split(".")[0]
     if found.startswith("instance"):
         return (
