@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import dis
+import functools
 import linecache
 import pickle
 import sys
@@ -48,6 +49,8 @@ def unwrap(obj: Any) -> Any:
 def describe(fn: Any) -> str:
     """A short name for messages: ``module.qualname``."""
     fn = unwrap(fn)
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({describe(fn.func)}, ...)"
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     return f"{module}.{name}" if module and module != "builtins" else name
