@@ -15,6 +15,7 @@ Importing envrunner is cheap: the broker, zmq and yaml load on first use.
 
 from __future__ import annotations
 
+import sys as _sys
 from typing import TYPE_CHECKING, Any
 
 from ._runtime import __version__
@@ -80,6 +81,7 @@ __all__ = [
     "executor",
     "find_manifest",
     "load_manifest",
+    "register_joblib",
     "task",
 ]
 
@@ -101,6 +103,17 @@ _LAZY = {
 }
 
 
+def register_joblib() -> None:
+    """Make ``joblib.parallel_config(backend="envrunner", env=...)`` available.
+
+    ``import envrunner`` does this by itself when joblib is already imported; call it when
+    joblib is imported after envrunner. joblib is not a dependency of envrunner.
+    """
+    from ._joblib import register
+
+    register()
+
+
 def __getattr__(name: str) -> Any:
     module_name = _LAZY.get(name)
     if module_name is None:
@@ -114,3 +127,7 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+if "joblib" in _sys.modules:  # joblib is loaded already: its backend costs nothing
+    register_joblib()

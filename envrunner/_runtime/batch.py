@@ -6,6 +6,7 @@ or as source for another Python version) as an argument of these helpers, so a c
 initialized call carries the same function a plain call would::
 
     map_chunk(code, [(1,), (2,), (3,)])     ─► [fn(1), fn(2), fn(3)]   one message, one answer
+    run_calls([(code, args, kwargs), ...])  ─► a joblib batch, each call its own function
     run_with_init(key, init, initargs, code, args, kwargs)
         ─► init(*initargs) the first time this process sees ``key`` ─► fn(*args, **kwargs)
 
@@ -20,7 +21,7 @@ from typing import Any, Callable, List, Sequence, Set, Tuple
 
 from .code import load_function
 
-__all__ = ["map_chunk", "run_with_init"]
+__all__ = ["map_chunk", "run_calls", "run_with_init"]
 
 _CACHE_SIZE = 32
 _functions: collections.OrderedDict[bytes, Callable[..., Any]] = collections.OrderedDict()
@@ -70,3 +71,8 @@ def run_with_init(
                 _function(init_code)(*initargs)
                 _initialized.add(key)
     return _function(code)(*args, **kwargs)
+
+
+def run_calls(calls: Sequence[Tuple[bytes, Tuple[Any, ...], Any]]) -> List[Any]:
+    """``[fn(*args, **kwargs) for each]``: a batch of a joblib loop, each function encoded."""
+    return [_function(code)(*args, **kwargs) for code, args, kwargs in calls]
