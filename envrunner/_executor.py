@@ -12,11 +12,12 @@
 The executor is a view of the runner: it starts no workers of its own, and shutting it down
 ends its calls, not the runner (whose workers other code may share).
 
-May import: the standard library, ``envrunner._mapping``, ``envrunner._runtime``.
+May import: the standard library, ``envrunner._encode``, ``_mapping``, ``_runtime``.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures import wait as wait_for
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["EnvExecutor"]
+__all__ = ["EnvExecutor", "code_of"]
 
 T = TypeVar("T")
 
@@ -43,9 +44,18 @@ class _Runner(Protocol):
         options: Any = None,
     ) -> Future[Any]: ...
 
-    def _code_of(self, env: str, fn: Callable[..., Any]) -> bytes: ...
+    manifest: Any
 
-    def _chunk_options(self, fn: Callable[..., Any], chunksize: int) -> Any: ...
+    def _resolve(self, spec: Any) -> Any: ...
+
+
+def code_of(runner: _Runner, env: str, fn: Callable[..., Any]) -> bytes:
+    """``fn`` encoded for a worker of ``env``, to travel as an argument of a runtime helper."""
+    from ._encode import encode_function
+
+    version = runner._resolve(runner.manifest[env]).interpreter.version
+    same = version[:2] == tuple(sys.version_info[:2])
+    return encode_function(fn, same, env, version, True)[0]
 
 
 class EnvExecutor(Executor):
@@ -110,9 +120,9 @@ class EnvExecutor(Executor):
         Every call is submitted before this returns, unless ``buffersize`` bounds how many
         are ahead of the results read. ``chunksize`` items travel per message.
         """
-        from ._mapping import map_calls
+        from ._mapping import chunk_options, map_calls
 
-        options = self._runner._chunk_options(fn, chunksize)
+        options = chunk_options(fn, chunksize)
 
         def submit(f: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
             if f is fn:
@@ -132,7 +142,7 @@ class EnvExecutor(Executor):
             timeout=timeout,
             chunksize=chunksize,
             buffersize=buffersize,
-            chunk_code=lambda: self._runner._code_of(self.env, fn),
+            chunk_code=lambda: code_of(self._runner, self.env, fn),
             owner=self,
         )
 
@@ -164,9 +174,9 @@ class EnvExecutor(Executor):
             options = getattr(fn, "__envrunner_options__", None)
         wrapped = (
             self._key,
-            runner._code_of(self.env, self._initializer),
+            code_of(runner, self.env, self._initializer),
             self._initargs,
-            runner._code_of(self.env, fn),
+            code_of(runner, self.env, fn),
             args,
             kwargs,
         )

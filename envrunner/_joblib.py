@@ -11,7 +11,7 @@
 joblib is not a dependency: this module is imported only by :func:`register_joblib` (which
 users call), or by ``import envrunner`` when joblib is already imported.
 
-May import: the standard library, joblib, ``envrunner._runner``, ``envrunner._runtime``.
+May import: the standard library, joblib, ``envrunner._executor``, ``_runner``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
 
+from ._executor import code_of
 from ._runner import Runner, current_runner
 
 __all__ = ["EnvrunnerBackend", "register"]
@@ -100,7 +101,7 @@ class EnvrunnerBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
         runner, env = self._target()
         items = getattr(func, "items", None)  # joblib's BatchedCalls: (function, args, kwargs)
         if isinstance(items, list):
-            calls = [(runner._code_of(env, f), tuple(a), dict(k)) for f, a, k in items]
+            calls = [(code_of(runner, env, f), tuple(a), dict(k)) for f, a, k in items]
             future = runner._submit(env, run_calls, (calls,), {})
         else:  # another callable: sent whole (the worker may need joblib to load it)
             future = runner.submit(env, func)

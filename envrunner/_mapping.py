@@ -12,7 +12,7 @@ it returns, unless ``buffersize`` asks otherwise). The iterator holds no result 
 (CPython's bug 14406): a yielded value is referenced only by whoever took it. Closing the
 iterator before its end cancels the calls that have not started.
 
-May import: the standard library, ``envrunner._runtime``.
+May import: the standard library, ``envrunner._options``, ``envrunner._runtime``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,25 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-__all__ = ["Submit", "check_sizes", "map_calls"]
+from ._options import Options
+
+__all__ = ["Submit", "check_sizes", "chunk_options", "map_calls"]
 
 #: How to start one call: ``submit(fn, args)`` returns its future.
 Submit = Callable[[Callable[..., Any], tuple[Any, ...]], "Future[Any]"]
+
+
+def chunk_options(fn: Callable[..., Any], chunksize: int) -> Options | None:
+    """The options of a chunk's call: ``fn``'s own (its timeout counts per chunk)."""
+    if chunksize == 1:
+        return None
+    options: Options = getattr(fn, "__envrunner_options__", Options())
+    if options.keep:
+        raise ValueError(
+            "map(chunksize=...) cannot keep results in the worker (keep=True): a chunk's "
+            "results come back as one list; use chunksize=1"
+        )
+    return options
 
 
 def check_sizes(chunksize: int, buffersize: int | None) -> None:

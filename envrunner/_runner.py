@@ -14,7 +14,7 @@ runners) are installed when the first runner is made, not at import.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
 (``_broker``, ``_calls``, ``_encode``, ``_environments``, ``_executor``, ``_futures``,
-``_keys``, ``_manifest``, ``_mapping``, ``_options``, ``_prepare``, ``_process``,
+``_keys``, ``_manifest``, ``_options``, ``_prepare``, ``_process``,
 ``_progress``, ``_rundir``, ``_scheduler``, ``_runtime``).
 """
 
@@ -222,30 +222,13 @@ class Runner:
         chunksize: int = 1,
         buffersize: int | None = None,
     ) -> Iterator[T]:
-        """Run ``fn`` over zipped ``iterables`` in ``env``; yield results in order.
+        """``Executor.map`` in ``env``: every call submitted now, results in order.
 
-        As ``concurrent.futures.Executor.map``: every call is submitted before this returns
-        (so they run, and their results can be read, after the ``with`` block or after
-        ``shutdown()``), and an error of the input iterables is raised here.
-
-        Args:
-            timeout: Seconds from this call until every result must be in.
-            chunksize: Items sent per message (one call of a runtime helper per chunk).
-            buffersize: Submit only this many calls (chunks) ahead of the results read: for
-                huge or endless inputs (Python 3.14's meaning).
+        ``chunksize`` items travel per message; ``buffersize`` bounds the calls submitted ahead
+        of the results read (Python 3.14's meaning), for huge or endless inputs.
         """
-        from ._mapping import map_calls
-
-        options = self._chunk_options(fn, chunksize)
-        return map_calls(
-            lambda f, args: self._submit(env, f, args, {}, options=options),
-            fn,
-            iterables,
-            timeout=timeout,
-            chunksize=chunksize,
-            buffersize=buffersize,
-            chunk_code=lambda: self._code_of(env, fn),
-            owner=self,
+        return self.executor(env).map(  # the executor lives as long as the iterator
+            fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize
         )
 
     def executor(
@@ -254,28 +237,20 @@ class Runner:
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> EnvExecutor:
-        """A ``concurrent.futures.Executor`` whose calls run in ``env`` (see ``EnvExecutor``).
-
-        ``initializer(*initargs)`` runs once in each worker of ``env`` before its first call
-        of this executor. Shutting the executor down ends its own calls, not the runner.
-        """
+        """A ``concurrent.futures.Executor`` whose calls run in ``env`` (``EnvExecutor``)."""
         from ._executor import EnvExecutor
 
         self.manifest[env]  # an unknown name fails here, with a suggestion
         return EnvExecutor(self, env, initializer, initargs)
 
     async def acall(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """``await`` a call: ``call`` for asyncio. Cancelling the awaiting task cancels the
-        call if it has not been sent to a worker yet (a running call runs on)."""
+        """``call`` for asyncio; cancelling the awaiting task cancels a call not yet started."""
         import asyncio
 
-        future = self.submit(env, fn, *args, **kwargs)
-        value: T = await asyncio.wrap_future(future)
-        return value
+        return await asyncio.wrap_future(self.submit(env, fn, *args, **kwargs))
 
     def terminate(self) -> None:
-        """Stop now: cancel queued calls, stop running ones (their futures fail with an
-        ``EnvrunnerError`` saying they were stopped), and shut down."""
+        """Cancel queued calls, stop running ones (an error saying so), and shut down."""
         self.shutdown(wait=True, cancel_futures=True, kill=True)
 
     def shutdown(
@@ -286,10 +261,8 @@ class Runner:
         Args:
             wait: Block until running (and, unless cancelled, queued) calls have finished and
                 every worker has exited.
-            cancel_futures: Cancel the calls no worker has started (their futures report
-                ``cancelled()``); running calls finish.
-            kill: Also stop running calls: their workers are killed and their futures fail
-                with an error saying they were stopped (see :meth:`terminate`).
+            cancel_futures: Cancel the calls no worker has started; running calls finish.
+            kill: Also stop running calls (their workers are killed; an error says so).
         """
         with self._lock:
             already = self._closed
@@ -347,7 +320,7 @@ class Runner:
             if self in _active:
                 _active.remove(self)
         failed = exc_type is not None  # the block failed: stop what runs too
-        self.shutdown(wait=True, cancel_futures=failed, kill=failed)
+        self.shutdown(cancel_futures=failed, kill=failed)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._broker else "idle")
@@ -402,26 +375,6 @@ class Runner:
         """Ctrl-C while waiting on a call: cancel what is queued, stop what runs, shut down."""
         self.shutdown(wait=False, cancel_futures=True, kill=True)
 
-    def _code_of(self, env: str, fn: Callable[..., Any]) -> bytes:
-        """``fn`` encoded for a worker of ``env``, as an argument of a runtime helper."""
-        from ._encode import encode_function
-
-        version = self._resolve(self.manifest[env]).interpreter.version
-        same = version[:2] == tuple(sys.version_info[:2])
-        return encode_function(fn, same, env, version, True)[0]
-
-    def _chunk_options(self, fn: Callable[..., Any], chunksize: int) -> Options | None:
-        """The options of a chunk's call: ``fn``'s own (its timeout counts per chunk)."""
-        if chunksize == 1:
-            return None
-        options: Options = getattr(fn, "__envrunner_options__", Options())
-        if options.keep:
-            raise ValueError(
-                "map(chunksize=...) cannot keep results in the worker (keep=True): a chunk's "
-                "results come back as one list; use chunksize=1"
-            )
-        return options
-
     def _submit(
         self,
         env: str,
@@ -432,8 +385,7 @@ class Runner:
         by_reference: bool = True,
         options: Options | None = None,
     ) -> Future[Any]:
-        """``submit``, with the function sent by value (or as source) when asked (tests), or
-        with the options of another function (a chunk or an executor's wrapped call)."""
+        """``submit``, with the function by value when asked (tests), or other options."""
         ticket = self._ticket(env, fn, args, kwargs, by_reference, options)
         if not self._ensure_broker().submit(ticket):
             raise RunnerClosedError(f"{self!r} was shut down")
@@ -644,8 +596,7 @@ class _Link:
             runner._interrupt()
 
     def withdraw(self, ticket: Ticket) -> None:
-        """A future was cancelled before its call was sent: take the call off its queue."""
-        from ._scheduler import CallState
+        from ._scheduler import CallState  # a future was cancelled: its call leaves the queue
 
         runner = self._runner()
         broker = runner._broker if runner is not None else None
