@@ -101,11 +101,22 @@ def test_map_in_chunks(runner: envrunner.Runner, env: str, chunksize: int) -> No
         ]
 
 
-def test_map_in_chunks_sends_one_call_per_chunk(runner: envrunner.Runner, env: str) -> None:
+def test_map_in_chunks_sends_one_call_per_chunk(
+    runner: envrunner.Runner, env: str, gate: Path
+) -> None:
     with runner.executor(env) as executor:
+        blockers = block_workers(executor, gate, workers_of(runner, env))
         results = executor.map(tasks.square, range(10), chunksize=4)
-        assert len(executor._pending) <= 3
+        assert len(executor._pending) == len(blockers) + 3  # chunks of 4, 4 and 2
+        gate.touch()
         assert list(results) == [x * x for x in range(10)]
+
+
+def test_the_issue_idiom_with_a_task(manifest_path: Path, env: str) -> None:
+    square = envrunner.task(env=env)(tasks.square)
+    with envrunner.Runner(manifest_path, progress=False):
+        results = square.map(range(100))
+    assert list(results) == [x * x for x in range(100)]
 
 
 def test_map_in_chunks_fails_a_chunk_with_its_error(runner: envrunner.Runner, env: str) -> None:
