@@ -33,6 +33,8 @@ T = TypeVar("T")
 class _Runner(Protocol):
     """What an executor needs of its runner (``_runner.Runner``)."""
 
+    manifest: Any
+
     def _submit(
         self,
         env: str,
@@ -43,8 +45,6 @@ class _Runner(Protocol):
         by_reference: bool = True,
         options: Any = None,
     ) -> Future[Any]: ...
-
-    manifest: Any
 
     def _resolve(self, spec: Any) -> Any: ...
 
