@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import envrunner
+
 SCRIPT = textwrap.dedent(
     """
     import functools
@@ -143,3 +145,13 @@ def other_run(
     tmp_path_factory: pytest.TempPathFactory, manifest_path: Path
 ) -> dict[str, list[object]]:
     return run_script(tmp_path_factory.mktemp("script"), manifest_path, "other")
+
+
+@pytest.mark.parametrize("by_value", [True, False], ids=["same-python", "other-python"])
+def test_an_object_pickle_cannot_send_is_named(by_value: bool) -> None:
+    import threading
+
+    from envrunner._runtime.codec import Encoder
+
+    with pytest.raises(envrunner.EncodeError, match=r"a _thread\.lock cannot be sent"):
+        Encoder(by_value=by_value).encode([threading.Lock()])

@@ -67,6 +67,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional,
 
 import msgpack
 
+from .byname import ScriptObjectError
+from .byname import dumps as by_name
 from .errors import DecodeError, EncodeError, ReferenceLostError
 
 if TYPE_CHECKING:
@@ -314,9 +316,7 @@ class Encoder:
                     f"move {type(obj).__qualname__} into a module next to your script",
                     what=type_name(obj),
                 )
-            from .byname import ScriptObjectError, dumps
-
-            code, dump = PICKLE, dumps  # refuses what names __main__, at any depth
+            code, dump = PICKLE, by_name  # refuses what names __main__, at any depth
         try:
             data = dump(obj, protocol=self.pickle_protocol, buffer_callback=keep)
         except ScriptObjectError as exc:
