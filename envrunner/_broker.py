@@ -28,8 +28,8 @@ known through the :class:`~envrunner._process.Process` interface alone. State sh
 calling threads (the scheduler) is guarded by one lock, which the broker thread holds while it
 works and drops while it polls.
 
-May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_direct``,
-``_process``, ``_remote``, ``_scheduler``, ``_runtime``.
+May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_commands``,
+``_direct``, ``_process``, ``_remote``, ``_scheduler``, ``_workers``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +50,21 @@ import zmq
 
 from . import _scheduler as sch
 from ._calls import CallRequest, Prepared, RawResult, UndecodedError
-from ._channels import DirectChannel, Output, WorkerIO
+from ._channels import Output, WorkerIO
+from ._commands import (
+    Cancel,
+    Carry,
+    Command,
+    Drain,
+    Mailbox,
+    PrepareFailed,
+    Ready,
+    ReleaseHeld,
+    Stop,
+    Submit,
+)
 from ._direct import DirectPath
-from ._process import Launcher, LaunchRequest, LocalLauncher, RemoteProcess, worker_environ
+from ._process import Launcher, LocalLauncher, RemoteProcess
 from ._remote import RemoteDoor
 from ._runtime import wire
 from ._runtime.errors import EncodeError, EnvrunnerError, ProtocolError, WorkerStartError
@@ -72,63 +83,11 @@ from ._runtime.protocol import (
     unpack,
 )
 from ._runtime.shm import Arena, Mapper, unlink_owned
+from ._workers import Workers
 
 log = logging.getLogger("envrunner.broker")
 
 __all__ = ["Broker"]
-
-
-# --------------------------------------------------------------------------- commands
-
-
-@dataclass(frozen=True)
-class Submit:
-    ticket: sch.Ticket
-
-
-@dataclass(frozen=True)
-class Cancel:
-    ticket: sch.Ticket
-
-
-@dataclass(frozen=True)
-class Ready:
-    env: str
-    prepared: Prepared
-
-
-@dataclass(frozen=True)
-class PrepareFailed:
-    env: str
-    error: BaseException
-
-
-@dataclass(frozen=True)
-class Stop:
-    cancel: bool
-
-
-@dataclass(frozen=True)
-class ReleaseHeld:
-    target: str | bytes  # a segment name (its prefix names the worker) or a worker's identity
-    blocks: list[Any]
-    refs: list[int]
-
-
-@dataclass(frozen=True)
-class Carry:
-    """Actions the scheduler returned to a calling thread, for the broker to carry out."""
-
-    actions: list[sch.Action]
-
-
-@dataclass(frozen=True)
-class Drain:
-    ident: bytes
-    done: threading.Event
-
-
-Command = Submit | Cancel | Ready | PrepareFailed | Stop | ReleaseHeld | Carry | Drain
 
 
 class Broker:
@@ -169,9 +128,7 @@ class Broker:
         self.arena = arena
         self.mapper = mapper
         self._prepare = prepare
-        self._runtime_root = runtime_root
         self._sys_path = sys_path
-        self._launcher = launcher or LocalLauncher()
         self._rundir = rundir
         self._shm_threshold = shm_threshold if arena is not None else 0
         self._max_message = max_message
@@ -179,14 +136,8 @@ class Broker:
         self._signer = Signer(self._key)
         self._verifier = Verifier(self._key)
         self._prepared: dict[str, Prepared] = {}
-        self._io: dict[bytes, WorkerIO] = {}
-        self._fds: dict[int, tuple[bytes, str]] = {}
         self._done: list[tuple[sch.Complete, Any]] = []
-        self._commands: collections.deque[Command] = collections.deque()
-        self._wake_r, self._wake_w = os.pipe()
-        self._wake_lock = threading.Lock()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._mailbox = Mailbox()
         self._context: zmq.Context[Any] = zmq.Context()
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
@@ -196,13 +147,27 @@ class Broker:
         self._router.bind(self.address)
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
-        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._poller.register(self._mailbox.fd, zmq.POLLIN)
         self._door: RemoteDoor | None = None
         if listen is not None:
             self._door = RemoteDoor(self._context, listen, keys, max_message)
             self._poller.register(self._door.router, zmq.POLLIN)
+        self._workers = Workers(
+            poller=self._poller,
+            context=self._context,
+            router=self._router,
+            address=self.address,
+            rundir=rundir,
+            key=self._key,
+            launcher=launcher or LocalLauncher(),
+            runtime_root=runtime_root,
+            verifier=self._verifier,
+            arena=arena,
+            mapper=mapper,
+            max_message=max_message,
+        )
+        self._io = self._workers.io
         self._cancel_builds = threading.Event()
-        self._rejected_by_gone = 0  # counted on the direct channels of workers now gone
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
         self.closed = threading.Event()
         self.direct = DirectPath(self)
@@ -227,7 +192,7 @@ class Broker:
             sch.Complete: self._do_complete,
             sch.Shutdown: self._do_shutdown,
             sch.Kill: self._do_kill,
-            sch.Forget: self._do_forget,
+            sch.Forget: lambda a: self._workers.forget(a.ident),
             sch.Ignored: lambda a: log.warning("dropped %s from worker %r", a.why, a.ident),
         }
 
@@ -297,7 +262,7 @@ class Broker:
         """Messages dropped unread (bad signature, replay, malformed), on every channel."""
         with self.lock:
             direct = sum(io.direct.verifier.rejected for io in self._io.values() if io.direct)
-            return self._verifier.rejected + direct + self._rejected_by_gone
+            return self._verifier.rejected + direct + self._workers.rejected_by_gone
 
     def release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
         """The caller is done with blocks of a worker's arena or with objects it keeps."""
@@ -316,7 +281,7 @@ class Broker:
 
     def forget(self, ident: bytes) -> None:
         """Free what a gone worker held (under the lock; also from a calling thread)."""
-        self._do_forget(sch.Forget(ident))
+        self._workers.forget(ident)
 
     def worker_io(self, ident: bytes) -> WorkerIO:
         return self._io[ident]
@@ -332,19 +297,7 @@ class Broker:
 
     def _command(self, command: Command) -> bool:
         """Hand the broker thread a command; False if the broker is gone."""
-        with self._wake_lock:
-            if self._wake_w < 0:
-                return False  # the runner refuses calls before that happens
-            self._commands.append(command)
-            if len(self._commands) > 1:
-                # Not the first waiting: whoever queued the first woke the broker, which takes
-                # commands until the deque is empty (a write here costs ~15 us per submit).
-                return True
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already: the broker will drain the deque
-            return True
+        return self._mailbox.put(command)
 
     # ------------------------------------------------------------------ the loop
 
@@ -372,10 +325,12 @@ class Broker:
                         self._drain_router(self._router)
                     elif self._door is not None and target is self._door.router:
                         self._drain_router(self._door.router)
-                    elif target == self._wake_r:
+                    elif target == self._mailbox.fd:
                         self._drain_commands()
                     else:
-                        self._fd_ready(target)
+                        exited = self._workers.ready(target)
+                        if exited is not None:
+                            self._reap(exited)
                 now = time.monotonic()
                 for io in list(self._io.values()):
                     if io.process.poll_every and io.process.poll() is not None:
@@ -414,13 +369,7 @@ class Broker:
     # ------------------------------------------------------------------ commands
 
     def _drain_commands(self) -> None:
-        try:
-            while os.read(self._wake_r, 65536):
-                pass
-        except BlockingIOError:
-            pass
-        while self._commands:
-            command = self._commands.popleft()
+        for command in self._mailbox.take():
             self._commands_table[type(command)](command)
         self._flush_releases()
 
@@ -452,12 +401,11 @@ class Broker:
     def _on_drain(self, command: Drain) -> None:
         io = self._io.get(command.ident)
         if io is not None:
-            self._drain_output(io)
+            self._workers.drain_output(io)
         command.done.set()
 
     def _fail_commands(self, error: BaseException) -> None:
-        while self._commands:
-            command = self._commands.popleft()
+        for command in self._mailbox.leftovers():
             if isinstance(command, Submit):
                 self._done.append((sch.Complete(command.ticket, error), command.ticket.body.future))
 
@@ -486,73 +434,27 @@ class Broker:
 
     def _do_start(self, action: sch.Start) -> list[sch.Action] | None:
         prepared = self._prepared[action.env]
-        number = action.ident.decode()
-        direct = DirectChannel(
-            self._context,
-            f"ipc://{self._rundir / ('d' + number)}",
-            self._key,
-            action.ident,
-            self._max_message,
-        )
-        started = self._rundir / f"s{number}"
-        request = LaunchRequest(
-            env=action.env,
-            python=prepared.python,
-            address=self.address,
-            worker_id=number,
-            key=self._key,
-            environ=worker_environ(
-                os.environ, prepared.bin_dir, prepared.virtual_env, prepared.environ
-            ),
-            runtime_root=self._runtime_root(),
-            append_paths=prepared.append_paths,
-            direct_address=direct.address,
-            max_message=self._max_message,
-            started_path=str(started),
-        )
         try:
-            started.write_bytes(bytes(8))
-            process = self._launcher.launch(request)
+            io = self._workers.launch(action.env, action.ident, prepared)
         except OSError as exc:
-            direct.close()
-            started.unlink(missing_ok=True)
             error = WorkerStartError(action.env, 0, f"cannot run {prepared.python}: {exc}")
             return self.scheduler.start_failed(action.ident, error, time.monotonic())
-        output = Output(action.env, process.stdout_fd, process.stderr_fd)
-        io = WorkerIO(action.ident, action.env, process, self._router, output, direct, started)
-        direct.watch(process.pidfd)
-        self._io[action.ident] = io
-        self._watch(io)
-        self.scheduler.launched(action.ident, process.pid)
-        log.debug("started %r", io)
+        self.scheduler.launched(action.ident, io.pid)
         return None
-
-    def _watch(self, io: WorkerIO) -> None:
-        for kind, fd in io.output.fds.items():
-            if fd >= 0:
-                self._fds[fd] = (io.ident, kind)
-                self._poller.register(fd, zmq.POLLIN)
-        if io.process.pidfd >= 0:
-            self._fds[io.process.pidfd] = (io.ident, "exit")
-            self._poller.register(io.process.pidfd, zmq.POLLIN)
-
-    def _unwatch(self, fd: int) -> None:
-        if self._fds.pop(fd, None) is not None:
-            self._poller.unregister(fd)
 
     def _do_dispatch(self, action: sch.Dispatch) -> list[sch.Action] | None:
         ticket = action.ticket
         request: CallRequest = ticket.body
         future = request.future
         if not future.running() and not future.set_running_or_notify_cancel():
-            self._free_blocks(request)  # cancelled while it waited
+            self._workers.free_blocks(request)  # cancelled while it waited
             return self.scheduler.dispatch_refused(ticket, time.monotonic())
         io = self._io[action.ident]
         try:
             frames = pack(request.message, self._signer, scope("to", io.ident))
         except EncodeError as exc:  # too large to send: the call fails, the worker is free
             more = self.scheduler.dispatch_refused(ticket, time.monotonic())
-            self._free_blocks(request)
+            self._workers.free_blocks(request)
             self._done.append((sch.Complete(ticket, exc), future))
             return more
         request.sent = True
@@ -567,7 +469,7 @@ class Broker:
     def _do_complete(self, action: sch.Complete) -> None:
         request: CallRequest = action.ticket.body
         if not request.sent:
-            self._free_blocks(request)
+            self._workers.free_blocks(request)
         error = action.outcome
         pool = self.scheduler.pools[action.ticket.env]
         if isinstance(error, WorkerStartError) and not pool.config.local and self._door:
@@ -584,40 +486,6 @@ class Broker:
         io = self._io.get(action.ident)
         if io is not None:
             io.process.kill()
-
-    def _do_forget(self, action: sch.Forget) -> None:
-        io = self._io.pop(action.ident, None)
-        if io is None:
-            return
-        for fd in [*io.output.fds.values(), io.process.pidfd]:
-            self._unwatch(fd)
-        if io.direct is not None:
-            self._rejected_by_gone += io.direct.verifier.rejected
-            io.direct.close()
-        io.process.close()
-        # Calls it never started travel again, with their blocks; the rest are given back.
-        again = [t.body for t in io.given if t.state is not sch.CallState.DONE]
-        keep = {(name, offset) for request in again for name, offset in request.blocks}
-        for request in again:
-            request.sent = False
-        if self.arena is not None:
-            for name, offset in io.lent - keep:
-                self.arena.free(name, offset)
-        io.lent.clear()
-        if io.started_file is not None:
-            io.started_file.unlink(missing_ok=True)
-        unlink_owned(io.prefix)
-        if self.mapper is not None:
-            self.mapper.forget(io.prefix)
-        self._verifier.forget(scope("from", io.ident))
-        self._verifier.forget(scope("from", io.ident + b".hb"))
-
-    def _free_blocks(self, request: CallRequest) -> None:
-        """Take back the arena blocks of a call that no worker holds."""
-        if self.arena is not None:
-            for name, offset in request.blocks:
-                self.arena.free(name, offset)
-        request.blocks = []
 
     def _send(self, io: WorkerIO, message: Any) -> None:
         try:
@@ -679,7 +547,7 @@ class Broker:
         process = RemoteProcess(hello.pid, hello.platform)
         io = WorkerIO(identity, hello.env, process, self._door.router, Output(hello.env, -1, -1))
         process.on_kill = lambda: self._send(io, Shutdown())
-        self._io[identity] = io
+        self._workers.add(io)
         log.info("remote worker %s joined environment %r", identity.decode(), hello.env)
         self._on_hello(io, hello)
 
@@ -711,7 +579,7 @@ class Broker:
         self._carry(self.scheduler.hello(io.ident, time.monotonic()))
 
     def _on_result(self, io: WorkerIO, result: Result) -> None:
-        self._drain_output(io)
+        self._workers.drain_output(io)
         self.book(io, result)
         outcome: Any
         if result.ok:
@@ -727,37 +595,13 @@ class Broker:
 
     # ------------------------------------------------------------------ processes
 
-    def _fd_ready(self, fd: int) -> None:
-        entry = self._fds.get(fd)
-        if entry is None:
-            return
-        ident, kind = entry
-        io = self._io[ident]
-        if kind == "exit":
-            self._reap(io)
-        elif not io.output.read(kind):
-            self._close_stream(io, kind)
-
-    def _close_stream(self, io: WorkerIO, kind: str) -> None:
-        io.output.open[kind] = False
-        self._unwatch(io.output.fds[kind])
-
-    def _drain_output(self, io: WorkerIO) -> None:
-        """Forward what the worker wrote before its result, so output precedes the result."""
-        for kind, open_ in list(io.output.open.items()):
-            if open_ and not io.output.read(kind):
-                self._close_stream(io, kind)
-
     def _reap(self, io: WorkerIO) -> None:
         returncode = io.process.poll()
         if returncode is None or io.ident not in self._io:
             return
         if len(io.given) > 1:
             self._drain_router(io.router)  # answers it sent before it died settle first
-        self._drain_output(io)
-        for kind in ("out", "err"):
-            self._close_stream(io, kind)
-        self._unwatch(io.process.pidfd)
+        self._workers.unwatch(io)
         slot = self.scheduler.slots.get(io.ident)
         quiet = slot is not None and slot.state is sch.WorkerState.IDLE and slot.killed_for is None
         if quiet and not self.scheduler.stopping:
@@ -798,10 +642,7 @@ class Broker:
             self._door.close()
         self._context.term()
         shutil.rmtree(self._rundir, ignore_errors=True)
-        with self._wake_lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
+        self._mailbox.close()
         self.closed.set()
 
 

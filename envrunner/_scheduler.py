@@ -33,25 +33,38 @@ says why; the broker logs it.
 Not thread-safe: the broker calls it under one lock, from its thread or from a calling thread
 (the direct path).
 
-May import: the standard library, ``envrunner._runtime.errors``.
+May import: the standard library, ``envrunner._actions``, ``_crashes``, ``_runtime.errors``.
 """
 
 from __future__ import annotations
 
-import collections
-import enum
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
 from typing import Any
 
-from ._runtime.errors import (
-    ReferenceLostError,
-    TaskTimeoutError,
-    WorkerCrashed,
-    WorkerStartError,
-    describe_exit,
+from ._actions import (
+    Action,
+    CallState,
+    Complete,
+    Dispatch,
+    Forget,
+    Ignored,
+    Kill,
+    KillReason,
+    Pool,
+    PoolConfig,
+    PoolState,
+    Prepare,
+    Pump,
+    Shutdown,
+    Slot,
+    Start,
+    StopBuilds,
+    Ticket,
+    WorkerState,
 )
+from ._crashes import death_error, sort_out_calls
+from ._runtime.errors import ReferenceLostError, WorkerStartError, describe_exit
 
 __all__ = [
     "SHUTDOWN_GRACE",
@@ -82,216 +95,6 @@ __all__ = [
 START_FAILURE_LIMIT = 3
 #: Seconds workers get to leave after SHUTDOWN before they are killed.
 SHUTDOWN_GRACE = 5.0
-
-
-class PoolState(enum.Enum):
-    NEW = "new"  # nothing asked for it yet
-    PREPARING = "preparing"  # its environment is being built (or found)
-    READY = "ready"  # workers can start
-    FAILED = "failed"  # its build failed, or its workers would not start: calls fail at once
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"  # launched, no hello yet
-    IDLE = "idle"
-    BUSY = "busy"  # running a call through the broker (and maybe holding calls sent ahead)
-    DIRECT = "direct"  # checked out by a calling thread for a synchronous call
-    STOPPING = "stopping"  # told to go, or killed: its exit is awaited
-    DEAD = "dead"
-
-    @property
-    def live(self) -> bool:
-        return self in _LIVE
-
-
-_LIVE = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY, WorkerState.DIRECT})
-
-
-class CallState(enum.Enum):
-    QUEUED = "queued"  # waiting for a worker (in a pool's queue, or a worker's pinned queue)
-    RUNNING = "running"  # given to a worker (running, or sent ahead of the one it runs)
-    DONE = "done"  # completed: a Complete action carried its outcome
-
-
-class KillReason(enum.Enum):
-    """Why envrunner killed or let go of a worker; it decides the error of the call it ran."""
-
-    TIMEOUT = "timeout"
-    HEARTBEAT = "heartbeat"
-    START_TIMEOUT = "start timeout"
-    INTERRUPTED = "interrupted"
-    SHUTDOWN = "shutdown"
-    PROTOCOL = "protocol"
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    """How one environment's workers are run."""
-
-    workers: int = 1
-    idle_timeout: float | None = None
-    max_calls: int | None = None
-    local: bool = True  # False: its workers all join from other machines; none is started
-    window: int = 2  # calls in flight per busy worker while others wait (1: one at a time)
-
-    @staticmethod
-    def window_for(workers: int) -> int:
-        """How many calls a busy worker may hold (running, then sent ahead).
-
-        Eight with one worker, where the calls have nowhere else to go; two with several, where
-        a call sent ahead to a worker that turns out slow could have run on another that came
-        free (head-of-line blocking). A call sent ahead can no longer be cancelled, so the
-        window is not deeper than the throughput needs: noop calls through one worker went
-        5,000/s at 2, 6,000-8,500 at 4, 8,000-12,600 at 8 and no better at 16
-        (benchmarks/run.py, pipelined)."""
-        return 8 if workers == 1 else 2
-
-
-@dataclass(eq=False)
-class Ticket:
-    """One call, as the scheduler sees it. Only the scheduler changes it.
-
-    ``body`` is the broker's: the encoded call and its future, never looked at here.
-    """
-
-    call_id: int
-    env: str
-    name: str
-    timeout: float | None = None
-    retries: int = 0  # runs left after a worker crash
-    pin: bytes | None = None  # the worker keeping the objects its arguments refer to
-    pinned_what: str = ""
-    body: Any = None
-    state: CallState = CallState.QUEUED
-    worker: bytes | None = None
-    deadline: float | None = None
-
-    def __repr__(self) -> str:
-        return f"<Ticket {self.call_id} {self.name} env={self.env!r} {self.state.value}>"
-
-
-@dataclass(eq=False)
-class Slot:
-    """One worker, as the scheduler sees it."""
-
-    ident: bytes
-    env: str
-    started: float
-    state: WorkerState = WorkerState.STARTING
-    joined: bool = False  # it came from another machine (not started by us)
-    pid: int = 0  # for messages: known once launched (or from its hello)
-    running: Ticket | None = None
-    ahead: collections.deque[Ticket] = field(default_factory=collections.deque)
-    pinned: collections.deque[Ticket] = field(default_factory=collections.deque)
-    idle_since: float = 0.0
-    last_beat: float = 0.0
-    calls: int = 0
-    killed_for: KillReason | None = None
-    held: bool = False  # a calling thread uses its direct channel
-    kept: set[int] = field(default_factory=set)  # ids of objects it keeps for the caller
-
-    def __repr__(self) -> str:
-        return (
-            f"<Slot {self.ident.decode(errors='replace')} env={self.env!r} "
-            f"{self.state.value} calls={self.calls}>"
-        )
-
-
-@dataclass(eq=False)
-class Pool:
-    """The workers and queued calls of one environment."""
-
-    env: str
-    config: PoolConfig
-    state: PoolState = PoolState.NEW
-    error: BaseException | None = None
-    queue: collections.deque[Ticket] = field(default_factory=collections.deque)
-    workers: list[Slot] = field(default_factory=list)
-    start_failures: int = 0
-    waiting_since: float | None = None  # its calls wait for a worker from another machine
-
-
-# --------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class Prepare:
-    """Build (or find) the environment, then report ``prepared`` or ``prepare_failed``."""
-
-    env: str
-
-
-@dataclass(frozen=True)
-class StopBuilds:
-    """Interrupt builds in progress (shutting down with nothing left to build them for)."""
-
-
-@dataclass(frozen=True)
-class Start:
-    """Launch a worker with this identity, then report ``start_failed`` if that fails."""
-
-    env: str
-    ident: bytes
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """Send the call to the worker. If its future turns out cancelled, report
-    ``dispatch_refused`` instead of sending."""
-
-    ident: bytes
-    ticket: Ticket
-
-
-@dataclass(frozen=True)
-class Pump:
-    """Call ``pump(env)`` from the broker's thread (returned to a calling thread)."""
-
-    env: str
-
-
-@dataclass(frozen=True)
-class Complete:
-    """The call is over: ``outcome`` is its answer (opaque) or the exception it fails with."""
-
-    ticket: Ticket
-    outcome: Any
-    cancelled: bool = False  # cancel its future (it never ran)
-
-
-@dataclass(frozen=True)
-class Shutdown:
-    """Tell the worker to finish and leave."""
-
-    ident: bytes
-
-
-@dataclass(frozen=True)
-class Kill:
-    """Kill the worker now (its exit is reported as ``exited``)."""
-
-    ident: bytes
-    reason: KillReason
-
-
-@dataclass(frozen=True)
-class Forget:
-    """The worker is gone: free what it held (channels, memory, records)."""
-
-    ident: bytes
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """An event the tables do not allow; nothing changed."""
-
-    ident: bytes
-    why: str
-
-
-Action = (
-    Prepare | StopBuilds | Start | Dispatch | Pump | Complete | Shutdown | Kill | Forget | Ignored
-)
 
 
 # --------------------------------------------------------------------------- the machine
@@ -597,13 +400,17 @@ class Scheduler:
         pool = self.pools[slot.env]
         if slot in pool.workers:
             pool.workers.remove(slot)
-        running, lost = self._sort_out_calls(slot, pool, started)
+        running, lost = sort_out_calls(slot, pool.queue, started)
         if running is not None and self._retry(running, slot, pool):
             running = None
         for ticket in lost:
-            self._complete(ticket, self._death_error(slot, ticket, returncode, tail, True))
+            self._complete(
+                ticket, death_error(slot, ticket, returncode, tail, self.heartbeat_timeout, True)
+            )
         if running is not None:
-            self._complete(running, self._death_error(slot, running, returncode, tail))
+            self._complete(
+                running, death_error(slot, running, returncode, tail, self.heartbeat_timeout)
+            )
         why = f"its worker exited: {describe_exit(returncode)}"
         while slot.pinned:
             ticket = slot.pinned.popleft()
@@ -622,12 +429,6 @@ class Scheduler:
         self._pump(pool, now)
         self._let_go(now)
         return self._emit()
-
-    def crashed_quietly(self, ident: bytes) -> bool:
-        """Whether a worker that just exited had been idle and not told to go (worth a
-        warning: nothing failed, but something killed it)."""
-        slot = self.slots.get(ident)
-        return slot is not None and slot.killed_for is None and not self.stopping
 
     # ------------------------------------------------------------------ time
 
@@ -886,30 +687,6 @@ class Scheduler:
         if not pending and not busy and self.stop_deadline is None:
             self.stop_deadline = now + SHUTDOWN_GRACE
 
-    def _sort_out_calls(
-        self, slot: Slot, pool: Pool, started: int
-    ) -> tuple[Ticket | None, list[Ticket]]:
-        """A dead worker's calls: the one it was running, those it finished but whose answers
-        died with it, and (back to the front of the queue) those it never started.
-
-        It held its running call and the calls sent ahead, in the order it runs them; the id
-        it recorded as it began each one (``started``) says how far it got. Without that record
-        (or if it names none of them), the first is the one that was running.
-        """
-        given = ([slot.running] if slot.running is not None else []) + list(slot.ahead)
-        slot.running = None
-        slot.ahead.clear()
-        if not given:
-            return None, []
-        ids = [ticket.call_id for ticket in given]
-        running = ids.index(started) if started in ids else 0
-        for waiting in reversed(given[running + 1 :]):  # never started: run them elsewhere
-            waiting.state = CallState.QUEUED
-            waiting.worker = None
-            waiting.deadline = None
-            pool.queue.appendleft(waiting)  # (only unpinned calls are ever sent ahead)
-        return given[running], given[:running]
-
     def _retry(self, ticket: Ticket, slot: Slot, pool: Pool) -> bool:
         """Run a crashed call again if it asked for retries (never after a timeout, an
         interrupt or a shutdown)."""
@@ -926,33 +703,6 @@ class Scheduler:
             ticket.state = CallState.QUEUED
             pool.queue.appendleft(ticket)
         return True
-
-    def _death_error(
-        self,
-        slot: Slot,
-        ticket: Ticket,
-        returncode: int | None,
-        tail: Sequence[str],
-        answer_lost: bool = False,
-    ) -> BaseException:
-        if answer_lost:
-            reason = (
-                "it had finished, but the worker died before its answer left the process "
-                "(while running the call after it); its effects happened, its value is lost: "
-                "run it again if that is safe"
-            )
-            return WorkerCrashed(slot.env, slot.pid, returncode, list(tail), ticket.name, reason)
-        if slot.killed_for is KillReason.TIMEOUT:
-            return TaskTimeoutError(ticket.env, ticket.name, ticket.timeout or 0, slot.pid)
-        if slot.killed_for is KillReason.INTERRUPTED:
-            return CancelledError("interrupted (Ctrl-C): the worker was stopped")
-        reason = ""
-        if slot.killed_for is KillReason.HEARTBEAT:
-            reason = (
-                f"it stopped answering heartbeats for {self.heartbeat_timeout:g}s (stuck in "
-                "native code that holds the GIL, or stopped), so envrunner killed it"
-            )
-        return WorkerCrashed(slot.env, slot.pid, returncode, list(tail), ticket.name, reason)
 
 
 _BEATING = frozenset({WorkerState.IDLE, WorkerState.BUSY, WorkerState.DIRECT})

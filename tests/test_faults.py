@@ -2,8 +2,10 @@
 
 The table: stage (encode arguments, decode them in the worker, run, encode the result, decode
 it in the caller) x failure (exception, sys.exit, os._exit, segfault, kill -9, hang past the
-timeout, a hang that holds the GIL) -> the exception the caller gets. After each row the same
-runner serves the next call.
+timeout, a hang that holds the GIL) -> the exception the caller gets, on both paths a call can
+take: ``direct`` (a synchronous call on an idle worker, run by the calling thread) and ``broker``
+(a submitted call with more calls queued behind it, some sent ahead to the same worker). After
+each row the same runner serves the next call, and the queued calls got their own answers.
 """
 
 from __future__ import annotations
@@ -55,30 +57,46 @@ TABLE: list[tuple[str, str, type[BaseException], str]] = [
 ]
 
 
-def provoke(runner: envrunner.Runner, env: str, stage: str, how: str) -> Any:
+def provoke(runner: envrunner.Runner, env: str, stage: str, how: str, path: str) -> Any:
     hang_limit = 2.0 if how == "hang" else None
+    fn: Any
     if stage == "encode arguments":
-        return runner.call(env, faults.take, faults.FailsWhenSent(how))
-    if stage == "decode in worker":
-        return runner.call(env, faults.take, faults.FailsWhenLoaded(how))
-    if stage == "run":
-        task = envrunner.task(env=env, timeout=hang_limit)(faults.run)
-        return runner.call(env, task, how)
-    if stage == "encode result":
-        return runner.call(env, faults.give_back, how)
-    return runner.call(env, faults.give_unloadable, how)
+        fn, args = faults.take, (faults.FailsWhenSent(how),)
+    elif stage == "decode in worker":
+        fn, args = faults.take, (faults.FailsWhenLoaded(how),)
+    elif stage == "run":
+        fn, args = envrunner.task(env=env, timeout=hang_limit)(faults.run), (how,)
+    elif stage == "encode result":
+        fn, args = faults.give_back, (how,)
+    else:
+        fn, args = faults.give_unloadable, (how,)
+    if path == "direct":
+        return runner.call(env, fn, *args)
+    future = runner.submit(env, fn, *args)
+    queued = [runner.submit(env, faults.add, i, 1) for i in range(3)]
+    try:
+        return future.result(60)
+    finally:
+        assert [q.result(60) for q in queued] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("path", ["direct", "broker"])
 @pytest.mark.parametrize(
     ("stage", "how", "error", "message"),
     TABLE,
     ids=[f"{stage}-{how}".replace(" ", "_") for stage, how, _, _ in TABLE],
 )
 def test_the_fault_table(
-    runner: envrunner.Runner, env: str, stage: str, how: str, error: type, message: str
+    runner: envrunner.Runner,
+    env: str,
+    stage: str,
+    how: str,
+    error: type,
+    message: str,
+    path: str,
 ) -> None:
     with pytest.raises(error) as caught:
-        provoke(runner, env, stage, how)
+        provoke(runner, env, stage, how, path)
     assert message in str(caught.value)
     if isinstance(caught.value, envrunner.WorkerCrashed):
         assert caught.value.env == env and caught.value.pid > 0
