@@ -15,6 +15,7 @@ Importing envrunner is cheap: the broker, zmq and yaml load on first use.
 
 from __future__ import annotations
 
+import sys as _sys
 from typing import TYPE_CHECKING, Any
 
 from ._runtime import __version__
@@ -40,17 +41,19 @@ from ._runtime.errors import (
 )
 
 if TYPE_CHECKING:
+    from ._executor import EnvExecutor
     from ._futures import CallFuture, Ref
     from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
     from ._runner import Runner, current_runner
     from ._runtime import current_environment
-    from ._tasks import Task, call, task
+    from ._tasks import Task, call, executor, task
 
 __all__ = [
     "BuildError",
     "CallFuture",
     "DecodeError",
     "EncodeError",
+    "EnvExecutor",
     "EnvSpec",
     "EnvrunnerError",
     "InterpreterNotFoundError",
@@ -75,8 +78,10 @@ __all__ = [
     "call",
     "current_environment",
     "current_runner",
+    "executor",
     "find_manifest",
     "load_manifest",
+    "register_joblib",
     "task",
 ]
 
@@ -86,6 +91,8 @@ _LAZY = {
     "Runner": "_runner",
     "Task": "_tasks",
     "call": "_tasks",
+    "executor": "_tasks",
+    "EnvExecutor": "_executor",
     "current_environment": "_runtime",
     "current_runner": "_runner",
     "task": "_tasks",
@@ -94,6 +101,17 @@ _LAZY = {
     "find_manifest": "_manifest",
     "load_manifest": "_manifest",
 }
+
+
+def register_joblib() -> None:
+    """Make ``joblib.parallel_config(backend="envrunner", env=...)`` available.
+
+    ``import envrunner`` does this by itself when joblib is already imported; call it when
+    joblib is imported after envrunner. joblib is not a dependency of envrunner.
+    """
+    from ._joblib import register
+
+    register()
 
 
 def __getattr__(name: str) -> Any:
@@ -109,3 +127,7 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+if "joblib" in _sys.modules:  # joblib is loaded already: its backend costs nothing
+    register_joblib()

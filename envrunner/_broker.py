@@ -178,7 +178,9 @@ class Broker:
             PrepareFailed: lambda c: self._carry(
                 self.scheduler.prepare_failed(c.env, c.error, time.monotonic())
             ),
-            Stop: lambda c: self._carry(self.scheduler.shutdown(c.cancel, time.monotonic())),
+            Stop: lambda c: self._carry(
+                self.scheduler.shutdown(c.cancel, time.monotonic(), c.kill)
+            ),
             ReleaseHeld: self._on_release,
             Carry: lambda c: self._carry(c.actions),
             Drain: self._on_drain,
@@ -213,15 +215,15 @@ class Broker:
         """Withdraw a call that waits for a worker (its future was cancelled)."""
         self._command(Cancel(ticket))
 
-    def shutdown(self, cancel: bool) -> None:
+    def shutdown(self, cancel: bool, kill: bool = False) -> None:
         """Ask the broker to finish; ``closed`` is set once everything is down."""
-        self._command(Stop(cancel))
+        self._command(Stop(cancel, kill))
 
     def kill_all(self) -> None:
         """Kill every worker now (a second Ctrl-C): the broker reaps them and closes."""
         later: list[sch.Action] = []
         with self.lock:
-            actions = self.scheduler.shutdown(True, time.monotonic())
+            actions = self.scheduler.shutdown(True, time.monotonic(), kill=True)
             for ident in list(self.scheduler.slots):
                 actions += self.scheduler.kill(ident, sch.KillReason.SHUTDOWN)
             for action in actions:

@@ -59,6 +59,7 @@ class PrepareFailed:
 @dataclass(frozen=True)
 class Stop:
     cancel: bool
+    kill: bool = False
 
 
 @dataclass(frozen=True)

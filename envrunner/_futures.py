@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -36,6 +37,10 @@ T = TypeVar("T")
 _UNSET: Any = object()
 
 
+def _nothing() -> None:
+    return None
+
+
 class Link(Protocol):
     """What futures and refs need of their runner."""
 
@@ -43,6 +48,7 @@ class Link(Protocol):
     def mapper(self) -> Mapper | None: ...
     def interrupt(self) -> None: ...
     def release_ref(self, worker: bytes, ident: int) -> None: ...
+    def withdraw(self, ticket: Any) -> None: ...
     def fetch(self, ref: Ref) -> Future[Any]: ...
 
 
@@ -62,6 +68,21 @@ class CallFuture(Future[T]):
         self._decode_lock = threading.Lock()
         self._value: Any = _UNSET
         self._decode_error: BaseException | None = None
+        self._ticket: Callable[[], Any] = _nothing
+
+    def withdraw_with(self, ticket: Callable[[], Any]) -> None:
+        """Let :meth:`cancel` take the call back from the broker: ``ticket()`` gives its ticket
+        while the scheduler holds it (a weak reference: the future keeps no call alive)."""
+        self._ticket = ticket
+
+    def cancel(self) -> bool:
+        """Cancel the call if no worker has it yet (then it never runs); False if it does."""
+        if not super().cancel():
+            return False
+        ticket, self._ticket = self._ticket(), _nothing
+        if ticket is not None and self._link is not None:
+            self._link.withdraw(ticket)
+        return True
 
     def result(self, timeout: float | None = None) -> T:
         try:

@@ -13,9 +13,9 @@ The atexit hook (wait for running calls) and the fork hook (a child forgets its 
 runners) are installed when the first runner is made, not at import.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
-(``_broker``, ``_cached``, ``_calls``, ``_encode``, ``_environments``, ``_futures``, ``_keys``,
-``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``, ``_results``,
-``_rundir``, ``_scheduler``, ``_runtime``).
+(``_broker``, ``_cached``, ``_calls``, ``_encode``, ``_environments``, ``_executor``,
+``_futures``, ``_keys``, ``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``,
+``_results``, ``_rundir``, ``_scheduler``, ``_runtime``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import itertools
 import os
 import sys
 import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -41,6 +39,7 @@ if TYPE_CHECKING:
     from ._broker import Broker
     from ._calls import Prepared
     from ._environments import Resolved
+    from ._executor import EnvExecutor
     from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
     from ._results import CallResults
@@ -233,59 +232,59 @@ class Runner:
         /,
         *iterables: Iterable[Any],
         timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
-        """Run ``fn`` over zipped ``iterables`` in ``env``; yield results in order.
+        """``Executor.map`` in ``env``: every call submitted now, results in order.
 
-        Up to twice the environment's ``workers`` calls are in flight at once, so the workers
-        never wait and a long iterable is never submitted all at once.
+        ``chunksize`` items travel per message; ``buffersize`` bounds the calls submitted ahead
+        of the results read (Python 3.14's meaning), for huge or endless inputs.
         """
-        spec = self.manifest[env]
-        window = max(2, 2 * spec.workers)
-        end = None if timeout is None else time.monotonic() + timeout
-        arguments = zip(*iterables)  # noqa: B905 - like map(): the shortest wins
-        futures: deque[Future[T]] = deque()
+        return self.executor(env).map(  # the executor lives as long as the iterator
+            fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize
+        )
 
-        def fill() -> None:
-            while len(futures) < window:
-                try:
-                    args = next(arguments)
-                except StopIteration:
-                    return
-                futures.append(self.submit(env, fn, *args))
+    def executor(
+        self,
+        env: str,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> EnvExecutor:
+        """A ``concurrent.futures.Executor`` whose calls run in ``env`` (``EnvExecutor``)."""
+        from ._executor import EnvExecutor
 
-        fill()
+        self.manifest[env]  # an unknown name fails here, with a suggestion
+        return EnvExecutor(self, env, initializer, initargs)
 
-        def results() -> Iterator[T]:
-            try:
-                while futures:
-                    future = futures.popleft()
-                    remaining = None if end is None else max(0.0, end - time.monotonic())
-                    value = future.result(remaining)
-                    fill()
-                    yield value
-            finally:
-                for future in futures:
-                    future.cancel()
+    async def acall(self, env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``call`` for asyncio; cancelling the awaiting task cancels a call not yet started."""
+        import asyncio
 
-        return results()
+        return await asyncio.wrap_future(self.submit(env, fn, *args, **kwargs))
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def terminate(self) -> None:
+        """Cancel queued calls, stop running ones (an error saying so), and shut down."""
+        self.shutdown(wait=True, cancel_futures=True, kill=True)
+
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, kill: bool = False
+    ) -> None:
         """Stop the workers and the broker; no process and no socket file stays behind.
 
         Args:
             wait: Block until running (and, unless cancelled, queued) calls have finished and
                 every worker has exited.
-            cancel_futures: Cancel queued calls and stop running ones (their futures raise
-                ``CancelledError``).
+            cancel_futures: Cancel the calls no worker has started; running calls finish.
+            kill: Also stop running calls (their workers are killed; an error says so).
         """
         with self._lock:
             already = self._closed
             self._closed = True
             broker = self._broker
-        if cancel_futures:
+        if cancel_futures or kill:
             self._cancel_builds.set()
-        if broker is not None and (not already or cancel_futures):
-            broker.shutdown(cancel_futures)
+        if broker is not None and (not already or cancel_futures or kill):
+            broker.shutdown(cancel_futures or kill, kill=kill)
         if broker is not None and wait:
             try:
                 broker.closed.wait()
@@ -330,7 +329,8 @@ class Runner:
         with _global_lock:
             if self in _active:
                 _active.remove(self)
-        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        failed = exc_type is not None  # the block failed: stop what runs too
+        self.shutdown(cancel_futures=failed, kill=failed)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._broker else "idle")
@@ -383,7 +383,7 @@ class Runner:
 
     def _interrupt(self) -> None:
         """Ctrl-C while waiting on a call: cancel what is queued, stop what runs, shut down."""
-        self.shutdown(wait=False, cancel_futures=True)
+        self.shutdown(wait=False, cancel_futures=True, kill=True)
 
     def _submit(
         self,
@@ -393,13 +393,15 @@ class Runner:
         kwargs: dict[str, Any],
         *,
         by_reference: bool = True,
+        options: Options | None = None,
     ) -> Future[Any]:
-        """``submit``, with the function sent by value (or as source) when asked (tests)."""
-        if self.records or getattr(fn, "__envrunner_options__", Options()).cache:
+        """``submit``, with the function by value when asked (tests), or other options."""
+        opts: Options = options or getattr(fn, "__envrunner_options__", None) or Options()
+        if self.records or opts.cache:
             from ._cached import cached_submit
 
             return cached_submit(self, env, fn, args, kwargs, by_reference)
-        ticket = self._ticket(env, fn, args, kwargs, by_reference)
+        ticket = self._ticket(env, fn, args, kwargs, by_reference, options)
         if not self._ensure_broker().submit(ticket):
             raise RunnerClosedError(f"{self!r} was shut down")
         future: Future[Any] = ticket.body.future
@@ -412,6 +414,7 @@ class Runner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         by_reference: bool = True,
+        options: Options | None = None,
     ) -> Ticket:
         """Encode a call in the calling thread, ready for a worker."""
         from ._calls import CallRequest
@@ -423,7 +426,8 @@ class Runner:
             raise RunnerClosedError(
                 f"{self!r} was shut down; make a new Runner (or leave the with block later)"
             )
-        options: Options = getattr(fn, "__envrunner_options__", Options())
+        if options is None:
+            options = getattr(fn, "__envrunner_options__", Options())
         spec = self.manifest[env]
         version = self._resolve(spec).interpreter.version
         same = version[:2] == tuple(sys.version_info[:2])
@@ -447,7 +451,7 @@ class Runner:
             future: CallFuture[Any] = CallFuture(env, name, self._link)
             request = CallRequest(message, future, [list(b) for b in encoder.blocks])
             timeout = options.timeout if options.timeout is not None else spec.timeout
-            return Ticket(
+            ticket = Ticket(
                 call_id=call_id,
                 env=env,
                 name=name,
@@ -457,6 +461,8 @@ class Runner:
                 pinned_what=pinned_what,
                 body=request,
             )
+            future.withdraw_with(weakref.ref(ticket))
+            return ticket
         except BaseException:
             encoder.release()
             raise
@@ -604,6 +610,14 @@ class _Link:
         if runner is not None:
             runner._interrupt()
 
+    def withdraw(self, ticket: Ticket) -> None:
+        from ._scheduler import CallState  # a future was cancelled: its call leaves the queue
+
+        runner = self._runner()
+        broker = runner._broker if runner is not None else None
+        if broker is not None and ticket.state is CallState.QUEUED:
+            broker.cancel(ticket)
+
     def release_ref(self, worker: bytes, ident: int) -> None:
         runner = self._runner()
         broker = runner._broker if runner is not None else None
@@ -635,7 +649,7 @@ def _shutdown_all() -> None:
     failing = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
     for runner in list(_runners):
         try:
-            runner.shutdown(wait=True, cancel_futures=failing is not None)
+            runner.shutdown(wait=True, cancel_futures=failing is not None, kill=failing is not None)
         except (Exception, KeyboardInterrupt):
             pass
 

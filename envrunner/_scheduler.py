@@ -64,7 +64,7 @@ from ._actions import (
     WorkerState,
 )
 from ._crashes import death_error, sort_out_calls
-from ._runtime.errors import ReferenceLostError, WorkerStartError, describe_exit
+from ._runtime.errors import EnvrunnerError, ReferenceLostError, WorkerStartError, describe_exit
 
 __all__ = [
     "SHUTDOWN_GRACE",
@@ -518,10 +518,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the end
 
-    def shutdown(self, cancel: bool, now: float) -> list[Action]:
-        """Finish: queued calls run first (or, with ``cancel``, are cancelled and running ones
-        stopped), then every worker is let go."""
+    def shutdown(self, cancel: bool, now: float, kill: bool = False) -> list[Action]:
+        """Finish, then let every worker go. Queued calls run first; with ``cancel`` they are
+        cancelled instead and running ones finish (as ``Executor.shutdown(cancel_futures=True)``);
+        with ``kill`` running ones are stopped too, failing with an error that says so."""
         self.stopping = True
+        cancel = cancel or kill
         if cancel:
             self._out.append(StopBuilds())
             for pool in self.pools.values():
@@ -532,8 +534,8 @@ class Scheduler:
                     slot.pinned.clear()
                 for ticket in queued:
                     self._complete(ticket, CancelledError("the runner shut down first"), True)
-            for slot in list(self.slots.values()):
-                stopped = CancelledError("the runner shut down while the call ran")
+            stopped = EnvrunnerError("stopped: the runner was terminated while the call ran")
+            for slot in list(self.slots.values()) if kill else ():
                 while slot.ahead:  # given to a worker: running, as far as the caller knows
                     self._complete(slot.ahead.popleft(), stopped)
                 if slot.state in (WorkerState.BUSY, WorkerState.DIRECT) and slot.running:

@@ -6,13 +6,14 @@
     train(x)          ─► current_runner().call(...)    blocks; the value or the task's error
     train.submit(x)   ─► current_runner().submit(...)  a CallFuture
     train.map(xs)     ─► current_runner().map(...)     results in order
+    await train.acall(x) ─► current_runner().acall(...)  for asyncio
     train.options(keep=True)  ─► Task[P, Ref]: results stay in the worker
 
 A task carries its options as one :class:`~envrunner._options.Options` record
 (``__envrunner_options__``), which the runner reads; the runner never needs this module.
 
-May import: the standard library, ``envrunner._encode``, ``_options``, ``_futures``, ``_runner``,
-``_runtime``.
+May import: the standard library, ``envrunner._encode``, ``_executor``, ``_options``,
+``_futures``, ``_runner``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from ._encode import parameter_names
 from ._futures import Ref
 from ._options import SAME, Options, Same
 from ._runner import current_runner
 
-__all__ = ["Task", "call", "task"]
+if TYPE_CHECKING:
+    from ._executor import EnvExecutor
+
+__all__ = ["Task", "call", "executor", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -145,15 +149,38 @@ class Task(Generic[P, R]):
         runner = current_runner()
         return runner.submit(runner.env_of(self), target, *args, **kwargs)
 
-    def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> Iterator[R]:
-        """Like ``Executor.map``: results in order, up to the environment's ``workers`` at once.
+    async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """``await task.acall(x)``: the call for asyncio. Cancelling the awaiting task cancels
+        the call if no worker has started it."""
+        runner = current_runner()
+        value: R = await runner.acall(runner.env_of(self), self, *args, **kwargs)
+        return value
+
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """Like ``Executor.map``: every call submitted now, results in order.
 
         Args:
             *iterables: Argument iterables, zipped.
             timeout: Seconds from this call until every result must be in.
+            chunksize: Items per message (one call per chunk in the worker).
+            buffersize: Submit only this many calls ahead of the results read (for huge or
+                endless inputs; Python 3.14's meaning).
         """
         runner = current_runner()
-        return runner.map(runner.env_of(self), self, *iterables, timeout=timeout)
+        return runner.map(
+            runner.env_of(self),
+            self,
+            *iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+        )
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
@@ -250,3 +277,15 @@ def call(env: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         ``EnvrunnerError`` that says what went wrong around it.
     """
     return current_runner().call(env, fn, *args, **kwargs)
+
+
+def executor(
+    env: str,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> EnvExecutor:
+    """A ``concurrent.futures.Executor`` running calls in ``env`` on the current runner.
+
+    See :meth:`Runner.executor`.
+    """
+    return current_runner().executor(env, initializer, initargs)

@@ -280,3 +280,36 @@ def counted_array(path: str, n: int) -> Any:
 def counted_failure(path: str, code: int) -> None:
     counted(path, None)
     raise TaskError("counted failure", code)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def square_or_fail(x: int, bad: int) -> int:
+    if x == bad:
+        raise TaskError(f"refused {x}", x)
+    return x * x
+
+
+def gate(path: str, timeout: float = 60.0) -> int:
+    """Block until ``path`` exists (the test opens the gate), then return this worker's pid."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate {path} never opened")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+_INITIALIZED: list[str] = []
+
+
+def initialize(path: str, label: str) -> None:
+    """An executor's initializer: note this worker's pid, remember the label."""
+    note(path)
+    _INITIALIZED.append(label)
+
+
+def initialized() -> list[str]:
+    return list(_INITIALIZED)

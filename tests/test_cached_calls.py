@@ -201,7 +201,7 @@ def test_an_answer_through_shared_memory_is_made_self_contained() -> None:
 
     if not available():
         pytest.skip("no shared-memory folder")
-    value = {
+    value: Any = {
         "array": np.arange(1000, dtype=np.float64),
         "in a tuple": (np.ones((20, 30)), "x"),
         "pickled": Holder(np.arange(500, dtype=np.int32)),

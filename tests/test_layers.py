@@ -20,6 +20,7 @@ THIRD_PARTY = {
     "uv",
     "cloudpickle",
     "filelock",
+    "joblib",
     "msgpack",
     "numpy",
     "packaging",

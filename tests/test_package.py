@@ -19,6 +19,7 @@ def test_the_public_names_are_pinned() -> None:
         "CallFuture",
         "DecodeError",
         "EncodeError",
+        "EnvExecutor",
         "EnvSpec",
         "EnvrunnerError",
         "InterpreterNotFoundError",
@@ -43,8 +44,10 @@ def test_the_public_names_are_pinned() -> None:
         "call",
         "current_environment",
         "current_runner",
+        "executor",
         "find_manifest",
         "load_manifest",
+        "register_joblib",
         "task",
     ]
     assert envrunner.__all__ == sorted(envrunner.__all__)

@@ -351,7 +351,7 @@ def test_shutdown_waits_for_running_calls(manifest_path: Path) -> None:
     assert future.done() and future.result() == 0.5
 
 
-def test_shutdown_can_cancel_queued_and_running_calls(manifest_path: Path) -> None:
+def test_shutdown_kill_cancels_queued_calls_and_stops_running_ones(manifest_path: Path) -> None:
     scoped = envrunner.Runner(manifest_path, progress=False)
     running = scoped.submit("other", tasks.sleep, 60)
     # the worker's window fills with calls sent ahead (running, as far as the caller knows);
@@ -360,11 +360,12 @@ def test_shutdown_can_cancel_queued_and_running_calls(manifest_path: Path) -> No
     queued = sent.pop()
     wait_for(lambda: running.running(), what="the first call to start")
     pids = scoped.worker_pids()
-    scoped.shutdown(wait=True, cancel_futures=True)
+    scoped.shutdown(wait=True, cancel_futures=True, kill=True)
     assert queued.cancelled()
     for future in [running, *sent]:
-        with pytest.raises(concurrent.futures.CancelledError):
-            future.result(5)
+        error = future.exception(5)
+        assert isinstance(error, envrunner.EnvrunnerError) and "stopped" in str(error)
+        assert not future.cancelled()
     assert all(pid_gone(pid) for pid in pids)
 
 

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envrunner._runtime.errors import (
+    EnvrunnerError,
     ReferenceLostError,
     TaskTimeoutError,
     WorkerCrashed,
@@ -1047,7 +1048,7 @@ def test_workers_that_do_not_leave_in_time_are_killed() -> None:
     assert s.finished()
 
 
-def test_shutdown_with_cancel_cancels_queued_calls_and_stops_running_ones() -> None:
+def test_shutdown_with_kill_cancels_queued_calls_and_stops_running_ones() -> None:
     s = scheduler(PoolConfig(workers=2, window=2), other=PoolConfig())
     calls = tickets(6)
     submit(s, calls)
@@ -1057,7 +1058,7 @@ def test_shutdown_with_cancel_cancels_queued_calls_and_stops_running_ones() -> N
     building = ticket(7, env="other")
     s.submit(building, 0.0)  # its environment is being built
 
-    actions = s.shutdown(True, 1.0)
+    actions = s.shutdown(True, 1.0, kill=True)
 
     assert StopBuilds() in actions
     outcomes = completed(actions)
@@ -1066,14 +1067,30 @@ def test_shutdown_with_cancel_cancels_queued_calls_and_stops_running_ones() -> N
     for call_id in (5, 6, 7):  # never given to a worker: their futures are cancelled
         assert by_id[call_id].cancelled
         assert isinstance(by_id[call_id].outcome, CancelledError)
-    for call_id in (1, 2, 3, 4):  # given to a worker: they fail
+    for call_id in (1, 2, 3, 4):  # given to a worker: stopped, with an error that says so
         assert not by_id[call_id].cancelled
-        assert isinstance(by_id[call_id].outcome, CancelledError)
+        outcome = by_id[call_id].outcome
+        assert isinstance(outcome, EnvrunnerError) and "stopped" in str(outcome)
+        assert not isinstance(outcome, CancelledError)
     assert Kill(W1, KillReason.SHUTDOWN) in actions
     assert Kill(W2, KillReason.SHUTDOWN) in actions
     assert s.exited(W1, -9, 1, [], 2.0) == [Forget(W1)]
     assert s.exited(W2, -9, 3, [], 2.0) == [Forget(W2)]
     assert s.finished()
+
+
+def test_shutdown_with_cancel_lets_running_calls_finish() -> None:
+    """``Executor.shutdown(cancel_futures=True)``: what waits is cancelled, what runs finishes."""
+    s = scheduler(PoolConfig(workers=1, window=2))
+    calls = tickets(4)
+    submit(s, calls)
+    s.prepared(ENV, 0.0)
+    s.hello(W1, 0.0)  # w1 runs 1, 2 sent ahead; 3, 4 queued
+    actions = s.shutdown(True, 1.0)
+    assert sorted(completed(actions)) == [3, 4]
+    assert not any(isinstance(a, Kill) for a in actions)
+    assert completed(s.result(W1, 1, "one", 2.0)) == {1: "one"}
+    assert completed(s.result(W1, 2, "two", 3.0)) == {2: "two"}
 
 
 def test_shutdown_stops_builds_nobody_waits_for() -> None:

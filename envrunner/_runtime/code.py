@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import dis
+import functools
 import linecache
 import pickle
 import sys
@@ -48,6 +49,8 @@ def unwrap(obj: Any) -> Any:
 def describe(fn: Any) -> str:
     """A short name for messages: ``module.qualname``."""
     fn = unwrap(fn)
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({describe(fn.func)}, ...)"
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     return f"{module}.{name}" if module and module != "builtins" else name
@@ -77,8 +80,16 @@ def encode_function(
     if reference is not None and (by_reference or not isinstance(fn, types.FunctionType)):
         return _packb(["ref", reference[0], reference[1]])
     if not isinstance(fn, types.FunctionType):
-        try:
-            return _packb(["pickle", pickle.dumps(fn, protocol=5)])
+        from .byname import ScriptObjectError, dumps
+
+        try:  # by name; what names __main__ (a partial of a script function, a bound method
+            return _packb(["pickle", dumps(fn, protocol=5)])  # of a script object) goes by value
+        except ScriptObjectError as exc:
+            if not same_python:
+                raise EncodeError(
+                    f"{describe(fn)} ({type_name(fn)}) cannot be sent to {target}: {exc}",
+                    what=describe(fn),
+                ) from None
         except Exception as exc:
             if not same_python:
                 raise EncodeError(

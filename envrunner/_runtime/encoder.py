@@ -1,7 +1,7 @@
 """Values to bytes: the encoder of the value format (``codec.py`` has its table).
 
 May import: the standard library, msgpack, cloudpickle, numpy (only when the value or the
-process has it) and the runtime's ``errors``, ``formats``, ``shm`` (type-only).
+process has it) and the runtime's ``byname``, ``errors``, ``formats``, ``shm`` (type-only).
 
 ::
 
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import msgpack
 
+from .byname import ScriptObjectError
+from .byname import dumps as by_name
 from .errors import EncodeError, ReferenceLostError
 from .formats import (
     BIGINT,
@@ -264,9 +266,12 @@ class Encoder:
                     f"move {type(obj).__qualname__} into a module next to your script",
                     what=type_name(obj),
                 )
-            code, dump = PICKLE, pickle.dumps
+            code, dump = PICKLE, by_name  # refuses what names __main__, at any depth
         try:
             data = dump(obj, protocol=self.pickle_protocol, buffer_callback=keep)
+        except ScriptObjectError as exc:
+            del self._buffers[first:]
+            raise EncodeError(f"a {type_name(obj)} cannot be sent: {exc}", what=exc.what) from None
         except EncodeError:  # one of its buffers is too large to send: said as it is
             del self._buffers[first:]
             raise
