@@ -1,7 +1,7 @@
 """The manifest: YAML to frozen, validated dataclasses (DESIGN.md layer 1).
 
 May import: the standard library, yaml, ``envrunner._runtime.errors``, ``envrunner._yaml``,
-``envrunner._discovery``.
+``envrunner._discovery``, ``envrunner._launchspec``.
 
 CONTRACT (fixed; the loader below is to be implemented against it):
 
@@ -29,6 +29,7 @@ from ._runtime.errors import (
     Problem,
     UnknownEnvironmentError,
 )
+from ._launchspec import LAUNCH_KEYS, LaunchSpec, read_launch
 from ._yaml import Entry, NodeReader, closest, line_of, read_requirement_files, shown_path
 
 Installer = Literal["auto", "uv", "pip"]
@@ -98,6 +99,7 @@ class EnvSpec:
         build_timeout: Seconds a whole build may take before it is stopped, or None.
         lock: The lock file ``lock:`` names (a ``pylock.toml`` or a requirements file with
             hashes), absolute; None for the default beside the manifest.
+        launch: Where its workers run (``launcher``, ``slurm``, ``hosts``; docs/cluster.md).
         location: Where the environment's name was written.
         locations: Where each of its keys was written (for later errors).
     """
@@ -121,6 +123,7 @@ class EnvSpec:
     build_timeout: float | None = None
     lock: Path | None = None
     locations: Mapping[str, Location] = field(default_factory=_empty_locations)
+    launch: LaunchSpec = field(default_factory=LaunchSpec)
 
     @property
     def external(self) -> bool:
@@ -232,6 +235,7 @@ ENV_KEYS = (
     "max_calls",
     "build_timeout",
     "lock",
+    *LAUNCH_KEYS,
 )
 PIP_KEYS = ("index_url", "extra_index_urls", "find_links", "pre")
 SMOKE_KEYS = ("run", "exit_code")
@@ -418,6 +422,7 @@ class _ManifestReader:
             build_timeout=build_timeout,
             lock=lock,
             locations=MappingProxyType(locations),
+            launch=read_launch(nodes, keys),
         )
 
     # ------------------------------------------------------------------ one key each
