@@ -42,7 +42,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,8 @@ class Broker:
         max_message: The largest frame a socket accepts.
         key: The session key (made here when None).
         listen, keys: Also accept workers from other machines (see ``_remote.py``).
+        launchers: Per environment, the launcher of its workers where it is not ``launcher``
+            (Slurm jobs, ssh: ``_launchers.py``); those connect through the ``listen`` door.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Broker:
         key: bytes | None = None,
         listen: str | None = None,
         keys: Path | None = None,
+        launchers: Mapping[str, Launcher] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.lock = threading.RLock()
@@ -152,6 +155,8 @@ class Broker:
         if listen is not None:
             self._door = RemoteDoor(self._context, listen, keys, max_message)
             self._poller.register(self._door.router, zmq.POLLIN)
+        default = launcher or LocalLauncher()
+        self._launchers = dict(launchers or {})
         self._workers = Workers(
             poller=self._poller,
             context=self._context,
@@ -159,13 +164,15 @@ class Broker:
             address=self.address,
             rundir=rundir,
             key=self._key,
-            launcher=launcher or LocalLauncher(),
+            launcher_for=lambda env: self._launchers.get(env, default),
             runtime_root=runtime_root,
             verifier=self._verifier,
             arena=arena,
             mapper=mapper,
             max_message=max_message,
         )
+        if self._door is not None:
+            self._workers.door = (self._door.router, self._door.address)
         self._io = self._workers.io
         self._cancel_builds = threading.Event()
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
@@ -335,6 +342,8 @@ class Broker:
                 for io in list(self._io.values()):
                     if io.process.poll_every and io.process.poll() is not None:
                         self._reap(io)
+                    elif io.process.poll_every:  # a Slurm job waits in its queue, or not
+                        self.scheduler.pending(io.ident, io.process.pending, now)
                 self._carry(self.scheduler.tick(now))
                 finished = self.scheduler.finished()
             self._complete()
@@ -440,6 +449,7 @@ class Broker:
             error = WorkerStartError(action.env, 0, f"cannot run {prepared.python}: {exc}")
             return self.scheduler.start_failed(action.ident, error, time.monotonic())
         self.scheduler.launched(action.ident, io.pid)
+        self.scheduler.pending(action.ident, io.process.pending, time.monotonic())
         return None
 
     def _do_dispatch(self, action: sch.Dispatch) -> list[sch.Action] | None:
@@ -614,7 +624,9 @@ class Broker:
         log.debug("%r exited: %s", io, returncode)
         started = io.started_call()
         tail = list(io.output.tail)
-        self._carry(self.scheduler.exited(io.ident, returncode, started, tail, time.monotonic()))
+        why = io.process.reason
+        now = time.monotonic()
+        self._carry(self.scheduler.exited(io.ident, returncode, started, tail, now, why))
 
     # ------------------------------------------------------------------ the end
 
@@ -637,6 +649,8 @@ class Broker:
             error = EnvrunnerError("the runner shut down before this call was handled")
             self._carry(self.scheduler.fail_everything(error))
             self._fail_commands(error)
+        for launcher in self._launchers.values():
+            launcher.close()  # nothing it started is left running (queued jobs: scancel)
         self._router.close(linger=0)
         if self._door is not None:
             self._door.close()

@@ -59,6 +59,16 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="give up (exit 77) when no caller welcomes it within this time (60)",
     )
+    worker.add_argument(
+        "--id",
+        metavar="IDENT",
+        help="the identity the caller chose for this worker (set by launcher: slurm and ssh)",
+    )
+    worker.add_argument(
+        "--stdin-watch",
+        action="store_true",
+        help="exit when stdin closes (set by launcher: ssh: the ssh client is gone)",
+    )
     worker.set_defaults(handler=_worker)
 
 
@@ -101,10 +111,12 @@ def _worker(args: argparse.Namespace) -> int:
     spec = manifest[args.name]
     root = runtime_root()
     ready = prepare(spec, resolve(spec), root, auto_progress(), None, manifest.path)
-    identity = f"r-{args.client or 'insecure'}-{socket.gethostname()}-{os.getpid()}"
+    identity = args.id or f"r-{args.client or 'insecure'}-{socket.gethostname()}-{os.getpid()}"
     argv = [str(ready.python), "-m", "envrunner.worker", "--connect", args.connect]
     argv += ["--id", identity, "--env", spec.name, "--key-file", str(session.absolute())]
     argv += ["--start-timeout", str(args.start_timeout)]
+    if args.stdin_watch:
+        argv += ["--watch-fd", "0"]
     argv += [*curve, *(arg for path in ready.append_paths for arg in ("--append-path", path))]
     environ = worker_environ(os.environ, ready.bin_dir, ready.virtual_env, ready.environ)
     print(

@@ -75,7 +75,7 @@ def slurm_minutes(text: str) -> int | None:
     days, first, second, third = match.groups()
     numbers = [int(x) for x in (first, second, third) if x is not None]
     if days is not None:  # D-HH[:MM[:SS]]
-        hours, minutes, seconds = (numbers + [0, 0])[:3]
+        hours, minutes, seconds = ([*numbers, 0, 0])[:3]
         hours += int(days) * 24
     elif len(numbers) == 3:
         hours, minutes, seconds = numbers
@@ -165,7 +165,9 @@ def _slurm(nodes: NodeReader, entry: Entry) -> dict[str, Any]:
         out["setup"] = tuple(lines)
     if "extra" in keys:
         extra: dict[str, str] = {}
-        for name, item in (nodes.entries(keys["extra"], "a mapping of sbatch options") or {}).items():
+        for name, item in (
+            nodes.entries(keys["extra"], "a mapping of sbatch options") or {}
+        ).items():
             value = nodes.raw(item)
             if not _SBATCH_OPTION.fullmatch(name):
                 hint = "sbatch's long option without '--', e.g. reservation: mine"

@@ -24,12 +24,12 @@ from typing import Literal
 import yaml
 
 from ._discovery import MANIFEST_NAMES, folder_without_manifest, missing_file, nothing_found
+from ._launchspec import LAUNCH_KEYS, LaunchSpec, read_launch
 from ._runtime.errors import (
     ManifestError,
     Problem,
     UnknownEnvironmentError,
 )
-from ._launchspec import LAUNCH_KEYS, LaunchSpec, read_launch
 from ._yaml import Entry, NodeReader, closest, line_of, read_requirement_files, shown_path
 
 Installer = Literal["auto", "uv", "pip"]

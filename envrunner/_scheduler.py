@@ -233,6 +233,8 @@ class Scheduler:
         pool = self.pools[ticket.env]
         if self.stopping or pool.state is not PoolState.READY or pool.queue:
             return None
+        if not pool.config.direct:
+            return None
         if ticket.pin is not None:
             pinned = self.slots.get(ticket.pin)
             candidates = [pinned] if pinned is not None and not pinned.pinned else []
@@ -325,6 +327,16 @@ class Scheduler:
         if slot is not None:
             slot.pid = pid
 
+    def pending(self, ident: bytes, pending: bool, now: float) -> None:
+        """A launched worker waits for resources elsewhere (a Slurm queue), or no longer does:
+        its start timeout counts from the moment it stops waiting."""
+        slot = self.slots.get(ident)
+        if slot is None or slot.state is not WorkerState.STARTING or slot.pending == pending:
+            return
+        if not pending:
+            slot.started = now
+        slot.pending = pending
+
     def joined(self, ident: bytes, env: str, pid: int, now: float) -> Slot | None:
         """A worker started elsewhere asks to join ``env``; its Slot, or None (refused)."""
         pool = self.pools.get(env)
@@ -381,6 +393,7 @@ class Scheduler:
         started: int,
         tail: Sequence[str],
         now: float,
+        why: str = "",
     ) -> list[Action]:
         """A worker's process ended (after its last answers and output were read).
 
@@ -388,6 +401,7 @@ class Scheduler:
             returncode: Its exit status (negative: the signal that killed it).
             started: The id of the last call it started, from its own record (0: unknown).
             tail: Its last stderr lines, for the error.
+            why: Why it ended, in the words of what ran it (a Slurm job's end state), if known.
         """
         slot = self.slots.get(ident)
         if slot is None or slot.state is WorkerState.DEAD:
@@ -409,19 +423,20 @@ class Scheduler:
             )
         if running is not None:
             self._complete(
-                running, death_error(slot, running, returncode, tail, self.heartbeat_timeout)
+                running,
+                death_error(slot, running, returncode, tail, self.heartbeat_timeout, why=why),
             )
-        why = f"its worker exited: {describe_exit(returncode)}"
+        lost_why = f"its worker exited: {why or describe_exit(returncode)}"
         while slot.pinned:
             ticket = slot.pinned.popleft()
-            self._complete(ticket, ReferenceLostError(ticket.env, ticket.pinned_what, why))
+            self._complete(ticket, ReferenceLostError(ticket.env, ticket.pinned_what, lost_why))
         slot.kept.clear()
         if previous is WorkerState.STARTING and slot.killed_for is None:
             pool.start_failures += 1
             error = WorkerStartError(
                 slot.env,
                 slot.pid,
-                f"it exited before saying hello ({describe_exit(returncode)})",
+                f"it exited before saying hello ({why or describe_exit(returncode)})",
                 list(tail),
                 returncode,
             )
@@ -439,7 +454,7 @@ class Scheduler:
         for slot in self.slots.values():
             if slot.state is WorkerState.BUSY and slot.running and slot.running.deadline:
                 deadlines.append(slot.running.deadline)
-            elif slot.state is WorkerState.STARTING:
+            elif slot.state is WorkerState.STARTING and not slot.pending:
                 deadlines.append(slot.started + self.start_timeout)
             elif slot.state is WorkerState.IDLE and not slot.kept:
                 idle = self.pools[slot.env].config.idle_timeout
@@ -464,7 +479,11 @@ class Scheduler:
                 deadline = slot.running.deadline
                 if deadline is not None and now >= deadline:
                     self._kill(slot, KillReason.TIMEOUT)
-            elif slot.state is WorkerState.STARTING and now >= slot.started + self.start_timeout:
+            elif (
+                slot.state is WorkerState.STARTING
+                and not slot.pending
+                and now >= slot.started + self.start_timeout
+            ):
                 self._kill(slot, KillReason.START_TIMEOUT)
                 pool = self.pools[slot.env]
                 pool.start_failures += 1

@@ -14,6 +14,9 @@ the broker's lock, for a worker it let go of) uses it.
 
 May import: the standard library, zmq, ``envrunner._actions``, ``_calls``, ``_channels``,
 ``_process``, ``_runtime``.
+
+Workers elsewhere (a launcher that is not ``local``) get the tcp door's address and router
+instead of the ipc socket, and no direct channel or started-call record.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Workers:
         address: str,
         rundir: Path,
         key: bytes,
-        launcher: Launcher,
+        launcher_for: Callable[[str], Launcher],
         runtime_root: Callable[[], Path],
         verifier: Verifier,
         arena: Arena | None,
@@ -66,7 +69,10 @@ class Workers:
         self._address = address
         self._rundir = rundir
         self._key = key
-        self._launcher = launcher
+        self._launcher_for = launcher_for
+        self.door: tuple[zmq.Socket[Any], str] | None = (
+            None  # (router, address) for workers elsewhere
+        )
         self._runtime_root = runtime_root
         self._verifier = verifier
         self._arena = arena
@@ -80,6 +86,9 @@ class Workers:
             OSError: It could not be started (its interpreter is gone, no descriptors left).
         """
         number = ident.decode()
+        launcher = self._launcher_for(env)
+        if not launcher.local:
+            return self._launch_elsewhere(launcher, env, ident, prepared)
         direct = DirectChannel(
             self._context,
             f"ipc://{self._rundir / ('d' + number)}",
@@ -105,7 +114,7 @@ class Workers:
         )
         try:
             started.write_bytes(bytes(8))
-            process = self._launcher.launch(request)
+            process = launcher.launch(request)
         except OSError:
             direct.close()
             started.unlink(missing_ok=True)
@@ -115,6 +124,32 @@ class Workers:
         direct.watch(process.pidfd)
         self.add(io)
         log.debug("started %r", io)
+        return io
+
+    def _launch_elsewhere(
+        self, launcher: Launcher, env: str, ident: bytes, prepared: Prepared
+    ) -> WorkerIO:
+        """A worker on another machine (a Slurm job, over ssh): it connects to the tcp door
+        under the identity the scheduler chose; no direct channel, no shared memory."""
+        if self.door is None:
+            raise OSError("the broker has no tcp door for workers on other machines")
+        router, address = self.door
+        request = LaunchRequest(
+            env=env,
+            python=prepared.python,
+            address=address,
+            worker_id=ident.decode(),
+            key=b"",  # it reads the run's keys itself: never through the launcher
+            environ={},
+            runtime_root=self._runtime_root(),
+            max_message=self._max_message,
+        )
+        process = launcher.launch(request)
+        io = WorkerIO(
+            ident, env, process, router, Output(env, process.stdout_fd, process.stderr_fd)
+        )
+        self.add(io)
+        log.debug("launched %r elsewhere", io)
         return io
 
     def add(self, io: WorkerIO) -> None:
