@@ -103,9 +103,7 @@ class Broker:
         arena, mapper, shm_threshold: The caller's shared memory (see ``_runtime/shm.py``).
         max_message: The largest frame a socket accepts.
         key: The session key (made here when None).
-        listen, keys: Also accept workers from other machines (see ``_remote.py``).
-        launchers: Per environment, the launcher of its workers where it is not ``launcher``
-            (Slurm jobs, ssh: ``_launchers.py``); those connect through the ``listen`` door.
+        listen, keys, launchers: Workers from other machines (``_remote.py``, ``_launchers.py``).
     """
 
     def __init__(
@@ -155,8 +153,6 @@ class Broker:
         if listen is not None:
             self._door = RemoteDoor(self._context, listen, keys, max_message)
             self._poller.register(self._door.router, zmq.POLLIN)
-        default = launcher or LocalLauncher()
-        self._launchers = dict(launchers or {})
         self._workers = Workers(
             poller=self._poller,
             context=self._context,
@@ -164,15 +160,15 @@ class Broker:
             address=self.address,
             rundir=rundir,
             key=self._key,
-            launcher_for=lambda env: self._launchers.get(env, default),
+            launcher=launcher or LocalLauncher(),
+            launchers=launchers or {},
             runtime_root=runtime_root,
             verifier=self._verifier,
             arena=arena,
             mapper=mapper,
             max_message=max_message,
+            door=(self._door.router, self._door.address) if self._door is not None else None,
         )
-        if self._door is not None:
-            self._workers.door = (self._door.router, self._door.address)
         self._io = self._workers.io
         self._cancel_builds = threading.Event()
         self._thread = threading.Thread(target=self._run, name="envrunner-broker", daemon=True)
@@ -448,8 +444,7 @@ class Broker:
         except OSError as exc:
             error = WorkerStartError(action.env, 0, f"cannot run {prepared.python}: {exc}")
             return self.scheduler.start_failed(action.ident, error, time.monotonic())
-        self.scheduler.launched(action.ident, io.pid)
-        self.scheduler.pending(action.ident, io.process.pending, time.monotonic())
+        self.scheduler.launched(action.ident, io.pid, io.process.pending)
         return None
 
     def _do_dispatch(self, action: sch.Dispatch) -> list[sch.Action] | None:
@@ -623,10 +618,10 @@ class Broker:
             )
         log.debug("%r exited: %s", io, returncode)
         started = io.started_call()
-        tail = list(io.output.tail)
-        why = io.process.reason
-        now = time.monotonic()
-        self._carry(self.scheduler.exited(io.ident, returncode, started, tail, now, why))
+        tail, why = list(io.output.tail), io.process.reason
+        self._carry(
+            self.scheduler.exited(io.ident, returncode, started, tail, time.monotonic(), why)
+        )
 
     # ------------------------------------------------------------------ the end
 
@@ -649,8 +644,7 @@ class Broker:
             error = EnvrunnerError("the runner shut down before this call was handled")
             self._carry(self.scheduler.fail_everything(error))
             self._fail_commands(error)
-        for launcher in self._launchers.values():
-            launcher.close()  # nothing it started is left running (queued jobs: scancel)
+        self._workers.close_launchers()  # nothing they started is left (queued jobs: scancel)
         self._router.close(linger=0)
         if self._door is not None:
             self._door.close()

@@ -13,8 +13,8 @@
 Each launcher is one implementation of ``_process.Launcher``; the broker knows only that its
 workers are not local (no shared memory, no direct channel, the tcp door).
 
-May import: the standard library, ``envrunner._home``, ``_keys``, ``_launchspec``,
-``_process``, ``_runtime``; submitit (only when a Slurm worker is launched).
+May import: the standard library, ``submitit`` (only when a Slurm worker is launched),
+``envrunner._home``, ``_keys``, ``_launchspec``, ``_process``, ``_runtime``, ``_slurm_job``.
 """
 
 from __future__ import annotations

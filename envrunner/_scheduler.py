@@ -231,9 +231,8 @@ class Scheduler:
         worker (or not the one the ticket is pinned to): the call then goes through the broker.
         """
         pool = self.pools[ticket.env]
-        if self.stopping or pool.state is not PoolState.READY or pool.queue:
-            return None
-        if not pool.config.direct:
+        ready = pool.state is PoolState.READY and pool.config.direct  # direct: workers here
+        if self.stopping or not ready or pool.queue:
             return None
         if ticket.pin is not None:
             pinned = self.slots.get(ticket.pin)
@@ -321,21 +320,18 @@ class Scheduler:
         self._after_start_failure(pool, error, now)
         return self._emit()
 
-    def launched(self, ident: bytes, pid: int) -> None:
-        """A Start was carried out: the worker's process id, for messages."""
+    def launched(self, ident: bytes, pid: int, pending: bool = False) -> None:
+        """A Start was carried out: the worker's pid (for messages); whether it waits in a queue."""
         slot = self.slots.get(ident)
         if slot is not None:
-            slot.pid = pid
+            slot.pid, slot.pending = pid, pending
 
     def pending(self, ident: bytes, pending: bool, now: float) -> None:
-        """A launched worker waits for resources elsewhere (a Slurm queue), or no longer does:
-        its start timeout counts from the moment it stops waiting."""
+        """A launched worker waits in a queue elsewhere (no start deadline), or stops waiting."""
         slot = self.slots.get(ident)
-        if slot is None or slot.state is not WorkerState.STARTING or slot.pending == pending:
-            return
-        if not pending:
-            slot.started = now
-        slot.pending = pending
+        if slot is not None and slot.state is WorkerState.STARTING and slot.pending != pending:
+            slot.started = slot.started if pending else now
+            slot.pending = pending
 
     def joined(self, ident: bytes, env: str, pid: int, now: float) -> Slot | None:
         """A worker started elsewhere asks to join ``env``; its Slot, or None (refused)."""
@@ -400,8 +396,7 @@ class Scheduler:
         Args:
             returncode: Its exit status (negative: the signal that killed it).
             started: The id of the last call it started, from its own record (0: unknown).
-            tail: Its last stderr lines, for the error.
-            why: Why it ended, in the words of what ran it (a Slurm job's end state), if known.
+            tail, why: Its last stderr lines; why it ended, as what ran it says (Slurm's state).
         """
         slot = self.slots.get(ident)
         if slot is None or slot.state is WorkerState.DEAD:
@@ -471,19 +466,16 @@ class Scheduler:
 
     def tick(self, now: float) -> list[Action]:
         """The clock moved: deadlines, heartbeats, start and idle timeouts, waits."""
-        beat = self.heartbeat_timeout
+        beat, limit = self.heartbeat_timeout, self.start_timeout
         for slot in list(self.slots.values()):
+            start = slot.started
             if beat is not None and slot.state in _BEATING and now >= slot.last_beat + beat:
                 self._kill(slot, KillReason.HEARTBEAT)
             elif slot.state is WorkerState.BUSY and slot.running is not None:
                 deadline = slot.running.deadline
                 if deadline is not None and now >= deadline:
                     self._kill(slot, KillReason.TIMEOUT)
-            elif (
-                slot.state is WorkerState.STARTING
-                and not slot.pending
-                and now >= slot.started + self.start_timeout
-            ):
+            elif slot.state is WorkerState.STARTING and not slot.pending and now >= start + limit:
                 self._kill(slot, KillReason.START_TIMEOUT)
                 pool = self.pools[slot.env]
                 pool.start_failures += 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,14 @@ class Workers:
         address: str,
         rundir: Path,
         key: bytes,
-        launcher_for: Callable[[str], Launcher],
+        launcher: Launcher,
+        launchers: Mapping[str, Launcher],
         runtime_root: Callable[[], Path],
         verifier: Verifier,
         arena: Arena | None,
         mapper: Mapper | None,
         max_message: int,
+        door: tuple[zmq.Socket[Any], str] | None = None,
     ) -> None:
         self.io: dict[bytes, WorkerIO] = {}
         self.rejected_by_gone = 0  # counted on the direct channels of workers now gone
@@ -69,10 +71,9 @@ class Workers:
         self._address = address
         self._rundir = rundir
         self._key = key
-        self._launcher_for = launcher_for
-        self.door: tuple[zmq.Socket[Any], str] | None = (
-            None  # (router, address) for workers elsewhere
-        )
+        self._launcher = launcher  # per environment: launchers, else this one
+        self._launchers = dict(launchers)
+        self._door = door  # (router, address): the tcp door of workers elsewhere
         self._runtime_root = runtime_root
         self._verifier = verifier
         self._arena = arena
@@ -86,7 +87,7 @@ class Workers:
             OSError: It could not be started (its interpreter is gone, no descriptors left).
         """
         number = ident.decode()
-        launcher = self._launcher_for(env)
+        launcher = self._launchers.get(env, self._launcher)
         if not launcher.local:
             return self._launch_elsewhere(launcher, env, ident, prepared)
         direct = DirectChannel(
@@ -131,9 +132,9 @@ class Workers:
     ) -> WorkerIO:
         """A worker on another machine (a Slurm job, over ssh): it connects to the tcp door
         under the identity the scheduler chose; no direct channel, no shared memory."""
-        if self.door is None:
+        if self._door is None:
             raise OSError("the broker has no tcp door for workers on other machines")
-        router, address = self.door
+        router, address = self._door
         request = LaunchRequest(
             env=env,
             python=prepared.python,
@@ -151,6 +152,11 @@ class Workers:
         self.add(io)
         log.debug("launched %r elsewhere", io)
         return io
+
+    def close_launchers(self) -> None:
+        """The broker is done: each launcher makes sure nothing it started is left running."""
+        for launcher in {id(x): x for x in [self._launcher, *self._launchers.values()]}.values():
+            launcher.close()
 
     def add(self, io: WorkerIO) -> None:
         """Watch a worker's pipes and exit (a joined worker has none here)."""
