@@ -45,8 +45,9 @@ __all__ = ["ClusterRun", "SlurmLauncher", "SlurmProcess", "SshLauncher", "cluste
 CLIENT = "launched"  # the client key pair of launched workers, in the run's keys folder
 #: Seconds between looks at a job's state (and its output files).
 SLURM_POLL = 1.0
-#: Seconds between "waiting in Slurm queue" lines.
-QUEUE_NOTE_EVERY = 10.0
+#: Seconds in the queue before the first "waiting in Slurm queue" line, and between lines.
+QUEUE_NOTE_FIRST = 5.0
+QUEUE_NOTE_EVERY = 15.0
 
 #: Slurm's end states, as a WorkerCrashed says them.
 SLURM_ENDS = {
@@ -157,7 +158,7 @@ class SlurmProcess:
         self.reason = ""
         self.returncode: int | None = None
         self.submitted = time.monotonic()
-        self._noted = self.submitted
+        self._next_note = QUEUE_NOTE_FIRST
         self._files = {"out": stdout, "err": stderr}
         self._offsets = {"out": 0, "err": 0}
         self._pipes: dict[str, tuple[int, int]] = {}
@@ -218,10 +219,9 @@ class SlurmProcess:
             return
         state, why, exit_code = _job_state(self.job_id)
         if state in _PENDING or state == "":
-            now = time.monotonic()
-            if now - self._noted >= QUEUE_NOTE_EVERY:
-                self._noted = now
-                waited = now - self.submitted
+            waited = time.monotonic() - self.submitted
+            if waited >= self._next_note:
+                self._next_note = waited + QUEUE_NOTE_EVERY
                 detail = f" ({why})" if why and why != "None" else ""
                 self._say(
                     f"envrunner: waiting in Slurm queue, job {self.job_id}, {waited:.0f} s{detail}"

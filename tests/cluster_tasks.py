@@ -22,3 +22,10 @@ def wait_here(started: str, seconds: float) -> str:
     Path(started).write_text(str(os.getpid()))
     time.sleep(seconds)
     return "finished"
+
+
+def wait_once(started: str, seconds: float) -> str:
+    """The first time, like :func:`wait_here`; once ``started`` exists, answer at once."""
+    if Path(started).exists():
+        return "again"
+    return wait_here(started, seconds)

@@ -140,6 +140,33 @@ def test_scancel_fails_the_call_with_the_jobs_end_and_the_next_call_gets_a_new_j
     assert again and again != job
 
 
+def test_a_call_with_retries_runs_again_in_a_new_job_after_scancel(
+    cluster_runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    job, _ = cluster_runner.submit("far", cluster_tasks.where).result(timeout=180)
+    started = tmp_path / "started"
+    retried = envrunner.task(env="far", retries=1)(cluster_tasks.wait_once)
+    future = retried.submit(str(started), 120)
+    wait_for(started.exists, 60, "the call to start in the job")
+    subprocess.run(["scancel", job], check=True)
+    assert future.result(timeout=180) == "again"
+
+
+def test_queue_time_is_shown_and_not_counted_as_a_slow_start(
+    cluster_manifest: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    manifest = cluster_manifest.parent / "queued.yaml"
+    manifest.write_text(
+        cluster_manifest.read_text().replace(
+            'time: "00:20:00"}', 'time: "00:20:00", extra: {begin: "now+8"}}'
+        )
+    )
+    with envrunner.Runner(manifest, progress=False, start_timeout=3) as runner:
+        job, _ = runner.submit("far", cluster_tasks.where).result(timeout=120)
+    err = capfd.readouterr().err
+    assert f"[far] envrunner: waiting in Slurm queue, job {job}, " in err, err
+
+
 def test_killing_the_ssh_worker_fails_its_call_and_the_next_call_gets_a_new_one(
     cluster_runner: envrunner.Runner, tmp_path: Path
 ) -> None:
