@@ -38,7 +38,7 @@ from . import _home
 from ._keys import create_keys, read_session_key
 from ._launchspec import LaunchSpec
 from ._process import Launcher, LaunchRequest, Process, WorkerProcess
-from ._runtime.errors import EnvrunnerError
+from ._runtime.errors import EnvrunnerError, describe_exit
 
 __all__ = ["ClusterRun", "SlurmLauncher", "SlurmProcess", "SshLauncher", "cluster_setup"]
 
@@ -59,6 +59,7 @@ SLURM_ENDS = {
     "BOOT_FAIL": "lost: its node failed to boot",
     "DEADLINE": "stopped at its deadline",
     "FAILED": "failed",
+    "GONE": "gone from Slurm's records (scontrol, sacct)",
     "COMPLETED": "ended",
 }
 _PENDING = ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED")
@@ -90,8 +91,10 @@ def cluster_setup(
     remote = [spec for spec in specs if not spec.launch.local]
     if not remote:
         return None, {}
-    folder = _home.home() / "runs" / f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-    _home.make_dir(folder.parent)
+    runs, host = _home.home() / "runs", socket.gethostname()
+    _home.make_dir(runs)
+    _remove_stale_runs(runs, host)
+    folder = runs / f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
     folder.mkdir(mode=0o700)
     if keys is None:
         keys = folder / "keys"
@@ -107,6 +110,21 @@ def cluster_setup(
         else:
             launchers[spec.name] = SshLauncher(run, spec.launch)
     return run, launchers
+
+
+def _remove_stale_runs(runs: Path, host: str) -> None:
+    """Remove the run folders (keys, job logs) of this host's callers that died without
+    cleaning up (SIGKILL): their pid is gone."""
+    for folder in runs.glob(f"{host}-*-*"):
+        pid = folder.name[len(host) + 1 :].split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def caller_address(address: str) -> str:
@@ -236,8 +254,10 @@ class SlurmProcess:
             return
         self.ended = True
         self._copy_output()
-        meaning = SLURM_ENDS.get(state, state.lower())
         code = exit_code if exit_code is not None else -9
+        meaning = SLURM_ENDS.get(state, state.lower())
+        if state in ("FAILED", "GONE"):
+            meaning = f"{meaning} ({describe_exit(code)})" if exit_code is not None else meaning
         with self._lock:
             for kind in list(self._pipes):
                 self._flush(kind)
