@@ -230,12 +230,17 @@ class SlurmProcess:
 
     # ---- the watcher's
 
-    def look(self) -> None:
-        """Read the job's new output and state (from the launcher's watcher thread)."""
+    def look(self, queued: tuple[str, str] | None) -> None:
+        """Read the job's new output and state (from the launcher's watcher thread).
+
+        Args:
+            queued: Its (state, reason) in ``squeue``; None when squeue no longer lists it
+                (then ``scontrol``/``sacct`` say how it ended).
+        """
         self._copy_output()
         if self.ended:
             return
-        state, why, exit_code = _job_state(self.job_id)
+        state, why, exit_code = (*queued, None) if queued is not None else _job_state(self.job_id)
         if state in _PENDING or state == "":
             waited = time.monotonic() - self.submitted
             if waited >= self._next_note:
@@ -312,6 +317,28 @@ class SlurmProcess:
             subprocess.run(["scancel", self.job_id], capture_output=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired):
             pass
+
+
+def _squeue() -> dict[str, tuple[str, str]] | None:
+    """job id -> (state, reason) of this user's jobs that Slurm still lists; None on failure."""
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "-u", str(os.getuid()), "-o", "%i|%T|%r"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    out: dict[str, tuple[str, str]] = {}
+    for line in done.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            out[parts[0]] = (parts[1], parts[2])
+    return out
 
 
 def _job_state(job_id: str) -> tuple[str, str, int | None]:
@@ -423,11 +450,14 @@ class SlurmLauncher:
         return out
 
     def _watch(self) -> None:
+        """One ``squeue`` a second for all of the runner's jobs (not one query per job)."""
         while not self._stop.is_set():
             with self._lock:
                 jobs = [job for job in self._jobs if not job.ended]
-            for job in jobs:
-                job.look()
+            listed = _squeue() if jobs else {}
+            if listed is not None:  # None: squeue failed this time; ask again next time
+                for job in jobs:
+                    job.look(listed.get(job.job_id))
             self._stop.wait(SLURM_POLL)
 
     def close(self) -> None:
