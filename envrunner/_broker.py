@@ -338,8 +338,8 @@ class Broker:
                 for io in list(self._io.values()):
                     if io.process.poll_every and io.process.poll() is not None:
                         self._reap(io)
-                    elif io.process.poll_every:  # a Slurm job waits in its queue, or not
-                        self.scheduler.pending(io.ident, io.process.pending, now)
+                    elif io.process.poll_every:  # a Slurm job: its id, in its queue or not
+                        self.scheduler.launched(io.ident, io.pid, io.process.pending, now)
                 self._carry(self.scheduler.tick(now))
                 finished = self.scheduler.finished()
             self._complete()

@@ -14,7 +14,7 @@ runners) are installed when the first runner is made, not at import.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
 (``_broker``, ``_calls``, ``_encode``, ``_environments``, ``_futures``, ``_keys``,
-``_launchers``, ``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``, ``_rundir``,
+``_cluster``, ``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``, ``_rundir``,
 ``_scheduler``, ``_runtime``).
 """
 
@@ -531,7 +531,7 @@ class Runner:
 
     def _make_broker(self) -> Broker:
         from ._broker import Broker
-        from ._launchers import cluster_setup
+        from ._cluster import cluster_setup
         from ._process import caller_project_paths
         from ._rundir import make_rundir
         from ._runtime.shm import remove_stale

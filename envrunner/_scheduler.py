@@ -320,18 +320,13 @@ class Scheduler:
         self._after_start_failure(pool, error, now)
         return self._emit()
 
-    def launched(self, ident: bytes, pid: int, pending: bool = False) -> None:
-        """A Start was carried out: the worker's pid (for messages); whether it waits in a queue."""
+    def launched(self, ident: bytes, pid: int, pending: bool = False, now: float = 0.0) -> None:
+        """A Start was carried out, or what runs the worker elsewhere says more: its pid (for
+        messages), and whether it waits in a queue (its start timeout counts once it stops)."""
         slot = self.slots.get(ident)
         if slot is not None:
-            slot.pid, slot.pending = pid, pending
-
-    def pending(self, ident: bytes, pending: bool, now: float) -> None:
-        """A launched worker waits in a queue elsewhere (no start deadline), or stops waiting."""
-        slot = self.slots.get(ident)
-        if slot is not None and slot.state is WorkerState.STARTING and slot.pending != pending:
-            slot.started = slot.started if pending else now
-            slot.pending = pending
+            slot.started = now if slot.pending and not pending else slot.started
+            slot.pid, slot.pending = pid or slot.pid, pending
 
     def joined(self, ident: bytes, env: str, pid: int, now: float) -> Slot | None:
         """A worker started elsewhere asks to join ``env``; its Slot, or None (refused)."""

@@ -17,6 +17,12 @@ def where() -> tuple[str, int]:
     return os.environ.get("SLURM_JOB_ID", ""), os.getpid()
 
 
+def array_task(seconds: float) -> tuple[str, str]:
+    """The job array this worker's job belongs to and its task in it, after ``seconds``."""
+    time.sleep(seconds)
+    return os.environ.get("SLURM_ARRAY_JOB_ID", ""), os.environ.get("SLURM_ARRAY_TASK_ID", "")
+
+
 def wait_here(started: str, seconds: float) -> str:
     """Say it started (a file), then take ``seconds``: long enough to be stopped under."""
     Path(started).write_text(str(os.getpid()))

@@ -78,6 +78,12 @@ def cluster_manifest(tmp_path_factory: pytest.TempPathFactory, services: Path) -
                 requirements: {REQUIREMENTS}
                 launcher: slurm
                 slurm: {{cpus_per_task: 1, time: "00:20:00"}}
+              many:
+                python: "{minor}"
+                requirements: {REQUIREMENTS}
+                workers: 3
+                launcher: slurm
+                slurm: {{time: "00:20:00"}}
               box:
                 python: "{minor}"
                 requirements: {REQUIREMENTS}
@@ -123,6 +129,14 @@ def test_arrays_travel_between_a_launched_and_a_local_worker(
         assert job and in_queue(job), "the worker is not a running Slurm job"
     else:
         assert not job and pid != os.getpid()
+
+
+def test_workers_started_together_are_one_job_array(cluster_runner: envrunner.Runner) -> None:
+    futures = [cluster_runner.submit("many", cluster_tasks.array_task, 3) for _ in range(3)]
+    answers = {future.result(timeout=180) for future in futures}
+    arrays = {array for array, _ in answers}
+    assert len(arrays) == 1 and "" not in arrays, answers
+    assert {task for _, task in answers} == {"0", "1", "2"}
 
 
 def test_scancel_fails_the_call_with_the_jobs_end_and_the_next_call_gets_a_new_job(

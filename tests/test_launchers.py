@@ -124,7 +124,7 @@ def test_time_in_a_queue_is_not_a_slow_start() -> None:
     s.launched(ident, 1234, pending=True)
     assert s.next_deadline() is None
     assert not s.tick(500.0)  # 500 s in the queue: nothing is killed
-    s.pending(ident, False, 500.0)  # the job runs: the start timeout counts from here
+    s.launched(ident, 1234, pending=False, now=500.0)  # it runs: the start timeout counts now
     assert s.next_deadline() == 510.0
     kills = [a for a in s.tick(510.0) if isinstance(a, Kill)]
     assert [k.reason for k in kills] == [KillReason.START_TIMEOUT]
