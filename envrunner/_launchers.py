@@ -98,7 +98,9 @@ def caller_address(address: str) -> str:
     return address
 
 
-def worker_argv(run: ClusterRun, request: LaunchRequest, python: str) -> list[str]:
+def worker_argv(
+    run: ClusterRun, request: LaunchRequest, python: str, connect: str = ""
+) -> list[str]:
     """``envrunner worker`` for a launched worker: builds (or finds) the environment there,
     then becomes the worker with the identity the scheduler chose. No secret in it."""
     return [
@@ -110,7 +112,7 @@ def worker_argv(run: ClusterRun, request: LaunchRequest, python: str) -> list[st
         "--manifest",
         str(run.manifest),
         "--connect",
-        caller_address(request.address),
+        connect or caller_address(request.address),
         "--keys",
         str(run.keys),
         "--client",
@@ -128,7 +130,9 @@ class SshLauncher:
 
     The ssh client is the Process: its output is the worker's, its exit the worker's. Killing
     it closes the remote command's stdin, which the worker watches (``--stdin-watch``): it
-    exits. A dead caller closes the worker's connection: it exits too.
+    exits. A dead caller closes the worker's connection: it exits too. With ``ssh: {tunnel:
+    true}`` the worker reaches the caller through the ssh connection (``-R``: a Unix socket on
+    the host forwarded to the door), for hosts that cannot reach the caller.
     """
 
     local = False
@@ -136,10 +140,20 @@ class SshLauncher:
     def __init__(self, run: ClusterRun, spec: LaunchSpec) -> None:
         self._run = run
         self._hosts = itertools.cycle(spec.hosts)
+        self._python = str(spec.ssh.get("python") or sys.executable)
+        self._tunnel = bool(spec.ssh.get("tunnel"))
+        self._options = list(spec.ssh.get("options", ()))
 
     def launch(self, request: LaunchRequest) -> Process:
         host = next(self._hosts)
-        argv = [*worker_argv(self._run, request, sys.executable), "--stdin-watch"]
+        forward: list[str] = []
+        connect = ""
+        if self._tunnel:
+            port = request.address.rsplit(":", 1)[1]
+            remote_socket = f"/tmp/envrunner-{self._run.folder.name}-{request.worker_id}.sock"
+            forward = ["-o", "ExitOnForwardFailure=yes", "-R", f"{remote_socket}:127.0.0.1:{port}"]
+            connect = f"ipc://{remote_socket}"
+        argv = [*worker_argv(self._run, request, self._python, connect), "--stdin-watch"]
         variables = {
             name: os.environ[name]
             for name in ("ENVRUNNER_HOME", "ENVRUNNER_CALLER_HOST")
@@ -156,8 +170,8 @@ class SshLauncher:
                 *(shlex.quote(arg) for arg in argv),
             ]
         )
-        ssh = [os.environ.get("ENVRUNNER_SSH", "ssh"), "-o", "BatchMode=yes", "-T"]
-        ssh += shlex.split(os.environ.get("ENVRUNNER_SSH_OPTIONS", ""))
+        ssh = [os.environ.get("ENVRUNNER_SSH", "ssh"), "-o", "BatchMode=yes", "-T", *forward]
+        ssh += [*shlex.split(os.environ.get("ENVRUNNER_SSH_OPTIONS", "")), *self._options]
         popen = subprocess.Popen(
             [*ssh, host, remote],
             stdin=subprocess.PIPE,

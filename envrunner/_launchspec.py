@@ -24,7 +24,8 @@ from ._yaml import Entry, NodeReader, closest
 __all__ = ["LAUNCHERS", "LAUNCH_KEYS", "SLURM_KEYS", "LaunchSpec", "read_launch"]
 
 LAUNCHERS = ("local", "slurm", "ssh")
-LAUNCH_KEYS = ("launcher", "slurm", "hosts")
+LAUNCH_KEYS = ("launcher", "slurm", "hosts", "ssh")
+SSH_KEYS = ("python", "tunnel", "options")
 #: The Slurm settings envrunner reads itself; ``extra`` passes anything else to sbatch.
 SLURM_KEYS = (
     "partition",
@@ -54,11 +55,13 @@ class LaunchSpec:
         slurm: The validated ``slurm:`` settings (``time`` in minutes, ``setup`` a tuple of shell
             lines, ``extra`` a mapping of other sbatch options).
         hosts: The machines of ``launcher: ssh``, used in turn.
+        ssh: The validated ``ssh:`` settings (``python``, ``tunnel``, ``options``).
     """
 
     kind: str = "local"
     slurm: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     hosts: tuple[str, ...] = ()
+    ssh: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def local(self) -> bool:
@@ -116,12 +119,41 @@ def read_launch(nodes: NodeReader, keys: dict[str, Entry]) -> LaunchSpec:
                 nodes.problem(item.line, item.path, f"invalid host {host!r}", "e.g. user@gpu1")
             elif host is not None:
                 hosts.append(host)
+    ssh: dict[str, Any] = {}
+    if "ssh" in keys:
+        entry = keys["ssh"]
+        if kind != "ssh":
+            hint = "add 'launcher: ssh', or remove 'ssh:'"
+            nodes.problem(entry.line, entry.path, f"ssh settings with launcher: {kind}", hint)
+        ssh = _ssh(nodes, entry)
     if kind == "ssh" and not hosts:
         where = keys.get("launcher")
         line = where.line if where is not None else 0
         path = where.path if where is not None else "launcher"
         nodes.problem(line, path, "launcher: ssh needs hosts", "add e.g. hosts: [gpu1]")
-    return LaunchSpec(kind, MappingProxyType(slurm), tuple(hosts))
+    return LaunchSpec(kind, MappingProxyType(slurm), tuple(hosts), MappingProxyType(ssh))
+
+
+def _ssh(nodes: NodeReader, entry: Entry) -> dict[str, Any]:
+    keys = nodes.entries(entry, "a mapping of ssh settings") if not entry.is_null else {}
+    if keys is None:
+        return {}
+    nodes.unknown_keys(keys, SSH_KEYS)
+    out: dict[str, Any] = {}
+    if "python" in keys:
+        path = nodes.text(keys["python"], "the path of Python on the hosts")
+        if path is not None and not path.startswith("/"):
+            hint = "an absolute path on the hosts, e.g. /opt/venv/bin/python"
+            nodes.problem(keys["python"].line, keys["python"].path, f"not absolute: {path}", hint)
+        elif path is not None:
+            out["python"] = path
+    if "tunnel" in keys:
+        out["tunnel"] = bool(nodes.flag(keys["tunnel"]))
+    if "options" in keys:
+        hint = 'e.g. options: ["-J", "jumphost"]'
+        items = nodes.items(keys["options"], "a list of ssh options", hint) or ()
+        out["options"] = tuple(t for t in (nodes.text(i, "an ssh option") for i in items) if t)
+    return out
 
 
 def _slurm(nodes: NodeReader, entry: Entry) -> dict[str, Any]:

@@ -53,6 +53,21 @@ _LAUNCH: dict[str, Any] = {
         "items": {"type": "string", "minLength": 1},
         "description": "The machines of launcher: ssh (names as ssh knows them).",
     },
+    "ssh": {
+        "type": "object",
+        "description": "Settings of launcher: ssh.",
+        "additionalProperties": False,
+        "properties": {
+            "python": {"type": "string", "pattern": "^/", "description": "Python on the hosts."},
+            "tunnel": {
+                "type": "boolean",
+                "default": False,
+                "description": "Connect back "
+                "through the ssh connection (ssh -R), for hosts that cannot reach you.",
+            },
+            "options": {"type": "array", "items": {"type": "string"}},
+        },
+    },
 }
 
 

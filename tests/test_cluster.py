@@ -89,6 +89,12 @@ def cluster_manifest(tmp_path_factory: pytest.TempPathFactory, services: Path) -
                 requirements: {REQUIREMENTS}
                 launcher: ssh
                 hosts: [envrunner-test]
+              tunneled:
+                python: "{minor}"
+                requirements: {REQUIREMENTS}
+                launcher: ssh
+                hosts: [envrunner-test]
+                ssh: {{tunnel: true, python: "{sys.executable}"}}
             """
         )
     )
@@ -115,7 +121,7 @@ def in_queue(job: str) -> bool:
     return job in out.stdout.split()
 
 
-@pytest.mark.parametrize("far", ["far", "box"], ids=["slurm", "ssh"])
+@pytest.mark.parametrize("far", ["far", "box", "tunneled"], ids=["slurm", "ssh", "ssh-tunnel"])
 def test_arrays_travel_between_a_launched_and_a_local_worker(
     cluster_runner: envrunner.Runner, far: str
 ) -> None:
@@ -127,6 +133,10 @@ def test_arrays_travel_between_a_launched_and_a_local_worker(
     job, pid = cluster_runner.submit(far, cluster_tasks.where).result(timeout=60)
     if far == "far":
         assert job and in_queue(job), "the worker is not a running Slurm job"
+    elif far == "tunneled":
+        assert not job and pid != os.getpid()
+        connect = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert connect[connect.index(b"--connect") + 1].startswith(b"ipc:///tmp/envrunner-")
     else:
         assert not job and pid != os.getpid()
 
@@ -207,7 +217,7 @@ runner.submit(sys.argv[2], cluster_tasks.wait_here, sys.argv[3], 600).result()
 """
 
 
-@pytest.mark.parametrize("far", ["far", "box"], ids=["slurm", "ssh"])
+@pytest.mark.parametrize("far", ["far", "box", "tunneled"], ids=["slurm", "ssh", "ssh-tunnel"])
 def test_a_caller_killed_with_sigkill_leaves_no_job_and_no_worker(
     cluster_manifest: Path, ssh_options: None, tmp_path: Path, far: str
 ) -> None:

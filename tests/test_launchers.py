@@ -43,6 +43,7 @@ def test_launchers_and_their_settings_are_read(tmp_path: Path) -> None:
             legacy:
               launcher: ssh
               hosts: [old-box, "me@other"]
+              ssh: {python: /opt/venv/bin/python, tunnel: true, options: ["-J", "jump"]}
             plain: {}
             """,
         )
@@ -59,6 +60,11 @@ def test_launchers_and_their_settings_are_read(tmp_path: Path) -> None:
         "extra": {"reservation": "mine"},
     }
     assert manifest["legacy"].launch.hosts == ("old-box", "me@other")
+    assert dict(manifest["legacy"].launch.ssh) == {
+        "python": "/opt/venv/bin/python",
+        "tunnel": True,
+        "options": ("-J", "jump"),
+    }
     assert manifest["plain"].launch.kind == "local" and manifest["plain"].launch.local
 
 
@@ -75,6 +81,10 @@ def test_every_launcher_mistake_is_reported_with_its_line_and_a_fix(tmp_path: Pa
           launcher: ssh
         d:
           hosts: [box]
+        e:
+          launcher: ssh
+          hosts: [box]
+          ssh: {python: venv/bin/python, tunel: true}
         """,
     )
     with pytest.raises(ManifestError) as caught:
@@ -90,6 +100,8 @@ def test_every_launcher_mistake_is_reported_with_its_line_and_a_fix(tmp_path: Pa
         ":7: environments.b.slurm.extra.mem: mem has its own key",
         ":9: environments.c.launcher: launcher: ssh needs hosts",
         ":11: environments.d.hosts: hosts with launcher: local",
+        ":15: environments.e.ssh.python: not absolute: venv/bin/python",
+        ":15: environments.e.ssh.tunel: unknown key (did you mean 'tunnel'?)",
     ):
         assert expected in text, text
 
