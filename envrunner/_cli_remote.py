@@ -67,7 +67,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     worker.add_argument(
         "--stdin-watch",
         action="store_true",
-        help="exit when stdin closes (set by launcher: ssh: the ssh client is gone)",
+        help="stop the worker when stdin closes (set by launcher: ssh: the ssh client is gone)",
     )
     worker.set_defaults(handler=_worker)
 
@@ -115,8 +115,6 @@ def _worker(args: argparse.Namespace) -> int:
     argv = [str(ready.python), "-m", "envrunner.worker", "--connect", args.connect]
     argv += ["--id", identity, "--env", spec.name, "--key-file", str(session.absolute())]
     argv += ["--start-timeout", str(args.start_timeout)]
-    if args.stdin_watch:
-        argv += ["--watch-fd", "0"]
     argv += [*curve, *(arg for path in ready.append_paths for arg in ("--append-path", path))]
     environ = worker_environ(os.environ, ready.bin_dir, ready.virtual_env, ready.environ)
     print(
@@ -125,4 +123,31 @@ def _worker(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.chdir(root)
+    if args.stdin_watch:
+        return _watched(argv, environ)
     os.execve(argv[0], argv, environ)
+
+
+def _watched(argv: list[str], environ: dict[str, str]) -> int:
+    """Run the worker as a child, and SIGKILL its process group when stdin closes (the ssh
+    client that started this is gone): even a worker stuck in native code goes."""
+    import signal
+    import subprocess
+    import threading
+
+    child = subprocess.Popen(argv, env=environ, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    threading.Thread(target=watch, name="envrunner-stdin-watch", daemon=True).start()
+    returncode = child.wait()
+    return returncode if returncode >= 0 else 128 - returncode

@@ -21,10 +21,11 @@ from pathlib import Path
 import cluster_tasks
 import numpy
 import pytest
+import tasks
 from support import pid_gone, wait_for
 
 import envrunner
-from envrunner import WorkerCrashed
+from envrunner import TaskTimeoutError, WorkerCrashed
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = Path(os.environ.get("ENVRUNNER_SERVICES", "/tmp/envrunner-services"))
@@ -147,6 +148,49 @@ def test_workers_started_together_are_one_job_array(cluster_runner: envrunner.Ru
     arrays = {array for array, _ in answers}
     assert len(arrays) == 1 and "" not in arrays, answers
     assert {task for _, task in answers} == {"0", "1", "2"}
+
+
+@pytest.mark.parametrize("far", ["far", "box"], ids=["slurm", "ssh"])
+def test_a_kept_result_stays_in_the_launched_worker(
+    cluster_runner: envrunner.Runner, tmp_path: Path, far: str
+) -> None:
+    ref = envrunner.task(env=far, keep=True)(tasks.make_model)(str(tmp_path / "gone"))
+    first = cluster_runner.call(far, tasks.use_model, ref, 2)
+    second = cluster_runner.call(far, tasks.use_model, ref, 3)
+    assert first[:2] == second[:2] and second[2] == 5  # the same object, in place
+    kept = envrunner.task(env=far)(tasks.make_array).submit(6, keep=True).result(timeout=60)
+    numpy.testing.assert_array_equal(kept.fetch(), numpy.arange(6.0).reshape(3, 2))
+
+
+@pytest.mark.parametrize("far", ["far", "box"], ids=["slurm", "ssh"])
+def test_a_call_past_its_timeout_stops_its_worker(
+    cluster_runner: envrunner.Runner, tmp_path: Path, far: str
+) -> None:
+    job, pid = cluster_runner.submit(far, cluster_tasks.where).result(timeout=180)
+    slow = envrunner.task(env=far, timeout=2)(cluster_tasks.wait_here)
+    with pytest.raises(TaskTimeoutError):
+        slow(str(tmp_path / "started"), 120)
+    if far == "far":
+        wait_for(lambda: not in_queue(job), 60, f"Slurm job {job} to leave squeue")
+    wait_for(lambda: pid_gone(pid), 60, f"worker {pid} to exit")
+
+
+def test_a_stopped_ssh_worker_is_killed_for_missing_heartbeats(
+    cluster_manifest: Path, ssh_options: None, tmp_path: Path
+) -> None:
+    with envrunner.Runner(cluster_manifest, progress=False, heartbeat_timeout=3) as runner:
+        _, pid = runner.submit("box", cluster_tasks.where).result(timeout=180)
+        started = tmp_path / "started"
+        future = runner.submit("box", cluster_tasks.wait_here, str(started), 120)
+        wait_for(started.exists, 60, "the call to start")
+        os.kill(pid, signal.SIGSTOP)  # stuck: no heartbeat, and it cannot watch its stdin
+        try:
+            with pytest.raises(WorkerCrashed, match="heartbeats"):
+                future.result(timeout=60)
+            wait_for(lambda: pid_gone(pid), 30, f"stopped worker {pid} to be killed")
+        finally:
+            if not pid_gone(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_scancel_fails_the_call_with_the_jobs_end_and_the_next_call_gets_a_new_job(

@@ -436,7 +436,7 @@ class _Arguments:
     """The worker's command line (read by hand: argparse costs a worker's start 2 ms)."""
 
     connect = direct = id = key_file = curve_server_key = curve_client_key = env = started = ""
-    max_message = key_fd = watch_fd = -1
+    max_message = key_fd = -1
     start_timeout = WELCOME_TIMEOUT_MS / 1000
 
 
@@ -453,7 +453,6 @@ def _arguments(argv: List[str]) -> _Arguments:
         "--env",
         "--max-message",
         "--key-fd",
-        "--watch-fd",  # exit when it reaches end of file (launched over ssh: its stdin)
         "--start-timeout",
         "--append-path",  # applied by the entry module, before the runtime is imported
     }
@@ -463,7 +462,7 @@ def _arguments(argv: List[str]) -> _Arguments:
         if flag not in known:
             raise SystemExit(f"python -m envrunner.worker: unknown option {flag}")
         name = flag[2:].replace("-", "_")
-        if name in ("max_message", "key_fd", "watch_fd"):
+        if name in ("max_message", "key_fd"):
             setattr(args, name, int(value))
         elif name == "start_timeout":
             args.start_timeout = float(value)
@@ -487,8 +486,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     remote = args.key_fd < 0
     if remote:
         key = read_key_file(args.key_file)
-        if args.watch_fd >= 0:
-            watch_parent(args.watch_fd)
     else:
         key = read_key(args.key_fd)
         watch_parent(args.key_fd)
