@@ -17,6 +17,10 @@ def where() -> tuple[str, int]:
     return os.environ.get("SLURM_JOB_ID", ""), os.getpid()
 
 
+def shout(text: str) -> None:
+    print(text, flush=True)
+
+
 def array_task(seconds: float) -> tuple[str, str]:
     """The job array this worker's job belongs to and its task in it, after ``seconds``."""
     time.sleep(seconds)

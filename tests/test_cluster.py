@@ -151,6 +151,20 @@ def test_workers_started_together_are_one_job_array(cluster_runner: envrunner.Ru
 
 
 @pytest.mark.parametrize("far", ["far", "box"], ids=["slurm", "ssh"])
+def test_a_launched_workers_output_reaches_the_caller_prefixed(
+    cluster_runner: envrunner.Runner, capfd: pytest.CaptureFixture[str], far: str
+) -> None:
+    cluster_runner.submit(far, cluster_tasks.shout, f"hello from {far}").result(timeout=180)
+    seen: list[str] = []
+
+    def printed() -> bool:
+        seen.append(capfd.readouterr().out)
+        return f"[{far}] hello from {far}" in "".join(seen)
+
+    wait_for(printed, 10, "the worker's line on the caller's stdout")
+
+
+@pytest.mark.parametrize("far", ["far", "box"], ids=["slurm", "ssh"])
 def test_a_kept_result_stays_in_the_launched_worker(
     cluster_runner: envrunner.Runner, tmp_path: Path, far: str
 ) -> None:
