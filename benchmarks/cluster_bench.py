@@ -26,9 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -50,12 +50,12 @@ def noop() -> None:
     return None
 
 
-def first_call(manifest: Path) -> float:
+def first_call(manifest: Path, task: Any) -> float:
     import envrunner
 
     begin = time.perf_counter()
     with envrunner.Runner(manifest, progress=False, start_timeout=300) as runner:
-        runner.submit("far", noop).result(timeout=600)
+        runner.submit("far", task).result(timeout=600)
         elapsed = time.perf_counter() - begin
     return elapsed
 
@@ -88,18 +88,18 @@ def sbatch_polled(folder: Path) -> float:
         time.sleep(0.1)
 
 
-def rates(manifest: Path, env: str, calls: int) -> tuple[float, float]:
+def rates(manifest: Path, env: str, calls: int, task: Any) -> tuple[float, float]:
     """(sequential calls/s, pipelined calls/s) to one worker of ``env``."""
     import envrunner
 
     with envrunner.Runner(manifest, progress=False, start_timeout=300) as runner:
-        runner.submit(env, noop).result(timeout=600)  # started and warm
+        runner.submit(env, task).result(timeout=600)  # started and warm
         begin = time.perf_counter()
         for _ in range(calls):
-            runner.submit(env, noop).result()
+            runner.submit(env, task).result()
         sequential = calls / (time.perf_counter() - begin)
         begin = time.perf_counter()
-        futures = [runner.submit(env, noop) for _ in range(calls)]
+        futures = [runner.submit(env, task) for _ in range(calls)]
         for future in futures:
             future.result()
         pipelined = calls / (time.perf_counter() - begin)
@@ -115,7 +115,7 @@ def main() -> int:
     os.chdir(folder)  # job output files of the baselines land here
     (folder / "cluster_bench.py").write_text(Path(__file__).read_text())
     sys.path.insert(0, str(folder))
-    import cluster_bench  # noop by reference, from a folder the jobs can import
+    import cluster_bench  # type: ignore[import-not-found]
 
     minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     manifest = folder / "environments.yaml"
@@ -123,27 +123,45 @@ def main() -> int:
     import envrunner
 
     envrunner.Runner(manifest, progress=False).prepare()  # built once, not timed
-    global noop
-    noop = cluster_bench.noop
+    task = cluster_bench.noop  # by reference, from the folder the jobs import it from
 
-    first = [first_call(manifest) for _ in range(args.repeat)]
+    first = [first_call(manifest, task) for _ in range(args.repeat)]
     waited = [sbatch_wait(folder) for _ in range(args.repeat)]
     polled = [sbatch_polled(folder) for _ in range(args.repeat)]
-    slurm_seq, slurm_pipe = rates(manifest, "far", args.calls)
-    local_seq, local_pipe = rates(manifest, "here", args.calls)
+    slurm_seq, slurm_pipe = rates(manifest, "far", args.calls, task)
+    local_seq, local_pipe = rates(manifest, "here", args.calls, task)
 
     med = statistics.median
-    print(
-        textwrap.dedent(
-            f"""\
-            | measure | envrunner, launcher: slurm | baseline | baseline's value |
-            |---|---|---|---|
-            | first call (s, median of {args.repeat}) | {med(first):.2f} | `sbatch --wait --wrap 'python3 -c pass'` | {med(waited):.2f} |
-            | first call (s, median of {args.repeat}) | {med(first):.2f} | `sbatch` + `scontrol` every 0.1 s until COMPLETED | {med(polled):.2f} |
-            | sequential calls/s ({args.calls} no-ops) | {slurm_seq:,.0f} | a local worker | {local_seq:,.0f} |
-            | pipelined calls/s ({args.calls} no-ops) | {slurm_pipe:,.0f} | a local worker | {local_pipe:,.0f} |"""
-        )
-    )
+    rows = [
+        ("measure", "envrunner, launcher: slurm", "baseline", "baseline's value"),
+        ("---", "---", "---", "---"),
+        (
+            f"first call (s, median of {args.repeat})",
+            f"{med(first):.2f}",
+            "`sbatch --wait --wrap 'python3 -c pass'`",
+            f"{med(waited):.2f}",
+        ),
+        (
+            f"first call (s, median of {args.repeat})",
+            f"{med(first):.2f}",
+            "`sbatch` + `scontrol` every 0.1 s until COMPLETED",
+            f"{med(polled):.2f}",
+        ),
+        (
+            f"sequential calls/s ({args.calls} no-ops)",
+            f"{slurm_seq:,.0f}",
+            "a local worker",
+            f"{local_seq:,.0f}",
+        ),
+        (
+            f"pipelined calls/s ({args.calls} no-ops)",
+            f"{slurm_pipe:,.0f}",
+            "a local worker",
+            f"{local_pipe:,.0f}",
+        ),
+    ]
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
     return 0
 
 
