@@ -21,6 +21,7 @@ May import: the standard library, ``envrunner._home``, ``_keys``, ``_launchspec`
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 import shlex
@@ -99,7 +100,7 @@ def caller_address(address: str) -> str:
 
 
 def worker_argv(
-    run: ClusterRun, request: LaunchRequest, python: str, connect: str = ""
+    run: ClusterRun, request: LaunchRequest, python: str, connect: str = "", keys: str = ""
 ) -> list[str]:
     """``envrunner worker`` for a launched worker: builds (or finds) the environment there,
     then becomes the worker with the identity the scheduler chose. No secret in it."""
@@ -114,7 +115,7 @@ def worker_argv(
         "--connect",
         connect or caller_address(request.address),
         "--keys",
-        str(run.keys),
+        keys or str(run.keys),
         "--client",
         CLIENT,
         "--id",
@@ -153,7 +154,7 @@ class SshLauncher:
             remote_socket = f"/tmp/envrunner-{self._run.folder.name}-{request.worker_id}.sock"
             forward = ["-o", "ExitOnForwardFailure=yes", "-R", f"{remote_socket}:127.0.0.1:{port}"]
             connect = f"ipc://{remote_socket}"
-        argv = [*worker_argv(self._run, request, self._python, connect), "--stdin-watch"]
+        argv = [*worker_argv(self._run, request, self._python, connect, keys="-"), "--stdin-watch"]
         variables = {
             name: os.environ[name]
             for name in ("ENVRUNNER_HOME", "ENVRUNNER_CALLER_HOST")
@@ -181,6 +182,10 @@ class SshLauncher:
         )
         assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
         stdin_fd = os.dup(popen.stdin.fileno())
+        try:  # the keys, privately: the first line of the remote command's stdin
+            os.write(stdin_fd, self._keys_line())
+        except OSError:
+            pass  # ssh is gone already: its exit says why
         stdout_fd = os.dup(popen.stdout.fileno())
         stderr_fd = os.dup(popen.stderr.fileno())
         for stream in (popen.stdin, popen.stdout, popen.stderr):
@@ -194,6 +199,11 @@ class SshLauncher:
             except OSError:
                 pidfd = -1
         return WorkerProcess(popen, stdin_fd, stdout_fd, stderr_fd, pidfd)
+
+    def _keys_line(self) -> bytes:
+        names = ("session.key", "broker.key", f"{CLIENT}.key_secret")
+        files = {name: (self._run.keys / name).read_text() for name in names}
+        return json.dumps(files).encode() + b"\n"
 
     def close(self) -> None:
         self._run.close()

@@ -134,12 +134,14 @@ def test_arrays_travel_between_a_launched_and_a_local_worker(
     job, pid = cluster_runner.submit(far, cluster_tasks.where).result(timeout=60)
     if far == "far":
         assert job and in_queue(job), "the worker is not a running Slurm job"
-    elif far == "tunneled":
-        assert not job and pid != os.getpid()
-        connect = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert connect[connect.index(b"--connect") + 1].startswith(b"ipc:///tmp/envrunner-")
     else:
         assert not job and pid != os.getpid()
+        worker = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        connect = worker[worker.index(b"--connect") + 1]
+        assert connect.startswith(b"ipc:///tmp/envrunner-" if far == "tunneled" else b"tcp://")
+        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        watcher = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+        assert watcher[watcher.index(b"--keys") + 1] == b"-"  # sent on stdin, not a shared path
 
 
 def test_workers_started_together_are_one_job_array(cluster_runner: envrunner.Runner) -> None:
