@@ -147,7 +147,13 @@ class Runner:
         self.insecure = insecure
         self.remote_envs = frozenset(remote_envs)
         for name in self.remote_envs:
-            self.manifest[name]  # an unknown name fails here, with a suggestion
+            launch = self.manifest[name].launch  # an unknown name fails here, with a suggestion
+            if not launch.local:
+                raise EnvrunnerError(
+                    f"environment {name!r} is in remote_envs, but its workers are started by "
+                    f"launcher: {launch.kind} ({self.manifest[name].where('launcher')}): remove "
+                    "it from remote_envs, or the launcher from the manifest"
+                )
         self._session_key: bytes | None = None
         if listen is not None:
             self._session_key = self._check_listen(listen)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from envrunner import WorkerCrashed
+import envrunner
+from envrunner import EnvrunnerError, WorkerCrashed
 from envrunner._launchspec import slurm_minutes
 from envrunner._manifest import load_manifest
 from envrunner._runtime.errors import ManifestError
@@ -104,6 +105,12 @@ def test_every_launcher_mistake_is_reported_with_its_line_and_a_fix(tmp_path: Pa
         ":15: environments.e.ssh.tunel: unknown key (did you mean 'tunnel'?)",
     ):
         assert expected in text, text
+
+
+def test_an_environment_cannot_be_both_launched_and_joined(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  launcher: ssh\n  hosts: [box]\n")
+    with pytest.raises(EnvrunnerError, match=r"remote_envs.*launcher: ssh \(.*:4\)"):
+        envrunner.Runner(path, remote_envs=["train"])
 
 
 @pytest.mark.parametrize(
