@@ -92,6 +92,7 @@ class PoolConfig:
     idle_timeout: float | None = None
     max_calls: int | None = None
     local: bool = True  # False: its workers all join from other machines; none is started
+    direct: bool = True  # its workers run here: a calling thread may use their direct channel
     window: int = 2  # calls in flight per busy worker while others wait (1: one at a time)
 
     @staticmethod
@@ -150,6 +151,7 @@ class Slot:
     stop_by: float | None = None  # told to go: killed if still there then
     held_by: int | None = None  # the call whose calling thread uses its direct channel
     kept: set[int] = field(default_factory=set)  # ids of objects it keeps for the caller
+    pending: bool = False  # launched, but waiting for resources (a Slurm queue): no deadline
 
     @property
     def held(self) -> bool:

@@ -42,7 +42,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ class Broker:
         arena, mapper, shm_threshold: The caller's shared memory (see ``_runtime/shm.py``).
         max_message: The largest frame a socket accepts.
         key: The session key (made here when None).
-        listen, keys: Also accept workers from other machines (see ``_remote.py``).
+        listen, keys, launchers: Workers from other machines (``_remote.py``, ``_launchers.py``).
     """
 
     def __init__(
@@ -122,6 +122,7 @@ class Broker:
         key: bytes | None = None,
         listen: str | None = None,
         keys: Path | None = None,
+        launchers: Mapping[str, Launcher] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.lock = threading.RLock()
@@ -160,11 +161,13 @@ class Broker:
             rundir=rundir,
             key=self._key,
             launcher=launcher or LocalLauncher(),
+            launchers=launchers or {},
             runtime_root=runtime_root,
             verifier=self._verifier,
             arena=arena,
             mapper=mapper,
             max_message=max_message,
+            door=(self._door.router, self._door.address) if self._door is not None else None,
         )
         self._io = self._workers.io
         self._cancel_builds = threading.Event()
@@ -337,6 +340,8 @@ class Broker:
                 for io in list(self._io.values()):
                     if io.process.poll_every and io.process.poll() is not None:
                         self._reap(io)
+                    elif io.process.poll_every:  # a Slurm job: its id, in its queue or not
+                        self.scheduler.launched(io.ident, io.pid, io.process.pending, now)
                 self._carry(self.scheduler.tick(now))
                 finished = self.scheduler.finished()
             self._complete()
@@ -441,7 +446,7 @@ class Broker:
         except OSError as exc:
             error = WorkerStartError(action.env, 0, f"cannot run {prepared.python}: {exc}")
             return self.scheduler.start_failed(action.ident, error, time.monotonic())
-        self.scheduler.launched(action.ident, io.pid)
+        self.scheduler.launched(action.ident, io.pid, io.process.pending)
         return None
 
     def _do_dispatch(self, action: sch.Dispatch) -> list[sch.Action] | None:
@@ -615,8 +620,10 @@ class Broker:
             )
         log.debug("%r exited: %s", io, returncode)
         started = io.started_call()
-        tail = list(io.output.tail)
-        self._carry(self.scheduler.exited(io.ident, returncode, started, tail, time.monotonic()))
+        tail, why = list(io.output.tail), io.process.reason
+        self._carry(
+            self.scheduler.exited(io.ident, returncode, started, tail, time.monotonic(), why)
+        )
 
     # ------------------------------------------------------------------ the end
 
@@ -639,6 +646,7 @@ class Broker:
             error = EnvrunnerError("the runner shut down before this call was handled")
             self._carry(self.scheduler.fail_everything(error))
             self._fail_commands(error)
+        self._workers.close_launchers()  # nothing they started is left (queued jobs: scancel)
         self._router.close(linger=0)
         if self._door is not None:
             self._door.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -47,7 +48,13 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     worker.add_argument("name", metavar="NAME")
     worker.add_argument("--connect", required=True, metavar="ADDRESS", help="tcp://HOST:PORT")
-    worker.add_argument("--keys", required=True, type=Path, metavar="DIR")
+    worker.add_argument(
+        "--keys",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the keys folder; '-': read them from stdin (launcher: ssh sends them)",
+    )
     worker.add_argument("--client", metavar="NAME", help="this machine's key pair in DIR")
     worker.add_argument(
         "--insecure", action="store_true", help="connect without CurveZMQ (the caller must agree)"
@@ -58,6 +65,16 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
         default=60.0,
         metavar="SECONDS",
         help="give up (exit 77) when no caller welcomes it within this time (60)",
+    )
+    worker.add_argument(
+        "--id",
+        metavar="IDENT",
+        help="the identity the caller chose for this worker (set by launcher: slurm and ssh)",
+    )
+    worker.add_argument(
+        "--stdin-watch",
+        action="store_true",
+        help="stop the worker when stdin closes (set by launcher: ssh: the ssh client is gone)",
     )
     worker.set_defaults(handler=_worker)
 
@@ -86,6 +103,10 @@ def _worker(args: argparse.Namespace) -> int:
     from ._progress import auto_progress
     from ._runtime.errors import EnvrunnerError
 
+    received = None
+    if str(args.keys) == "-":  # launcher: ssh sends them on stdin, and watches the worker
+        args.keys = received = _keys_from_stdin(args.client or "")
+        args.stdin_watch = True
     args.keys = args.keys.absolute()  # the worker starts in another folder
     session = args.keys / "session.key"
     check_private(session)
@@ -101,7 +122,7 @@ def _worker(args: argparse.Namespace) -> int:
     spec = manifest[args.name]
     root = runtime_root()
     ready = prepare(spec, resolve(spec), root, auto_progress(), None, manifest.path)
-    identity = f"r-{args.client or 'insecure'}-{socket.gethostname()}-{os.getpid()}"
+    identity = args.id or f"r-{args.client or 'insecure'}-{socket.gethostname()}-{os.getpid()}"
     argv = [str(ready.python), "-m", "envrunner.worker", "--connect", args.connect]
     argv += ["--id", identity, "--env", spec.name, "--key-file", str(session.absolute())]
     argv += ["--start-timeout", str(args.start_timeout)]
@@ -113,4 +134,62 @@ def _worker(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.chdir(root)
+    if args.stdin_watch:
+        try:
+            return _watched(argv, environ)
+        finally:
+            if received is not None:
+                shutil.rmtree(received, ignore_errors=True)
     os.execve(argv[0], argv, environ)
+
+
+def _keys_from_stdin(client: str) -> Path:
+    """The keys a launcher sent as the first line of stdin (JSON: file name -> text), in a new
+    private folder (0700, files 0600) that goes when the worker does. Read byte by byte: the
+    rest of stdin is the watch on the launcher (its end closes when the launcher is gone)."""
+    import json
+    import tempfile
+
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 65536:
+        chunk = os.read(0, 1)
+        if not chunk:
+            break
+        line += chunk
+    try:
+        files = json.loads(line)
+    except ValueError:
+        raise SystemExit("envrunner worker --keys -: stdin did not start with the keys") from None
+    folder = Path(tempfile.mkdtemp(prefix="envrunner-keys-"))
+    for name in ("session.key", "broker.key", f"{client}.key_secret"):
+        text = files.get(name) if isinstance(files, dict) else None
+        if isinstance(text, str):
+            descriptor = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                stream.write(text)
+    return folder
+
+
+def _watched(argv: list[str], environ: dict[str, str]) -> int:
+    """Run the worker as a child, and SIGKILL its process group when stdin closes (the ssh
+    client that started this is gone): even a worker stuck in native code goes."""
+    import signal
+    import subprocess
+    import threading
+
+    child = subprocess.Popen(argv, env=environ, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    threading.Thread(target=watch, name="envrunner-stdin-watch", daemon=True).start()
+    returncode = child.wait()
+    return returncode if returncode >= 0 else 128 - returncode

@@ -62,9 +62,11 @@ def death_error(
     tail: Sequence[str],
     heartbeat_timeout: float | None,
     answer_lost: bool = False,
+    why: str = "",
 ) -> BaseException:
-    """The error of a call whose worker died: why (its signal, a kill and its reason), and the
-    worker's last stderr lines."""
+    """The error of a call whose worker died: why (its signal, a kill and its reason, or
+    ``why``: what ran it says, such as a Slurm job's end state), and the worker's last stderr
+    lines."""
     if answer_lost:
         reason = (
             "it had finished, but the worker died before its answer left the process "
@@ -76,7 +78,7 @@ def death_error(
         return TaskTimeoutError(ticket.env, ticket.name, ticket.timeout or 0, slot.pid)
     if slot.killed_for is KillReason.INTERRUPTED:
         return CancelledError("interrupted (Ctrl-C): the worker was stopped")
-    reason = ""
+    reason = why
     if slot.killed_for is KillReason.HEARTBEAT:
         reason = (
             f"it stopped answering heartbeats for {heartbeat_timeout or 0:g}s (stuck in "

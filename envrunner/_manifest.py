@@ -5,7 +5,7 @@ key, hint) into one ``ManifestError``; the records it returns live in ``_specs``
 for the file in ``_discovery`` (both re-exported here, where callers import them).
 
 May import: the standard library, yaml, ``envrunner._runtime.errors``, ``envrunner._yaml``,
-``envrunner._discovery``, ``envrunner._specs``.
+``envrunner._discovery``, ``envrunner._launchspec``, ``envrunner._specs``.
 
 CONTRACT (fixed):
 
@@ -26,6 +26,7 @@ from types import MappingProxyType
 import yaml
 
 from ._discovery import MANIFEST_ENV, find_manifest, missing_file
+from ._launchspec import LAUNCH_KEYS, read_launch
 from ._runtime.errors import ManifestError, Problem
 from ._specs import EnvSpec, Installer, Location, Manifest, PipOptions, SmokeCheck
 from ._yaml import Entry, NodeReader, closest, line_of, read_requirement_files, shown_path
@@ -63,6 +64,7 @@ ENV_KEYS = (
     "max_calls",
     "build_timeout",
     "lock",
+    *LAUNCH_KEYS,
 )
 PIP_KEYS = ("index_url", "extra_index_urls", "find_links", "pre")
 SMOKE_KEYS = ("run", "exit_code")
@@ -260,6 +262,7 @@ class _ManifestReader:
             build_timeout=build_timeout,
             lock=lock,
             locations=MappingProxyType(locations),
+            launch=read_launch(nodes, keys),
         )
 
     # ------------------------------------------------------------------ one key each

@@ -102,6 +102,14 @@ class Process(Protocol):
     @property
     def poll_every(self) -> float: ...
 
+    @property
+    def pending(self) -> bool:
+        """It waits for resources elsewhere (a Slurm queue): no start deadline yet."""
+
+    @property
+    def reason(self) -> str:
+        """Why it ended, in the words of what ran it ("": its exit status says it)."""
+
     def poll(self) -> int | None:
         """Its exit status once it has ended (negative: the signal that killed it)."""
 
@@ -129,6 +137,8 @@ class WorkerProcess:
     stderr_fd: int
     pidfd: int = -1
     closed: bool = field(default=False)
+    pending: ClassVar[bool] = False
+    reason: ClassVar[str] = ""
 
     @property
     def pid(self) -> int:
@@ -198,6 +208,8 @@ class RemoteProcess:
 
     stdout_fd = stderr_fd = pidfd = key_fd = -1
     poll_every: ClassVar[float] = 1.0
+    pending: ClassVar[bool] = False
+    reason: ClassVar[str] = ""
 
     def __init__(self, pid: int, host: str, on_kill: Callable[[], None] | None = None) -> None:
         self.pid = pid
@@ -230,13 +242,27 @@ class RemoteProcess:
 
 
 class Launcher(Protocol):
-    """Starts workers; remote launchers are new classes, not new branches."""
+    """Starts workers; remote launchers are new classes, not new branches (``_launchers.py``:
+    Slurm jobs, ``ssh``)."""
+
+    @property
+    def local(self) -> bool:
+        """Its workers run on this machine: shared memory, a direct channel, the ipc socket.
+        Else they connect to the broker's tcp door and get none of these."""
 
     def launch(self, request: LaunchRequest) -> Process: ...
+
+    def close(self) -> None:
+        """The runner is done: nothing it started may be left running."""
 
 
 class LocalLauncher:
     """Starts workers as child processes on this machine."""
+
+    local = True
+
+    def close(self) -> None:
+        pass
 
     def launch(self, request: LaunchRequest) -> WorkerProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

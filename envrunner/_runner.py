@@ -13,9 +13,9 @@ The atexit hook (wait for running calls) and the fork hook (a child forgets its 
 runners) are installed when the first runner is made, not at import.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
-(``_broker``, ``_cached``, ``_calls``, ``_encode``, ``_environments``, ``_executor``,
-``_futures``, ``_keys``, ``_manifest``, ``_options``, ``_prepare``, ``_process``, ``_progress``,
-``_results``, ``_rundir``, ``_scheduler``, ``_runtime``).
+(``_broker``, ``_cached``, ``_calls``, ``_cluster``, ``_encode``, ``_environments``,
+``_executor``, ``_futures``, ``_keys``, ``_manifest``, ``_options``, ``_prepare``, ``_process``,
+``_progress``, ``_results``, ``_rundir``, ``_scheduler``, ``_runtime``).
 """
 
 from __future__ import annotations
@@ -151,7 +151,13 @@ class Runner:
         self.insecure = insecure
         self.remote_envs = frozenset(remote_envs)
         for name in self.remote_envs:
-            self.manifest[name]  # an unknown name fails here, with a suggestion
+            launch = self.manifest[name].launch  # an unknown name fails here, with a suggestion
+            if not launch.local:
+                raise EnvrunnerError(
+                    f"environment {name!r} is in remote_envs, but its workers are started by "
+                    f"launcher: {launch.kind} ({self.manifest[name].where('launcher')}): remove "
+                    "it from remote_envs, or the launcher from the manifest"
+                )
         self._session_key: bytes | None = None
         if listen is not None:
             self._session_key = self._check_listen(listen)
@@ -432,7 +438,8 @@ class Runner:
         version = self._resolve(spec).interpreter.version
         same = version[:2] == tuple(sys.version_info[:2])
         code, name = encode_function(fn, same, env, version, by_reference)
-        threshold = self.shm_threshold if env not in self.remote_envs else 0  # one machine
+        here = env not in self.remote_envs and spec.launch.local
+        threshold = self.shm_threshold if here else 0  # shared memory: one machine only
         body, frames, encoder = encode_arguments(
             fn, name, env, args, kwargs, same, self._arena, threshold, self.max_message_bytes
         )
@@ -553,6 +560,7 @@ class Runner:
 
     def _make_broker(self) -> Broker:
         from ._broker import Broker
+        from ._cluster import cluster_setup
         from ._process import caller_project_paths
         from ._rundir import make_rundir
         from ._runtime.shm import remove_stale
@@ -560,6 +568,8 @@ class Runner:
 
         self._runtime_root()
         self._rundir = make_rundir()
+        # Environments whose workers run elsewhere (launcher: slurm | ssh) get a tcp door and keys.
+        run, launchers = cluster_setup(self.manifest, self.manifest.path, self.listen, self.keys)
         pools = {
             spec.name: PoolConfig(
                 workers=spec.workers,
@@ -568,6 +578,7 @@ class Runner:
                 ),
                 max_calls=spec.max_calls,
                 local=spec.name not in self.remote_envs,
+                direct=spec.launch.local,
                 window=PoolConfig.window_for(spec.workers),
             )
             for spec in self.manifest
@@ -586,9 +597,10 @@ class Runner:
             mapper=self._mapper,
             shm_threshold=self.shm_threshold,
             max_message=self.max_message_bytes,
-            key=self._session_key,
-            listen=self.listen,
-            keys=None if self.insecure else self.keys,
+            key=run.session_key if run is not None else self._session_key,
+            listen=run.listen if run is not None else self.listen,
+            keys=run.keys if run is not None else None if self.insecure else self.keys,
+            launchers=launchers,
         )
         broker.start()
         return broker

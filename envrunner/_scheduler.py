@@ -233,7 +233,8 @@ class Scheduler:
         worker (or not the one the ticket is pinned to): the call then goes through the broker.
         """
         pool = self.pools[ticket.env]
-        if self.stopping or pool.state is not PoolState.READY or pool.queue:
+        ready = pool.state is PoolState.READY and pool.config.direct  # direct: workers here
+        if self.stopping or not ready or pool.queue:
             return None
         if ticket.pin is not None:
             pinned = self.slots.get(ticket.pin)
@@ -326,11 +327,13 @@ class Scheduler:
         self._after_start_failure(pool, error, now)
         return self._emit()
 
-    def launched(self, ident: bytes, pid: int) -> None:
-        """A Start was carried out: the worker's process id, for messages."""
+    def launched(self, ident: bytes, pid: int, pending: bool = False, now: float = 0.0) -> None:
+        """A Start was carried out, or what runs the worker elsewhere says more: its pid (for
+        messages), and whether it waits in a queue (its start timeout counts once it stops)."""
         slot = self.slots.get(ident)
         if slot is not None:
-            slot.pid = pid
+            slot.started = now if slot.pending and not pending else slot.started
+            slot.pid, slot.pending = pid or slot.pid, pending
 
     def joined(self, ident: bytes, env: str, pid: int, now: float) -> Slot | None:
         """A worker started elsewhere asks to join ``env``; its Slot, or None (refused)."""
@@ -390,13 +393,14 @@ class Scheduler:
         started: int,
         tail: Sequence[str],
         now: float,
+        why: str = "",
     ) -> list[Action]:
         """A worker's process ended (after its last answers and output were read).
 
         Args:
             returncode: Its exit status (negative: the signal that killed it).
             started: The id of the last call it started, from its own record (0: unknown).
-            tail: Its last stderr lines, for the error.
+            tail, why: Its last stderr lines; why it ended, as what ran it says (Slurm's state).
         """
         slot = self.slots.get(ident)
         if slot is None or slot.state is WorkerState.DEAD:
@@ -420,19 +424,20 @@ class Scheduler:
             )
         if running is not None:
             self._complete(
-                running, death_error(slot, running, returncode, tail, self.heartbeat_timeout)
+                running,
+                death_error(slot, running, returncode, tail, self.heartbeat_timeout, why=why),
             )
-        why = f"its worker exited: {describe_exit(returncode)}"
+        lost_why = f"its worker exited: {why or describe_exit(returncode)}"
         while slot.pinned:
             ticket = slot.pinned.popleft()
-            self._complete(ticket, ReferenceLostError(ticket.env, ticket.pinned_what, why))
+            self._complete(ticket, ReferenceLostError(ticket.env, ticket.pinned_what, lost_why))
         slot.kept.clear()
         if previous is WorkerState.STARTING and slot.killed_for is None:
             pool.start_failures += 1
             error = WorkerStartError(
                 slot.env,
                 slot.pid,
-                f"it exited before saying hello ({describe_exit(returncode)})",
+                f"it exited before saying hello ({why or describe_exit(returncode)})",
                 list(tail),
                 returncode,
             )
@@ -450,7 +455,7 @@ class Scheduler:
         for slot in self.slots.values():
             if slot.state is WorkerState.BUSY and slot.running and slot.running.deadline:
                 deadlines.append(slot.running.deadline)
-            elif slot.state is WorkerState.STARTING:
+            elif slot.state is WorkerState.STARTING and not slot.pending:
                 deadlines.append(slot.started + self.start_timeout)
             elif slot.state is WorkerState.IDLE and not slot.kept:
                 idle = self.pools[slot.env].config.idle_timeout
@@ -469,16 +474,17 @@ class Scheduler:
 
     def tick(self, now: float) -> list[Action]:
         """The clock moved: deadlines, heartbeats, start and idle timeouts, waits."""
-        beat = self.heartbeat_timeout
+        beat, limit = self.heartbeat_timeout, self.start_timeout
         killed: set[bytes] = set()
         for slot in list(self.slots.values()):
+            start = slot.started
             if beat is not None and slot.state in _BEATING and now >= slot.last_beat + beat:
                 self._kill(slot, KillReason.HEARTBEAT)
             elif slot.state is WorkerState.BUSY and slot.running is not None:
                 deadline = slot.running.deadline
                 if deadline is not None and now >= deadline:
                     self._kill(slot, KillReason.TIMEOUT)
-            elif slot.state is WorkerState.STARTING and now >= slot.started + self.start_timeout:
+            elif slot.state is WorkerState.STARTING and not slot.pending and now >= start + limit:
                 self._kill(slot, KillReason.START_TIMEOUT)
                 pool = self.pools[slot.env]
                 pool.start_failures += 1

@@ -14,6 +14,61 @@ from typing import Any
 __all__ = ["manifest_schema"]
 
 _SECONDS_OR_NULL = {"type": ["number", "null"]}
+_NAME = {"type": ["string", "number"], "minLength": 1}
+_LAUNCH: dict[str, Any] = {
+    "launcher": {
+        "enum": ["local", "slurm", "ssh"],
+        "default": "local",
+        "description": "Where the workers run: child processes here, Slurm jobs (with slurm:), "
+        "or other machines over ssh (with hosts:). See docs/cluster.md.",
+    },
+    "slurm": {
+        "type": "object",
+        "description": "Slurm settings of launcher: slurm (each worker is one job).",
+        "additionalProperties": False,
+        "properties": {
+            "partition": _NAME,
+            "account": _NAME,
+            "qos": _NAME,
+            "constraint": _NAME,
+            "cpus_per_task": {"type": "integer", "minimum": 1},
+            "gpus": {"type": "integer", "minimum": 0},
+            "mem": {"type": ["string", "integer"], "pattern": "^[0-9]+[KMGT]?$"},
+            "time": {
+                "type": ["string", "integer"],
+                "description": 'A time limit: "HH:MM:SS", "D-HH:MM:SS" or minutes.',
+            },
+            "setup": {"type": "array", "items": {"type": "string"}},
+            "extra": {
+                "type": "object",
+                "description": "Other sbatch options (long names without '--').",
+                "propertyNames": {"pattern": "^[a-z][a-z0-9_-]*$"},
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+            },
+        },
+    },
+    "hosts": {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "minLength": 1},
+        "description": "The machines of launcher: ssh (names as ssh knows them).",
+    },
+    "ssh": {
+        "type": "object",
+        "description": "Settings of launcher: ssh.",
+        "additionalProperties": False,
+        "properties": {
+            "python": {"type": "string", "pattern": "^/", "description": "Python on the hosts."},
+            "tunnel": {
+                "type": "boolean",
+                "default": False,
+                "description": "Connect back "
+                "through the ssh connection (ssh -R), for hosts that cannot reach you.",
+            },
+            "options": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}
 
 
 def manifest_schema() -> dict[str, Any]:
@@ -117,6 +172,7 @@ def manifest_schema() -> dict[str, Any]:
                 "exclusiveMinimum": 0,
                 "description": "Seconds a build may take before it is stopped.",
             },
+            **_LAUNCH,
         },
     }
     return {

@@ -4,7 +4,7 @@
 ``SmokeCheck`` list and the ``Location`` (file:line) of every key, for later errors.
 ``_manifest.load_manifest`` builds them from YAML; everything else only reads them.
 
-May import: the standard library and ``envrunner._runtime.errors``.
+May import: the standard library, ``envrunner._launchspec``, ``envrunner._runtime.errors``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from ._launchspec import LaunchSpec
 from ._runtime.errors import UnknownEnvironmentError
 
 Installer = Literal["auto", "uv", "pip"]
@@ -84,6 +85,7 @@ class EnvSpec:
         build_timeout: Seconds a whole build may take before it is stopped, or None.
         lock: The lock file ``lock:`` names (a ``pylock.toml`` or a requirements file with
             hashes), absolute; None for the default beside the manifest.
+        launch: Where its workers run (``launcher``, ``slurm``, ``hosts``; docs/cluster.md).
         location: Where the environment's name was written.
         locations: Where each of its keys was written (for later errors).
     """
@@ -107,6 +109,7 @@ class EnvSpec:
     build_timeout: float | None = None
     lock: Path | None = None
     locations: Mapping[str, Location] = field(default_factory=_empty_locations)
+    launch: LaunchSpec = field(default_factory=LaunchSpec)
 
     @property
     def external(self) -> bool:

@@ -14,13 +14,16 @@ the broker's lock, for a worker it let go of) uses it.
 
 May import: the standard library, zmq, ``envrunner._actions``, ``_calls``, ``_channels``,
 ``_process``, ``_runtime``.
+
+Workers elsewhere (a launcher that is not ``local``) get the tcp door's address and router
+instead of the ipc socket, and no direct channel or started-call record.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +54,13 @@ class Workers:
         rundir: Path,
         key: bytes,
         launcher: Launcher,
+        launchers: Mapping[str, Launcher],
         runtime_root: Callable[[], Path],
         verifier: Verifier,
         arena: Arena | None,
         mapper: Mapper | None,
         max_message: int,
+        door: tuple[zmq.Socket[Any], str] | None = None,
     ) -> None:
         self.io: dict[bytes, WorkerIO] = {}
         self.rejected_by_gone = 0  # counted on the direct channels of workers now gone
@@ -66,7 +71,9 @@ class Workers:
         self._address = address
         self._rundir = rundir
         self._key = key
-        self._launcher = launcher
+        self._launcher = launcher  # per environment: launchers, else this one
+        self._launchers = dict(launchers)
+        self._door = door  # (router, address): the tcp door of workers elsewhere
         self._runtime_root = runtime_root
         self._verifier = verifier
         self._arena = arena
@@ -80,6 +87,9 @@ class Workers:
             OSError: It could not be started (its interpreter is gone, no descriptors left).
         """
         number = ident.decode()
+        launcher = self._launchers.get(env, self._launcher)
+        if not launcher.local:
+            return self._launch_elsewhere(launcher, env, ident, prepared)
         direct = DirectChannel(
             self._context,
             f"ipc://{self._rundir / ('d' + number)}",
@@ -105,7 +115,7 @@ class Workers:
         )
         try:
             started.write_bytes(bytes(8))
-            process = self._launcher.launch(request)
+            process = launcher.launch(request)
         except OSError:
             direct.close()
             started.unlink(missing_ok=True)
@@ -116,6 +126,37 @@ class Workers:
         self.add(io)
         log.debug("started %r", io)
         return io
+
+    def _launch_elsewhere(
+        self, launcher: Launcher, env: str, ident: bytes, prepared: Prepared
+    ) -> WorkerIO:
+        """A worker on another machine (a Slurm job, over ssh): it connects to the tcp door
+        under the identity the scheduler chose; no direct channel, no shared memory."""
+        if self._door is None:
+            raise OSError("the broker has no tcp door for workers on other machines")
+        router, address = self._door
+        request = LaunchRequest(
+            env=env,
+            python=prepared.python,
+            address=address,
+            worker_id=ident.decode(),
+            key=b"",  # it reads the run's keys itself: never through the launcher
+            environ={},
+            runtime_root=self._runtime_root(),
+            max_message=self._max_message,
+        )
+        process = launcher.launch(request)
+        io = WorkerIO(
+            ident, env, process, router, Output(env, process.stdout_fd, process.stderr_fd)
+        )
+        self.add(io)
+        log.debug("launched %r elsewhere", io)
+        return io
+
+    def close_launchers(self) -> None:
+        """The broker is done: each launcher makes sure nothing it started is left running."""
+        for launcher in {id(x): x for x in [self._launcher, *self._launchers.values()]}.values():
+            launcher.close()
 
     def add(self, io: WorkerIO) -> None:
         """Watch a worker's pipes and exit (a joined worker has none here)."""
