@@ -34,6 +34,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, Protocol
@@ -169,9 +170,9 @@ def _begin(
     ticket = runner._ticket(env, fn, args, kwargs, by_reference)
     plain = ticket.body.future
     assert isinstance(plain, CallFuture)
-    ticket.body.future = _Recorded(
-        plain.env, plain.name, runner._link, results, pending, runner._mapper
-    )
+    recorded = _Recorded(plain.env, plain.name, runner._link, results, pending, runner._mapper)
+    recorded.withdraw_with(weakref.ref(ticket))  # cancel() takes it back from the queue
+    ticket.body.future = recorded
     return ticket
 
 

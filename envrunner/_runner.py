@@ -31,9 +31,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._calls import CallRequest, UndecodedError
+from ._encode import encode_arguments, encode_function, pin
 from ._futures import CallFuture, Ref
 from ._options import Options
 from ._runtime.errors import EnvrunnerError, RunnerClosedError
+from ._scheduler import Ticket
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -44,13 +47,13 @@ if TYPE_CHECKING:
     from ._progress import Progress
     from ._results import CallResults
     from ._runtime.shm import Mapper
-    from ._scheduler import Ticket
 
 __all__ = ["DEFAULT_SHM_THRESHOLD", "Runner", "current_runner"]
 
 T = TypeVar("T")
 
 DEFAULT_SHM_THRESHOLD = 256 * 1024
+_NO_OPTIONS = Options()
 
 _runners: weakref.WeakSet[Runner] = weakref.WeakSet()
 _arena_numbers = itertools.count(1)  # one arena per runner: their segment names differ
@@ -193,15 +196,13 @@ class Runner:
         On an idle worker the calling thread runs the call itself (fast); else it goes
         through the broker.
         """
-        if self.records or getattr(fn, "__envrunner_options__", Options()).cache:
+        if self.records or getattr(fn, "__envrunner_options__", _NO_OPTIONS).cache:
             from ._cached import cached_call
 
             return cached_call(self, env, fn, args, kwargs)  # type: ignore[no-any-return]
         return self._run(self._ticket(env, fn, args, kwargs))  # type: ignore[no-any-return]
 
     def _run(self, ticket: Ticket) -> Any:  # on an idle worker in this thread, else the broker
-        from ._calls import UndecodedError
-
         broker = self._ensure_broker()
         try:
             raw = broker.direct.run(ticket)
@@ -408,6 +409,7 @@ class Runner:
 
             return cached_submit(self, env, fn, args, kwargs, by_reference)
         ticket = self._ticket(env, fn, args, kwargs, by_reference, options)
+        ticket.body.future.withdraw_with(weakref.ref(ticket))  # cancel() takes it back
         if not self._ensure_broker().submit(ticket):
             raise RunnerClosedError(f"{self!r} was shut down")
         future: Future[Any] = ticket.body.future
@@ -423,17 +425,14 @@ class Runner:
         options: Options | None = None,
     ) -> Ticket:
         """Encode a call in the calling thread, ready for a worker."""
-        from ._calls import CallRequest
-        from ._encode import encode_arguments, encode_function, pin
-        from ._runtime.protocol import Call
-        from ._scheduler import Ticket
+        from ._runtime.protocol import Call  # (msgpack: not at import)
 
         if self._closed:
             raise RunnerClosedError(
                 f"{self!r} was shut down; make a new Runner (or leave the with block later)"
             )
         if options is None:
-            options = getattr(fn, "__envrunner_options__", Options())
+            options = getattr(fn, "__envrunner_options__", _NO_OPTIONS)
         spec = self.manifest[env]
         version = self._resolve(spec).interpreter.version
         same = version[:2] == tuple(sys.version_info[:2])
@@ -468,7 +467,6 @@ class Runner:
                 pinned_what=pinned_what,
                 body=request,
             )
-            future.withdraw_with(weakref.ref(ticket))
             return ticket
         except BaseException:
             encoder.release()

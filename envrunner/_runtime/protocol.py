@@ -198,11 +198,12 @@ class Signer:
 
     def sign(self, frames: Sequence[Any], scope: bytes = b"") -> bytes:
         prefix = len(scope).to_bytes(8, "little") + scope
-        if len(frames) == 1 and _nbytes(frames[0]) <= ONE_SHOT_BYTES:
-            # the common case: one small frame, one call into OpenSSL
+        if len(frames) == 1:
             frame = frames[0]
-            data = prefix + _nbytes(frame).to_bytes(8, "little") + frame
-            return hmac.digest(self._key, data, "sha256")
+            size = _nbytes(frame)
+            if size <= ONE_SHOT_BYTES:  # the common case: one small frame, one OpenSSL call
+                data = prefix + size.to_bytes(8, "little") + frame
+                return hmac.digest(self._key, data, "sha256")
         mac = hmac.new(self._key, prefix, hashlib.sha256)
         for frame in frames:
             mac.update(_nbytes(frame).to_bytes(8, "little"))
