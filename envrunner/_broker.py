@@ -592,10 +592,12 @@ class Broker:
         if result.ok:
             if result.segments and self.mapper is not None:
                 self.mapper.attach(result.segments)  # before the worker can go and unlink them
-            outcome = RawResult(result.payload, list(result.buffers), io.ident, io.pid, result.kept)
+            buffers = list(result.buffers)
+            fence = io.output.fence  # its output is written before the value is given out
+            outcome = RawResult(result.payload, buffers, io.ident, io.pid, result.kept, fence)
         else:
             name = next((t.name for t in io.given if t.call_id == result.call_id), "a call")
-            outcome = UndecodedError(result.payload, io.env, name)
+            outcome = UndecodedError(result.payload, io.env, name, io.output.fence)
         self._carry(self.scheduler.result(io.ident, result.call_id, outcome, time.monotonic()))
         while io.given and io.given[0].state is sch.CallState.DONE:
             io.given.popleft()

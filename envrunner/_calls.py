@@ -61,6 +61,7 @@ class RawResult:
     worker: bytes = b""
     pid: int = 0
     kept: int = 0
+    fence: int = 0  # the worker's output before it: written before the value is given out
 
 
 class UndecodedError(EnvrunnerError):
@@ -70,8 +71,9 @@ class UndecodedError(EnvrunnerError):
     task's own exception instead; this type is never seen by users.
     """
 
-    def __init__(self, payload: bytes, env: str, name: str) -> None:
+    def __init__(self, payload: bytes, env: str, name: str, fence: int = 0) -> None:
         super().__init__(f"{name} failed in environment {env!r}")
+        self.fence = fence  # as RawResult.fence
         self.payload = payload
         self.env = env
         self.name = name

@@ -11,8 +11,8 @@
                                         lent: arena blocks its calls hold
                                         given: tickets sent to it, in order
 
-May import: the standard library, zmq, ``envrunner._process``, ``envrunner._scheduler``,
-``envrunner._runtime``.
+May import: the standard library, zmq, ``envrunner._output``, ``envrunner._process``,
+``envrunner._scheduler``, ``envrunner._runtime``.
 
 A worker has two channels. *Control* is the broker's ROUTER socket, shared by all workers: the
 handshake, calls submitted as futures, releases, shutdown. *Direct* is a PAIR socket of its own
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ._output import WRITER
 from ._runtime.protocol import Signer, Verifier, scope
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class Output:
         self.partial = {"out": b"", "err": b""}
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self.lock = threading.Lock()
+        self.fence = 0  # the writer's number of its last text (``_output.WRITER``)
         self._pipes: select.poll | None = None
 
     def read(self, kind: str) -> bool:
@@ -143,12 +145,8 @@ class Output:
             if kind == "err":
                 self.tail.append(line)
             text.append(prefix + line + "\n")
-        if stream is not None:
-            try:
-                stream.write("".join(text))
-                stream.flush()
-            except (OSError, ValueError):
-                pass  # the caller closed its stream: nothing to show the output on
+        if stream is not None:  # written by a thread of its own: a stuck stream blocks only it
+            self.fence = WRITER.put(stream, "".join(text))
 
 
 @dataclass(eq=False)

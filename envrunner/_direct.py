@@ -17,8 +17,8 @@ kills it), the broker reaps it and the scheduler fails the call with the error t
 and the calling thread raises that. While a thread holds a worker, only that thread uses its
 channel; the worker's I/O is freed only after the thread let go.
 
-May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_scheduler``,
-``_runtime``.
+May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_output``,
+``_scheduler``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,16 @@ from typing import Protocol
 from . import _scheduler as sch
 from ._calls import CallRequest, RawResult, UndecodedError
 from ._channels import DirectChannel, WorkerIO
+from ._output import WRITER
 from ._runtime import wire
 from ._runtime.errors import EncodeError
 from ._runtime.protocol import Result, Shutdown, pack, unpack
 from ._runtime.shm import Mapper
 
-__all__ = ["DirectPath", "Host"]
+__all__ = ["OUTPUT_WAIT", "DirectPath", "Host"]
+
+#: Seconds a result waits for the output before it to be written (a stream nobody reads).
+OUTPUT_WAIT = 5.0
 
 
 class Host(Protocol):
@@ -155,6 +159,7 @@ class DirectPath:
         host.post(later)
         if io.output.pending():
             host.drain(io.ident, 5.0)
+        WRITER.wait(io.output.fence, OUTPUT_WAIT)  # its output first (never for long)
         if not result.ok:
             raise UndecodedError(result.payload, io.env, ticket.name)
         if result.segments and host.mapper is not None:

@@ -12,7 +12,8 @@
 
 Neither reaches into the runner: they hold a :class:`Link`, the few things they need of it.
 
-May import: the standard library, ``envrunner._calls``, ``envrunner._runtime``.
+May import: the standard library, ``envrunner._calls``, ``envrunner._output``,
+``envrunner._runtime``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._calls import RawResult, UndecodedError, decode_error
+from ._output import WRITER
 from ._runtime.errors import DecodeError, ReferenceLostError
 
 if TYPE_CHECKING:
     from ._runtime.shm import Mapper
 
 __all__ = ["CallFuture", "Link", "Ref"]
+
+#: Seconds a value waits for its task's output to be written (a stream nobody reads).
+OUTPUT_WAIT = 5.0
 
 T = TypeVar("T")
 
@@ -118,6 +123,7 @@ class CallFuture(Future[T]):
 
     def _error(self, failure: UndecodedError) -> BaseException:
         """The task's own exception, decoded once, in place of the stand-in."""
+        WRITER.wait(failure.fence, OUTPUT_WAIT)  # the task's output first
         with self._decode_lock, self._condition:
             if self._exception is failure:
                 self._exception = decode_error(failure)
@@ -129,6 +135,7 @@ class CallFuture(Future[T]):
 
         if not isinstance(raw, RawResult):
             return self._value if raw is _UNSET else raw
+        WRITER.wait(raw.fence, OUTPUT_WAIT)  # the task's output first (never for long)
         with self._decode_lock:
             if self._value is _UNSET and self._decode_error is None:
                 link = self._link

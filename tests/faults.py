@@ -142,3 +142,11 @@ def site_packages() -> str:
     import sysconfig
 
     return sysconfig.get_paths()["purelib"]
+
+
+def shout(lines: int) -> int:
+    """Print many lines (more than a pipe holds) and return how many."""
+    for number in range(lines):
+        print(f"line {number} of a task that talks a lot", flush=False)
+    sys.stdout.flush()
+    return lines

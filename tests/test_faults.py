@@ -10,6 +10,7 @@ each row the same runner serves the next call, and the queued calls got their ow
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -375,3 +376,45 @@ def test_the_broker_survives_whatever_a_peer_sends(runner: envrunner.Runner) -> 
     threads = {t.name for t in threading.enumerate()}
     assert "envrunner-broker" in threads
     assert [runner.call("same", faults.add, i, 1) for i in range(3)] == [1, 2, 3]
+
+
+def test_a_caller_whose_output_nobody_reads_still_supervises_and_finishes_calls(
+    tmp_path: Path, manifest_path: Path
+) -> None:
+    """Worker output is written by a thread of its own: a full pipe (the caller's stdout that
+    nobody reads) blocks only that thread. Calls keep finishing, timeouts keep their time, and no
+    healthy worker is taken for hung (the heartbeat limit here is 3 s)."""
+    done = tmp_path / "done"
+    script = tmp_path / "quiet_reader.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, os, sys, time
+            sys.path.insert(0, {str(TESTS)!r})
+            import envrunner, faults
+            with envrunner.Runner({str(manifest_path)!r}, progress=False,
+                                  heartbeat_timeout=3.0) as runner:
+                said = runner.call("same", faults.shout, 200_000)  # megabytes into a full pipe
+                late = envrunner.task(env="other", timeout=30)(faults.sleep_then)
+                answers = [runner.call("other", late, 4.0, "other env")]
+                answers += [runner.call("same", faults.add, 2, 3)]
+                with open({str(done)!r}, "w") as out:
+                    json.dump([said, *answers], out)
+                os._exit(0)  # its stdout will never be read: do not wait to flush it
+            """
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,  # never read
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(done.exists, 120, "the caller to finish its calls while its stdout is full")
+        assert json.loads(done.read_text()) == [200_000, "other env", 5]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+        assert process.stdout is not None
+        process.stdout.close()
