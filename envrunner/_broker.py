@@ -29,7 +29,7 @@ calling threads (the scheduler) is guarded by one lock, which the broker thread 
 works and drops while it polls.
 
 May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_commands``,
-``_direct``, ``_process``, ``_remote``, ``_scheduler``, ``_workers``, ``_runtime``.
+``_direct``, ``_process``, ``_remote``, ``_actions``, ``_scheduler``, ``_workers``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any
 
 import zmq
 
-from . import _scheduler as sch
+from . import _actions as sch
 from ._calls import CallRequest, Prepared, RawResult, UndecodedError
 from ._channels import Output, WorkerIO
 from ._commands import (
@@ -83,6 +83,7 @@ from ._runtime.protocol import (
     unpack,
 )
 from ._runtime.shm import Arena, Mapper, unlink_owned
+from ._scheduler import SHUTDOWN_GRACE, Scheduler
 from ._workers import Workers
 
 log = logging.getLogger("envrunner.broker")
@@ -108,7 +109,7 @@ class Broker:
 
     def __init__(
         self,
-        scheduler: sch.Scheduler,
+        scheduler: Scheduler,
         prepare: Callable[[str, threading.Event], Prepared],
         runtime_root: Callable[[], Path],
         sys_path: list[str],
@@ -153,6 +154,7 @@ class Broker:
         if listen is not None:
             self._door = RemoteDoor(self._context, listen, keys, max_message)
             self._poller.register(self._door.router, zmq.POLLIN)
+            scheduler.join_hint = self._door.hint
         self._workers = Workers(
             poller=self._poller,
             context=self._context,
@@ -477,10 +479,6 @@ class Broker:
         request: CallRequest = action.ticket.body
         if not request.sent:
             self._workers.free_blocks(request)
-        error = action.outcome
-        pool = self.scheduler.pools[action.ticket.env]
-        if isinstance(error, WorkerStartError) and not pool.config.local and self._door:
-            action = sch.Complete(action.ticket, self._door.explain(error, pool.env))
         self._done.append((action, request.future))
 
     def _do_shutdown(self, action: sch.Shutdown) -> None:
@@ -635,7 +633,7 @@ class Broker:
             ios = list(self._io.values())
         for io in ios:
             io.process.kill()
-            io.process.wait(sch.SHUTDOWN_GRACE)
+            io.process.wait(SHUTDOWN_GRACE)
             with self.lock:
                 slot = self.scheduler.slots.pop(io.ident, None)
                 if slot is not None and slot.held:  # the calling thread lets go of it

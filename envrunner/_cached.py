@@ -25,7 +25,7 @@ is imported by ``_runner``, so it cannot import it back).
 
 May import: the standard library, msgpack, ``envrunner._broker`` (types), ``_callkey``, ``_calls``,
 ``_environments``, ``_futures``, ``_manifest``, ``_options``, ``_prepare``, ``_progress``,
-``_results``, ``_runtime``, ``_scheduler``.
+``_results``, ``_runtime``, ``_actions``.
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ from ._runtime import codec
 from ._runtime.errors import EnvrunnerError, RunnerClosedError
 
 if TYPE_CHECKING:
+    from ._actions import Ticket
     from ._broker import Broker
     from ._callkey import EnvFacts
     from ._environments import Resolved
     from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
     from ._runtime.shm import Mapper
-    from ._scheduler import Ticket
 
 __all__ = ["Host", "cached_call", "cached_submit", "results_of", "self_contained"]
 

@@ -12,7 +12,7 @@
                                         given: tickets sent to it, in order
 
 May import: the standard library, zmq, ``envrunner._output``, ``envrunner._process``,
-``envrunner._scheduler``, ``envrunner._runtime``.
+``envrunner._actions``, ``envrunner._runtime``.
 
 A worker has two channels. *Control* is the broker's ROUTER socket, shared by all workers: the
 handshake, calls submitted as futures, releases, shutdown. *Direct* is a PAIR socket of its own
@@ -42,8 +42,8 @@ from ._output import WRITER
 from ._runtime.protocol import Signer, Verifier, scope
 
 if TYPE_CHECKING:
+    from ._actions import Ticket
     from ._process import Process
-    from ._scheduler import Ticket
 
 __all__ = ["STDERR_TAIL", "DirectChannel", "Output", "WorkerIO"]
 

@@ -18,7 +18,7 @@ and the calling thread raises that. While a thread holds a worker, only that thr
 channel; the worker's I/O is freed only after the thread let go.
 
 May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_output``,
-``_scheduler``, ``_runtime``.
+``_actions``, ``_scheduler``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Protocol
 
-from . import _scheduler as sch
+from . import _actions as sch
 from ._calls import CallRequest, RawResult, UndecodedError
 from ._channels import DirectChannel, WorkerIO
 from ._output import WRITER
@@ -35,6 +35,7 @@ from ._runtime import wire
 from ._runtime.errors import EncodeError
 from ._runtime.protocol import Result, Shutdown, pack, unpack
 from ._runtime.shm import Mapper
+from ._scheduler import Scheduler
 
 __all__ = ["OUTPUT_WAIT", "DirectPath", "Host"]
 
@@ -46,7 +47,7 @@ class Host(Protocol):
     """What the direct path needs of the broker."""
 
     lock: threading.RLock
-    scheduler: sch.Scheduler
+    scheduler: Scheduler
     mapper: Mapper | None
 
     def worker_io(self, ident: bytes) -> WorkerIO: ...

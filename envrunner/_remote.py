@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from ._runtime.errors import ProtocolError, WorkerStartError
+from ._runtime.errors import ProtocolError
 from ._runtime.protocol import Hello, Verifier, scope, unpack
 
 __all__ = ["RemoteDoor"]
@@ -67,18 +67,15 @@ class RemoteDoor:
             return None
         return hello
 
-    def explain(self, error: WorkerStartError, env: str) -> WorkerStartError:
-        """``error`` (no worker joined ``env``) with how to start one, and refused keys."""
-        if "joined" not in error.reason:
-            return error
-        reason = (
-            f"{error.reason}; start one there with: envrunner worker {env} --connect "
-            f"{self.address} --keys DIR --client NAME"
+    def hint(self, env: str) -> str:
+        """How to start a worker of ``env`` that joins here, and which keys were refused (for
+        the error of calls that waited for one in vain)."""
+        hint = (
+            f"; start one there with: envrunner worker {env} --connect {self.address} "
+            "--keys DIR --client NAME"
         )
         refused = self.refused.summary() if self.refused is not None else ""
-        if refused:
-            reason += f". {refused}"
-        return WorkerStartError(error.env, error.pid, reason, error.stderr_tail, error.returncode)
+        return f"{hint}. {refused}" if refused else hint
 
     def close(self) -> None:
         self.router.close(linger=0)

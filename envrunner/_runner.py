@@ -31,12 +31,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._actions import Ticket
 from ._calls import CallRequest, UndecodedError
 from ._encode import encode_arguments, encode_function, pin
 from ._futures import CallFuture, Ref
 from ._options import Options
 from ._runtime.errors import EnvrunnerError, RunnerClosedError
-from ._scheduler import Ticket
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -557,12 +557,13 @@ class Runner:
             return self._broker
 
     def _make_broker(self) -> Broker:
+        from ._actions import PoolConfig
         from ._broker import Broker
         from ._cluster import cluster_setup
         from ._process import caller_project_paths
         from ._rundir import make_rundir
         from ._runtime.shm import remove_stale
-        from ._scheduler import PoolConfig, Scheduler
+        from ._scheduler import Scheduler
 
         self._runtime_root()
         self._rundir = make_rundir()
@@ -621,7 +622,7 @@ class _Link:
             runner._interrupt()
 
     def withdraw(self, ticket: Ticket) -> None:
-        from ._scheduler import CallState  # a future was cancelled: its call leaves the queue
+        from ._actions import CallState  # a future was cancelled: its call leaves the queue
 
         runner = self._runner()
         broker = runner._broker if runner is not None else None
@@ -639,7 +640,10 @@ class _Link:
 
         runner = self._runner()
         if runner is None:
-            raise RunnerClosedError("the runner of this reference is gone")
+            raise RunnerClosedError(
+                f"the runner that kept {ref!r} is gone, and its worker with it: keep the "
+                "runner open while you use its references (or fetch() the value first)"
+            )
         return runner.submit(ref.env, value_of, ref)
 
 

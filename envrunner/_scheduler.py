@@ -38,7 +38,7 @@ May import: the standard library, ``envrunner._actions``, ``_crashes``, ``_runti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -66,30 +66,7 @@ from ._actions import (
 from ._crashes import death_error, sort_out_calls
 from ._runtime.errors import EnvrunnerError, ReferenceLostError, WorkerStartError, describe_exit
 
-__all__ = [
-    "SHUTDOWN_GRACE",
-    "START_FAILURE_LIMIT",
-    "Action",
-    "CallState",
-    "Complete",
-    "Dispatch",
-    "Forget",
-    "Ignored",
-    "Kill",
-    "KillReason",
-    "Pool",
-    "PoolConfig",
-    "PoolState",
-    "Prepare",
-    "Pump",
-    "Scheduler",
-    "Shutdown",
-    "Slot",
-    "Start",
-    "StopBuilds",
-    "Ticket",
-    "WorkerState",
-]
+__all__ = ["SHUTDOWN_GRACE", "START_FAILURE_LIMIT", "Scheduler"]
 
 #: Worker starts that may fail in a row before a pool gives up (and fails its calls).
 START_FAILURE_LIMIT = 3
@@ -123,6 +100,8 @@ class Scheduler:
         self.heartbeat_timeout = heartbeat_timeout
         self.stopping = False
         self.stop_deadline: float | None = None
+        #: What to add when no worker joined an environment (how to start one), by env name.
+        self.join_hint: Callable[[str], str] = lambda env: ""
         self._started = 0
         self._out: list[Action] = []
 
@@ -509,7 +488,8 @@ class Scheduler:
                 error = WorkerStartError(
                     pool.env,
                     0,
-                    f"no worker on another machine joined within {self.start_timeout:g}s",
+                    f"no worker on another machine joined within {self.start_timeout:g}s"
+                    + self.join_hint(pool.env),
                 )
                 while pool.queue:
                     self._complete(pool.queue.popleft(), error)

@@ -11,19 +11,19 @@ import pytest
 
 import envrunner
 from envrunner import EnvrunnerError, WorkerCrashed
-from envrunner._launchspec import slurm_minutes
-from envrunner._manifest import load_manifest
-from envrunner._runtime.errors import ManifestError
-from envrunner._scheduler import (
+from envrunner._actions import (
     Complete,
     Kill,
     KillReason,
     PoolConfig,
-    Scheduler,
     Start,
     Ticket,
     WorkerState,
 )
+from envrunner._launchspec import slurm_minutes
+from envrunner._manifest import load_manifest
+from envrunner._runtime.errors import ManifestError
+from envrunner._scheduler import Scheduler
 
 
 def write(tmp_path: Path, body: str) -> Path:

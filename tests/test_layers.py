@@ -133,7 +133,7 @@ MOST_LINES = 520
 #: split under the limit leaves this list.
 LARGER = {
     # h11's rule: everything that decides what happens to calls and workers lives in one file.
-    "envrunner/_scheduler.py": 740,
+    "envrunner/_scheduler.py": 717,
     # To split next: the broker's thread loop and its action handlers.
     "envrunner/_broker.py": 665,
     # To split next: its broker assembly (pools, door, cluster keys) and call encoding.

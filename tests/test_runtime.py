@@ -17,7 +17,7 @@ import tasks
 from support import pid_gone, wait_for
 
 import envrunner
-from envrunner._scheduler import PoolConfig
+from envrunner._actions import PoolConfig
 
 # --------------------------------------------------------------------------- calls
 

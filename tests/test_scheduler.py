@@ -21,16 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envrunner._runtime.errors import (
-    EnvrunnerError,
-    ReferenceLostError,
-    TaskTimeoutError,
-    WorkerCrashed,
-    WorkerStartError,
-)
-from envrunner._scheduler import (
-    SHUTDOWN_GRACE,
-    START_FAILURE_LIMIT,
+from envrunner._actions import (
     Action,
     CallState,
     Complete,
@@ -43,7 +34,6 @@ from envrunner._scheduler import (
     PoolState,
     Prepare,
     Pump,
-    Scheduler,
     Shutdown,
     Slot,
     Start,
@@ -51,6 +41,14 @@ from envrunner._scheduler import (
     Ticket,
     WorkerState,
 )
+from envrunner._runtime.errors import (
+    EnvrunnerError,
+    ReferenceLostError,
+    TaskTimeoutError,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from envrunner._scheduler import SHUTDOWN_GRACE, START_FAILURE_LIMIT, Scheduler
 
 ENV = "e"
 START_TIMEOUT = 10.0

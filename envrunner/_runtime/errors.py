@@ -23,10 +23,8 @@
 Every message names the object it is about (an environment, a manifest file:line, a worker pid),
 the cause, and what fixes it; the object also rides along as an attribute.
 
-How a process's exit is put in words (``describe_exit``) lives in ``exits.py``, re-exported here.
-
-May import: the standard library and the runtime's ``exits`` (and its package, for
-``RUNTIME_REQUIREMENTS``).
+``describe_exit`` (an exit in words) lives in ``exits.py``, re-exported here. May import: the
+standard library and the runtime's ``exits`` (and its package, for ``RUNTIME_REQUIREMENTS``).
 
 This module is part of the sealed worker runtime: standard library only, parses on Python 3.9.
 """
