@@ -3,19 +3,20 @@
 ::
 
     Runner.call / submit / map
-      encode (``_encode``) ─► Ticket(CallRequest) ─► Broker.direct.run (sync, idle worker)
+      encode (``_tickets``) ─► Ticket(CallRequest) ─► Broker.direct.run (sync, idle worker)
                                                   └► Broker.submit ─► the broker thread
       CallFuture ◄─ completed by the broker; decoded by whoever asks (``_futures``)
-    first call ─► Scheduler + Broker made; pools prepared on demand (``_prepare``)
+    first call ─► Scheduler + Broker made (``_assembly``); pools prepared on demand
+                  (``_prepare.Environments``)
     shutdown ─► the scheduler drains or cancels; every process and socket file goes
 
 The atexit hook (wait for running calls) and the fork hook (a child forgets its parent's
 runners) are installed when the first runner is made, not at import.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
-(``_broker``, ``_cached``, ``_calls``, ``_cluster``, ``_encode``, ``_environments``,
-``_executor``, ``_futures``, ``_keys``, ``_manifest``, ``_options``, ``_prepare``, ``_process``,
-``_progress``, ``_results``, ``_rundir``, ``_scheduler``, ``_runtime``).
+(``_actions``, ``_assembly``, ``_broker``, ``_cached``, ``_calls``, ``_environments``,
+``_executor``, ``_futures``, ``_link``, ``_manifest``, ``_options``, ``_prepare``,
+``_progress``, ``_results``, ``_tickets``, ``_runtime``).
 """
 
 from __future__ import annotations
@@ -32,21 +33,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._actions import Ticket
-from ._calls import CallRequest, UndecodedError
-from ._encode import encode_arguments, encode_function, pin
-from ._futures import CallFuture, Ref
+from ._assembly import check_listen, make_broker
+from ._calls import UndecodedError
+from ._futures import CallFuture
+from ._link import RunnerLink
 from ._options import Options
+from ._prepare import Environments
 from ._runtime.errors import EnvrunnerError, RunnerClosedError
+from ._tickets import make_ticket
 
 if TYPE_CHECKING:
     from ._broker import Broker
-    from ._calls import Prepared
     from ._environments import Resolved
     from ._executor import EnvExecutor
     from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
     from ._results import CallResults
-    from ._runtime.shm import Mapper
 
 __all__ = ["DEFAULT_SHM_THRESHOLD", "Runner", "current_runner"]
 
@@ -147,8 +149,8 @@ class Runner:
         self.start_timeout = start_timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.max_message_bytes = max_message_bytes
-        self._progress_setting = progress
-        self._cancel_builds = threading.Event()  # set at shutdown: builds of prepare() stop
+        self._envs = Environments(self.manifest, progress)
+        self._cancel_builds = self._envs.cancel  # set at shutdown: builds stop
         self.listen = listen
         self.keys = Path(keys) if keys is not None else None
         self.insecure = insecure
@@ -163,7 +165,7 @@ class Runner:
                 )
         self._session_key: bytes | None = None
         if listen is not None:
-            self._session_key = self._check_listen(listen)
+            self._session_key = check_listen(listen, self.keys, insecure)
         if shm_threshold is None:
             shm_threshold = int(os.environ.get("ENVRUNNER_SHM_THRESHOLD", DEFAULT_SHM_THRESHOLD))
         self.shm_threshold = shm_threshold if shm.available() else 0
@@ -176,11 +178,9 @@ class Runner:
         self._lock = threading.RLock()
         self._closed = False
         self._broker: Broker | None = None
-        self._resolved: dict[str, Resolved] = {}
         self._ids = itertools.count(1)
-        self._runtime: Path | None = None
         self._rundir: Path | None = None
-        self._link = _Link(self)
+        self._link = RunnerLink(self)
         self.records = records if records is not None else self.manifest.records
         self._results: CallResults | None = None  # the result cache and records, on first use
         _install_hooks()
@@ -355,22 +355,7 @@ class Runner:
             InterpreterNotFoundError: No interpreter matches an environment's ``python:``.
             BuildError: A build failed (the others named are still attempted first).
         """
-        from ._prepare import build_spec
-
-        names = list(envs) or list(self.manifest.environments)
-        specs = [self.manifest[name] for name in names]
-        failure: BaseException | None = None
-        for spec in specs:
-            if self._closed:
-                raise RunnerClosedError(f"{self!r} was shut down")
-            try:
-                build_spec(
-                    self._resolve(spec), self._progress(), self._cancel_builds, self.manifest.path
-                )
-            except EnvrunnerError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+        self._envs.build(list(envs) or list(self.manifest.environments), lambda: self._closed)
 
     def worker_pids(self, env: str | None = None) -> list[int]:
         """Pids of the live workers (of one environment, or all)."""
@@ -425,52 +410,26 @@ class Runner:
         options: Options | None = None,
     ) -> Ticket:
         """Encode a call in the calling thread, ready for a worker."""
-        from ._runtime.protocol import Call  # (msgpack: not at import)
-
         if self._closed:
             raise RunnerClosedError(
                 f"{self!r} was shut down; make a new Runner (or leave the with block later)"
             )
-        if options is None:
-            options = getattr(fn, "__envrunner_options__", _NO_OPTIONS)
         spec = self.manifest[env]
-        version = self._resolve(spec).interpreter.version
-        same = version[:2] == tuple(sys.version_info[:2])
-        code, name = encode_function(fn, same, env, version, by_reference)
-        here = env not in self.remote_envs and spec.launch.local
-        threshold = self.shm_threshold if here else 0  # shared memory: one machine only
-        body, frames, encoder = encode_arguments(
-            fn, name, env, args, kwargs, same, self._arena, threshold, self.max_message_bytes
+        here = env not in self.remote_envs and spec.launch.local  # shared memory: one machine
+        return make_ticket(
+            fn,
+            spec,
+            args,
+            kwargs,
+            ids=self._ids,
+            version=self._resolve(spec).interpreter.version,
+            options=options or getattr(fn, "__envrunner_options__", None) or _NO_OPTIONS,
+            by_reference=by_reference,
+            arena=self._arena,
+            threshold=self.shm_threshold if here else 0,
+            max_message=self.max_message_bytes,
+            link=self._link,
         )
-        try:
-            pinned, pinned_what = pin(encoder.refs, env, name)
-            call_id = next(self._ids)
-            message = Call(
-                call_id=call_id,
-                name=name,
-                code=code,
-                payload=body,
-                segments=list(encoder.segments),
-                keep=options.keep,
-                buffers=frames,
-            )
-            future: CallFuture[Any] = CallFuture(env, name, self._link)
-            request = CallRequest(message, future, [list(b) for b in encoder.blocks])
-            timeout = options.timeout if options.timeout is not None else spec.timeout
-            ticket = Ticket(
-                call_id=call_id,
-                env=env,
-                name=name,
-                timeout=timeout,
-                retries=options.retries,
-                pin=pinned,
-                pinned_what=pinned_what,
-                body=request,
-            )
-            return ticket
-        except BaseException:
-            encoder.release()
-            raise
 
     def _release_block(self, segment: str, offset: int) -> None:
         broker = self._broker
@@ -478,72 +437,10 @@ class Runner:
             broker.release(segment, [[segment, offset]], [])
 
     def _resolve(self, spec: EnvSpec) -> Resolved:
-        resolved = self._resolved.get(spec.name)
-        if resolved is None:
-            from ._environments import resolve
-
-            with self._lock:
-                resolved = self._resolved.get(spec.name)
-                if resolved is None:
-                    resolved = resolve(spec)
-                    self._resolved[spec.name] = resolved
-        return resolved
+        return self._envs.resolve(spec)
 
     def _progress(self) -> Progress:
-        from ._progress import auto_progress
-
-        setting = self._progress_setting
-        if setting is None or isinstance(setting, bool):
-            return auto_progress(setting)
-        return setting
-
-    def _prepare(self, env: str, cancel: threading.Event) -> Prepared:
-        """Build (or find) ``env`` and say how to start its workers; runs in its own thread."""
-        from ._prepare import prepare
-
-        spec = self.manifest[env]
-        return prepare(
-            spec,
-            self._resolve(spec),
-            self._runtime_root(),
-            self._progress(),
-            cancel,
-            self.manifest.path,
-        )
-
-    def _runtime_root(self) -> Path:
-        if self._runtime is None:
-            from ._process import runtime_root
-
-            self._runtime = runtime_root()
-        return self._runtime
-
-    def _check_listen(self, listen: str) -> bytes:
-        """Refuse an unsafe way to accept remote workers; return the session key."""
-        import warnings
-
-        from ._keys import read_session_key
-
-        if self.keys is None:
-            raise EnvrunnerError(
-                f"Runner(listen={listen!r}) needs keys=DIR: create them with envrunner keys DIR "
-                "--client NAME, and copy broker.key, session.key and NAME.key_secret to the "
-                "worker's machine"
-            )
-        if not (self.keys / "broker.key_secret").exists() and not self.insecure:
-            raise EnvrunnerError(
-                f"refusing to listen on {listen} without CurveZMQ keys: {self.keys} has no "
-                "broker.key_secret (run envrunner keys on it), or pass insecure=True to accept "
-                "unencrypted, unauthenticated connections"
-            )
-        if self.insecure:
-            warnings.warn(
-                f"envrunner listens on {listen} without CurveZMQ: traffic is readable and anyone "
-                "holding the session key can connect",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return read_session_key(self.keys / "session.key")
+        return self._envs.progress()
 
     def _ensure_broker(self) -> Broker:
         broker = self._broker
@@ -553,98 +450,24 @@ class Runner:
             if self._broker is None:
                 if self._closed:
                     raise RunnerClosedError(f"{self!r} was shut down")
-                self._broker = self._make_broker()
+                self._broker, self._rundir = make_broker(
+                    self.manifest,
+                    remote_envs=self.remote_envs,
+                    idle_timeout=self.idle_timeout,
+                    start_timeout=self.start_timeout,
+                    heartbeat_timeout=self.heartbeat_timeout,
+                    prepare=self._envs.prepare,
+                    runtime_root=self._envs.runtime_root,
+                    arena=self._arena,
+                    mapper=self._mapper,
+                    shm_threshold=self.shm_threshold,
+                    max_message=self.max_message_bytes,
+                    session_key=self._session_key,
+                    listen=self.listen,
+                    keys=self.keys,
+                    insecure=self.insecure,
+                )
             return self._broker
-
-    def _make_broker(self) -> Broker:
-        from ._actions import PoolConfig
-        from ._broker import Broker
-        from ._cluster import cluster_setup
-        from ._process import caller_project_paths
-        from ._rundir import make_rundir
-        from ._runtime.shm import remove_stale
-        from ._scheduler import Scheduler
-
-        self._runtime_root()
-        self._rundir = make_rundir()
-        # Environments whose workers run elsewhere (launcher: slurm | ssh) get a tcp door and keys.
-        run, launchers = cluster_setup(self.manifest, self.manifest.path, self.listen, self.keys)
-        pools = {
-            spec.name: PoolConfig(
-                workers=spec.workers,
-                idle_timeout=(
-                    spec.idle_timeout if spec.idle_timeout is not None else self.idle_timeout
-                ),
-                max_calls=spec.max_calls,
-                local=spec.name not in self.remote_envs,
-                direct=spec.launch.local,
-                window=PoolConfig.window_for(spec.workers),
-            )
-            for spec in self.manifest
-        }
-        remove_stale()
-        scheduler = Scheduler(
-            pools, start_timeout=self.start_timeout, heartbeat_timeout=self.heartbeat_timeout
-        )
-        broker = Broker(
-            scheduler,
-            self._prepare,
-            self._runtime_root,
-            caller_project_paths(),
-            rundir=self._rundir,
-            arena=self._arena,
-            mapper=self._mapper,
-            shm_threshold=self.shm_threshold,
-            max_message=self.max_message_bytes,
-            key=run.session_key if run is not None else self._session_key,
-            listen=run.listen if run is not None else self.listen,
-            keys=run.keys if run is not None else None if self.insecure else self.keys,
-            launchers=launchers,
-        )
-        broker.start()
-        return broker
-
-
-class _Link:
-    """What the runner's futures and refs may ask of it (``_futures.Link``)."""
-
-    def __init__(self, runner: Runner) -> None:
-        self._runner = weakref.ref(runner)
-
-    @property
-    def mapper(self) -> Mapper | None:
-        runner = self._runner()
-        return runner._mapper if runner is not None else None
-
-    def interrupt(self) -> None:
-        runner = self._runner()
-        if runner is not None:
-            runner._interrupt()
-
-    def withdraw(self, ticket: Ticket) -> None:
-        from ._actions import CallState  # a future was cancelled: its call leaves the queue
-
-        runner = self._runner()
-        broker = runner._broker if runner is not None else None
-        if broker is not None and ticket.state is CallState.QUEUED:
-            broker.cancel(ticket)
-
-    def release_ref(self, worker: bytes, ident: int) -> None:
-        runner = self._runner()
-        broker = runner._broker if runner is not None else None
-        if broker is not None and runner is not None and not runner._closed:
-            broker.release(worker, [], [ident])
-
-    def fetch(self, ref: Ref) -> Future[Any]:
-        from ._runtime import value_of
-
-        runner = self._runner()
-        if runner is None:
-            raise RunnerClosedError(
-                f"the runner that kept {ref!r} is gone, and its worker with it: keep the "
-                "runner open while you use its references (or fetch() the value first)"
-            )
-        return runner.submit(ref.env, value_of, ref)
 
 
 def _install_hooks() -> None:

@@ -41,6 +41,7 @@ from envrunner._actions import (
     Ticket,
     WorkerState,
 )
+from envrunner._placement import SHUTDOWN_GRACE, START_FAILURE_LIMIT
 from envrunner._runtime.errors import (
     EnvrunnerError,
     ReferenceLostError,
@@ -48,7 +49,7 @@ from envrunner._runtime.errors import (
     WorkerCrashed,
     WorkerStartError,
 )
-from envrunner._scheduler import SHUTDOWN_GRACE, START_FAILURE_LIMIT, Scheduler
+from envrunner._scheduler import Scheduler
 
 ENV = "e"
 START_TIMEOUT = 10.0
