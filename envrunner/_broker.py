@@ -65,7 +65,7 @@ from ._commands import (
 )
 from ._direct import DirectPath
 from ._inbox import Inbox
-from ._outbox import Outbox
+from ._outbox import BATCH_BYTES, Outbox
 from ._placement import SHUTDOWN_GRACE
 from ._process import Launcher, LocalLauncher
 from ._remote import RemoteDoor
@@ -164,7 +164,10 @@ class Broker:
             door=(self._door.router, self._door.address) if self._door is not None else None,
         )
         self._io = self._workers.io
-        self._outbox = Outbox(scheduler, self._workers, self._signer, prepare, self._mailbox.put)
+        batch = BATCH_BYTES if max_message <= 0 else min(BATCH_BYTES, max_message)
+        self._outbox = Outbox(
+            scheduler, self._workers, self._signer, prepare, self._mailbox.put, batch
+        )
         self._inbox = Inbox(
             scheduler,
             self._workers,
@@ -333,6 +336,7 @@ class Broker:
                     elif io.process.poll_every:  # a Slurm job: its id, in its queue or not
                         self.scheduler.launched(io.ident, io.pid, io.process.pending, now)
                 self._outbox.carry(self.scheduler.tick(now))
+                self._outbox.flush()  # the calls of this pass, packed per worker
                 finished = self.scheduler.finished()
             self._complete()
             if finished:

@@ -6,6 +6,16 @@ the scheduler (a start that failed, a call whose future was cancelled meanwhile)
 return more actions: they are carried out in the same pass. Futures are not completed here: they
 are collected in ``done`` and the broker completes them after it drops its lock.
 
+Calls for one worker are packed together: a small call is held until the end of the broker's
+pass (``flush``), and all a worker's calls of that pass go in one CALLS message (one signature,
+one send, one wake-up of the worker), in the order the scheduler dispatched them. Anything else
+sent to that worker meanwhile (a SHUTDOWN, a RELEASE) sends its calls first. A call with buffer
+frames or a large body goes on its own, after the ones before it::
+
+    Dispatch(w1, c1) ─┐
+    Dispatch(w1, c2) ─┼─► held for w1 ─► flush() ─► CALLS [c1, c2, c3] ─► w1
+    Dispatch(w1, c3) ─┘                              (one CALL if only one)
+
 May import: the standard library, zmq, ``envrunner._actions``, ``_calls``, ``_channels``,
 ``_commands``, ``_scheduler``, ``_workers``, ``_runtime``.
 """
@@ -27,13 +37,20 @@ from ._channels import WorkerIO
 from ._commands import Command, PrepareFailed, Ready
 from ._runtime import wire
 from ._runtime.errors import EncodeError, WorkerStartError
-from ._runtime.protocol import Shutdown, Signer, pack, scope
+from ._runtime.protocol import Call, Calls, Shutdown, Signer, call_fields, pack, scope
 from ._scheduler import Scheduler
 from ._workers import Workers
 
 log = logging.getLogger("envrunner.broker")
 
-__all__ = ["Outbox"]
+__all__ = ["BATCH_BYTES", "Outbox"]
+
+#: The most bytes of code and arguments packed in one CALLS message (a call larger than a
+#: quarter of it goes on its own). Small: the point is many small calls, and the batch must
+#: stay under the frame limit of any worker's socket.
+BATCH_BYTES = 256 * 1024
+#: The most calls in one CALLS message.
+BATCH_CALLS = 64
 
 
 class Outbox:
@@ -44,6 +61,7 @@ class Outbox:
         signer: Signs every message with the session key.
         prepare: Builds (or finds) an environment; runs in a thread of its own per pool.
         command: Hands the broker's thread a command (a build's outcome).
+        batch_bytes: The most bytes of calls packed in one message (at most the frame limit).
     """
 
     def __init__(
@@ -53,6 +71,7 @@ class Outbox:
         signer: Signer,
         prepare: Callable[[str, threading.Event], Prepared],
         command: Callable[[Command], bool],
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.scheduler = scheduler
         self._workers = workers
@@ -65,6 +84,9 @@ class Outbox:
         self.done: list[tuple[sch.Complete, Any]] = []
         #: Set to stop every build in progress (shutdown, or the caller's end).
         self.cancel_builds = threading.Event()
+        #: Calls held for each worker until the end of the pass: (io, calls, their bytes).
+        self._held: dict[bytes, tuple[WorkerIO, list[Call], int]] = {}
+        self._batch_bytes = max(0, batch_bytes - 4096)  # room for the header's own fields
         self._actions_table: dict[type, Callable[[Any], list[sch.Action] | None]] = {
             sch.Prepare: self._do_prepare,
             sch.StopBuilds: lambda _: self.cancel_builds.set(),
@@ -117,21 +139,57 @@ class Outbox:
             self._workers.free_blocks(request)  # cancelled while it waited
             return self.scheduler.dispatch_refused(ticket, time.monotonic())
         io = self._workers.io[action.ident]
-        try:
-            frames = pack(request.message, self._signer, scope("to", io.ident))
-        except EncodeError as exc:  # too large to send: the call fails, the worker is free
-            more = self.scheduler.dispatch_refused(ticket, time.monotonic())
-            self._workers.free_blocks(request)
-            self.done.append((sch.Complete(ticket, exc), future))
-            return more
+        call: Call = request.message
+        size = len(call.code) + len(call.payload)
+        if not call.buffers and size <= self._batch_bytes // 4:
+            self._hold(io, call, size)
+        else:
+            try:
+                frames = pack(call, self._signer, scope("to", io.ident))
+            except EncodeError as exc:  # too large to send: the call fails, the worker is free
+                more = self.scheduler.dispatch_refused(ticket, time.monotonic())
+                self._workers.free_blocks(request)
+                self.done.append((sch.Complete(ticket, exc), future))
+                return more
+            self._send_held(action.ident)  # the calls before it go first
+            self._send(io, frames)
         request.sent = True
         io.lent.update((name, offset) for name, offset in request.blocks)
         io.given.append(ticket)
+        return None
+
+    def _hold(self, io: WorkerIO, call: Call, size: int) -> None:
+        held = self._held.get(io.ident)
+        if held is not None and (held[2] + size > self._batch_bytes or len(held[1]) >= BATCH_CALLS):
+            self._send_held(io.ident)
+            held = None
+        if held is None:
+            self._held[io.ident] = (io, [call], size)
+        else:
+            held[1].append(call)
+            self._held[io.ident] = (io, held[1], held[2] + size)
+
+    def flush(self) -> None:
+        """Send every worker the calls held for it in this pass (the end of the broker's pass)."""
+        for ident in list(self._held):
+            self._send_held(ident)
+
+    def _send_held(self, ident: bytes) -> None:
+        held = self._held.pop(ident, None)
+        if held is None:
+            return
+        io, calls, _size = held
+        message: Call | Calls = (
+            calls[0] if len(calls) == 1 else Calls([call_fields(c) for c in calls])
+        )
+        # Small calls well under the limits: pack cannot refuse them.
+        self._send(io, pack(message, self._signer, scope("to", io.ident)))
+
+    def _send(self, io: WorkerIO, frames: list[Any]) -> None:
         try:
             wire.send(io.router, frames, (io.ident,))
         except zmq.ZMQError as exc:
             log.debug("cannot send to %r: %s", io, exc)  # gone: its exit fails the call
-        return None
 
     def _do_complete(self, action: sch.Complete) -> None:
         request: CallRequest = action.ticket.body
@@ -146,11 +204,14 @@ class Outbox:
             io.process.told_to_go()
 
     def _do_kill(self, action: sch.Kill) -> None:
+        self._held.pop(action.ident, None)  # never sent: the worker started none of them
         io = self._workers.io.get(action.ident)
         if io is not None:
             io.process.kill()
 
     def send(self, io: WorkerIO, message: Any) -> None:
+        """Send a worker one message, after the calls held for it."""
+        self._send_held(io.ident)
         try:
             frames = pack(message, self._signer, scope("to", io.ident))
             wire.send(io.router, frames, (io.ident,))

@@ -150,3 +150,14 @@ def shout(lines: int) -> int:
         print(f"line {number} of a task that talks a lot", flush=False)
     sys.stdout.flush()
     return lines
+
+
+def logged(log: str, value: Any, how: str = "", seconds: float = 0.0) -> Any:
+    """Write ``value`` as a line of ``log`` (a record that this call ran), then return it; or,
+    when ``how`` names a failure, wait ``seconds`` and fail that way."""
+    with open(log, "a") as stream:
+        stream.write(f"{value}\n")
+    if how:
+        time.sleep(seconds)
+        fail(how)
+    return value

@@ -9,6 +9,7 @@ May import: the standard library, msgpack, zmq and the runtime's package (its ve
     HELLO (versions, pid) ──► the caller      ◄── WELCOME: settle (cwd, sys.path, arena)
     CALL on control or direct ──► (control: mark started) load the function (cached),
         decode the arguments, run, flush stdout/stderr, encode ──► RESULT on that channel
+    CALLS on control ──► each of its calls in turn, as above, each answered as it ends
     RELEASE ──► free arena blocks and kept objects      SHUTDOWN ──► serve() returns 0
 
 A :class:`Channel` is one socket with its signatures; :class:`Worker` holds what lives
@@ -31,6 +32,7 @@ from .exits import EXIT_NO_WELCOME
 from .protocol import (
     PROTOCOL_VERSION,
     Call,
+    Calls,
     Hello,
     Release,
     Result,
@@ -213,6 +215,10 @@ class Worker:
                         if channel is self.control:  # direct calls are never sent ahead
                             self.mark_started(message.call_id)
                         self.send_answer(channel, message, self.run(message))
+                    elif isinstance(message, Calls) and channel is self.control:
+                        for call in message.unbatch():  # as if each had come on its own
+                            self.mark_started(call.call_id)
+                            self.send_answer(channel, call, self.run(call))
                     elif isinstance(message, Release):
                         self.release(message)
                     elif isinstance(message, Shutdown):
