@@ -79,7 +79,8 @@ class DirectPath:
                 return None
             io = host.worker_io(slot.ident)
             request.sent = True
-            io.lent.update((name, offset) for name, offset in request.blocks)
+            if request.blocks:
+                io.lent.update((name, offset) for name, offset in request.blocks)
             io.given.append(ticket)
         direct = io.direct
         assert direct is not None
@@ -157,7 +158,8 @@ class DirectPath:
                 else:
                     later.append(action)
             io.given.clear()
-        host.post(later)
+        if later:
+            host.post(later)
         if io.output.pending():
             host.drain(io.ident, 5.0)
         WRITER.wait(io.output.fence, OUTPUT_WAIT)  # its output first (never for long)

@@ -154,7 +154,8 @@ class Outbox:
             self._send_held(action.ident)  # the calls before it go first
             self._send(io, frames)
         request.sent = True
-        io.lent.update((name, offset) for name, offset in request.blocks)
+        if request.blocks:
+            io.lent.update((name, offset) for name, offset in request.blocks)
         io.given.append(ticket)
         return None
 

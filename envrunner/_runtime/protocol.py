@@ -46,11 +46,19 @@ import hashlib
 import hmac
 import itertools
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import msgpack
 
 from .errors import EncodeError, ProtocolError
+
+_hmac_new: Optional[Callable[..., Any]]
+try:  # CPython's OpenSSL HMAC: one C call, and the GIL kept for a small message
+    import _hashlib
+
+    _hmac_new = _hashlib.hmac_new
+except (ImportError, AttributeError):  # pragma: no cover - elsewhere, the hmac module's
+    _hmac_new = None
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -212,35 +220,42 @@ def _nbytes(frame: Any) -> int:
 class Signer:
     """Signs outgoing messages with the session key and numbers them.
 
-    Each signature starts from a copy of one keyed HMAC: cheaper than keying a new one, and,
-    unlike ``hmac.digest``, it keeps the GIL for a small message (``hmac.digest`` drops it
-    every time, and a thread that drops the GIL while another runs Python waits for it back:
-    with the caller's threads busy, that wait, not the hash, was a signature's cost).
+    A Signer serves one thread at a time (each channel has its own). A small message is signed
+    by one call into OpenSSL's HMAC that keeps the GIL (``_hashlib.hmac_new``; ``hmac.digest``
+    drops the GIL every time, and a thread that drops it while another runs Python waits to get
+    it back: with the caller's threads busy, that wait was most of a signature's cost).
     """
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"session key must be {KEY_BYTES} bytes")
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        self._key = key
         self._sequence = itertools.count(1)
+        #: Packs headers (one packer, reused: ``msgpack.packb`` makes a new one per call).
+        self.packer = msgpack.Packer(use_bin_type=True)
 
     def next_sequence(self) -> int:
         return next(self._sequence)
 
     def sign(self, frames: Sequence[Any], scope: bytes = b"") -> bytes:
-        mac = self._keyed.copy()
         prefix = len(scope).to_bytes(8, "little") + scope
         if len(frames) == 1:
             frame = frames[0]
             size = _nbytes(frame)
-            if size <= ONE_SHOT_BYTES:  # the common case: one small frame, one update
-                mac.update(prefix + size.to_bytes(8, "little") + frame)
-                return mac.digest()
-        mac.update(prefix)
+            if size <= ONE_SHOT_BYTES:  # the common case: one small frame, one OpenSSL call
+                return _hmac_sha256(self._key, prefix + size.to_bytes(8, "little") + frame)
+        mac = hmac.new(self._key, prefix, hashlib.sha256)
         for frame in frames:
             mac.update(_nbytes(frame).to_bytes(8, "little"))
             mac.update(frame)
         return mac.digest()
+
+
+def _hmac_sha256(key: bytes, data: bytes) -> bytes:
+    if _hmac_new is None:
+        return hmac.new(key, data, hashlib.sha256).digest()
+    digest: bytes = _hmac_new(key, data, "sha256").digest()
+    return digest
 
 
 class Verifier:
@@ -298,10 +313,9 @@ def pack(message: Message, signer: Signer, scope: bytes = b"") -> List[Any]:
         EncodeError: The header is larger than ``MAX_HEADER_BYTES`` (the receiver would drop it).
     """
     cls = type(message)
-    header = msgpack.packb(
+    header = signer.packer.pack(
         [PROTOCOL_VERSION, cls.TAG, signer.next_sequence()]
-        + [getattr(message, name) for name in _FIELDS[cls]],
-        use_bin_type=True,
+        + [getattr(message, name) for name in _FIELDS[cls]]
     )
     if len(header) > MAX_HEADER_BYTES:
         raise EncodeError(
