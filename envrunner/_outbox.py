@@ -140,7 +140,7 @@ class Outbox:
             return self.scheduler.dispatch_refused(ticket, time.monotonic())
         io = self._workers.io[action.ident]
         call: Call = request.message
-        size = len(call.code) + len(call.payload)
+        size = len(call.code) + len(call.payload) + len(call.name) + 64 * (1 + len(call.segments))
         if not call.buffers and size <= self._batch_bytes // 4:
             self._hold(io, call, size)
         else:

@@ -26,9 +26,12 @@ from envrunner._runtime.codec import CLOUDPICKLE, Decoder
 from envrunner._runtime.errors import DecodeError, ProtocolError
 from envrunner._runtime.protocol import (
     PROTOCOL_VERSION,
+    Call,
+    Calls,
     Result,
     Signer,
     Verifier,
+    call_fields,
     pack,
     scope,
     unpack,
@@ -270,6 +273,25 @@ def test_the_decoder_survives_any_validly_signed_header(
         unpack(b"from:w1", signed, Verifier(KEY))
     except ProtocolError:
         pass
+
+
+def test_calls_travel_together_and_a_malformed_batch_is_dropped() -> None:
+    calls = [Call(i, f"f{i}", b"code", b"args", ["seg"] if i else [], bool(i)) for i in (1, 2)]
+    signer, verifier = Signer(KEY), Verifier(KEY)
+    message = unpack(
+        b"to:w1", pack(Calls([call_fields(c) for c in calls]), signer, b"to:w1"), verifier
+    )
+    assert isinstance(message, Calls) and message.unbatch() == calls
+    for bad in ([], [[1, "f", b"", b""]], ["not a call"], 7):
+        header = msgpack.packb([PROTOCOL_VERSION, Calls.TAG, 9, bad], use_bin_type=True)
+        assert unpack(b"to:w1", [signer.sign([header], b"to:w1") + header], verifier) is None
+    assert verifier.rejected == 4
+
+
+def test_a_peer_of_another_protocol_version_is_told_to_upgrade() -> None:
+    header = msgpack.packb([1, Calls.TAG, 1, []], use_bin_type=True)
+    with pytest.raises(ProtocolError, match="protocol 1, this side 2: upgrade envrunner"):
+        unpack(b"to:w1", [Signer(KEY).sign([header], b"to:w1") + header], Verifier(KEY))
 
 
 @given(st.binary(max_size=400))
