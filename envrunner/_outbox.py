@@ -6,11 +6,13 @@ the scheduler (a start that failed, a call whose future was cancelled meanwhile)
 return more actions: they are carried out in the same pass. Futures are not completed here: they
 are collected in ``done`` and the broker completes them after it drops its lock.
 
-Calls for one worker are packed together: a small call is held until the end of the broker's
-pass (``flush``), and all a worker's calls of that pass go in one CALLS message (one signature,
-one send, one wake-up of the worker), in the order the scheduler dispatched them. Anything else
-sent to that worker meanwhile (a SHUTDOWN, a RELEASE) sends its calls first. A call with buffer
-frames or a large body goes on its own, after the ones before it::
+Calls for one worker are packed together: while a worker has calls to run already (at least
+``HOLD_BEHIND`` sent and not answered), a small call for it is held until the end of the
+broker's pass (``flush``), and the calls held for it go in one CALLS message (one signature,
+one send, one wake-up of the worker), in the order the scheduler dispatched them. A worker with
+less to do gets its call at once (with those held before it): it never waits for the pass to
+end. Anything else sent to that worker (a SHUTDOWN, a RELEASE) sends its held calls first. A
+call with buffer frames or a large body goes on its own, after the ones before it::
 
     Dispatch(w1, c1) ─┐
     Dispatch(w1, c2) ─┼─► held for w1 ─► flush() ─► CALLS [c1, c2, c3] ─► w1
@@ -51,6 +53,9 @@ __all__ = ["BATCH_BYTES", "Outbox"]
 BATCH_BYTES = 256 * 1024
 #: The most calls in one CALLS message.
 BATCH_CALLS = 64
+#: A call is held for the end of the pass only while the worker has at least this many calls
+#: sent before it and not yet answered (it has work meanwhile); otherwise it goes at once.
+HOLD_BEHIND = 2
 
 
 class Outbox:
@@ -142,7 +147,9 @@ class Outbox:
         call: Call = request.message
         size = len(call.code) + len(call.payload) + len(call.name) + 64 * (1 + len(call.segments))
         if not call.buffers and size <= self._batch_bytes // 4:
-            self._hold(io, call, size)
+            held = self._hold(io, call, size)
+            if len(io.given) - (held - 1) < HOLD_BEHIND:
+                self._send_held(io.ident)  # it has (almost) nothing left to run: no waiting
         else:
             try:
                 frames = pack(call, self._signer, scope("to", io.ident))
@@ -159,16 +166,18 @@ class Outbox:
         io.given.append(ticket)
         return None
 
-    def _hold(self, io: WorkerIO, call: Call, size: int) -> None:
+    def _hold(self, io: WorkerIO, call: Call, size: int) -> int:
+        """Hold ``call`` for the worker's next message; returns how many calls are held."""
         held = self._held.get(io.ident)
         if held is not None and (held[2] + size > self._batch_bytes or len(held[1]) >= BATCH_CALLS):
             self._send_held(io.ident)
             held = None
         if held is None:
             self._held[io.ident] = (io, [call], size)
-        else:
-            held[1].append(call)
-            self._held[io.ident] = (io, held[1], held[2] + size)
+            return 1
+        held[1].append(call)
+        self._held[io.ident] = (io, held[1], held[2] + size)
+        return len(held[1])
 
     def flush(self) -> None:
         """Send every worker the calls held for it in this pass (the end of the broker's pass)."""

@@ -126,25 +126,26 @@ def test_a_failure_in_the_middle_of_a_batch_fails_only_the_call_that_ran(
     error: type,
     message: str,
 ) -> None:
-    """Five calls submitted at once reach the workers in one CALLS message each, and the third
-    call fails: the calls before it keep their answers, the calls after it run once (on
-    another worker if this one died)."""
+    """Six calls submitted at once, the fourth fails: the calls before it keep their answers,
+    the calls after it run once (on another worker if this one died). With one worker (env
+    ``other``) the first two go as they come and the other four in one CALLS message, so the
+    failure is in the middle of it; with two, each worker gets one call ahead, never a batch."""
     log = tmp_path / "runs"
     warm = [runner.submit(env, faults.sleep_then, 0.3, i) for i in (0, 1)]
     assert [w.result(60) for w in warm] == [0, 1]  # its workers are up and idle
     fails = envrunner.task(env=env, timeout=2.0 if how == "hang" else None)(faults.logged)
-    # While the broker's lock is held, its thread cannot take commands: it takes all five
-    # calls in one pass afterwards, and packs them into one message for the idle worker.
+    # While the broker's lock is held, its thread cannot take commands: it takes all six
+    # calls in one pass afterwards.
     with runner._broker.lock:  # type: ignore[union-attr]
-        futures = [runner.submit(env, faults.logged, str(log), i) for i in (0, 1)]
-        futures.append(runner.submit(env, fails, str(log), 2, how, 0.2))
-        futures += [runner.submit(env, faults.logged, str(log), i) for i in (3, 4)]
-    assert [f.result(60) for f in futures[:2]] == [0, 1]
+        futures = [runner.submit(env, faults.logged, str(log), i) for i in (0, 1, 2)]
+        futures.append(runner.submit(env, fails, str(log), 3, how, 0.2))
+        futures += [runner.submit(env, faults.logged, str(log), i) for i in (4, 5)]
+    assert [f.result(60) for f in futures[:3]] == [0, 1, 2]
     with pytest.raises(error) as caught:
-        futures[2].result(60)
+        futures[3].result(60)
     assert message in str(caught.value)
-    assert [f.result(60) for f in futures[3:]] == [3, 4]
-    assert sorted(log.read_text().split()) == ["0", "1", "2", "3", "4"]  # each ran once
+    assert [f.result(60) for f in futures[4:]] == [4, 5]
+    assert sorted(log.read_text().split()) == ["0", "1", "2", "3", "4", "5"]  # each ran once
     assert runner.call(env, faults.add, 2, 3) == 5
 
 
