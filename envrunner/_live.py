@@ -92,17 +92,16 @@ class Tally:
 
 
 def running_calls(broker: Any) -> tuple[dict[str, int], dict[str, str]]:
-    """Calls given to workers, per environment, and pools building or failed, read from the
+    """Calls running in workers, per environment, and pools building or failed, read from the
     broker's scheduler under its lock (the records ``_actions`` describes)."""
     running: dict[str, int] = {}
     states: dict[str, str] = {}
     if broker is None:
         return running, states
     with broker.lock:
-        for slot in broker.scheduler.slots.values():
-            held = (slot.running is not None) + len(slot.ahead)
-            if held and slot.state.live:
-                running[slot.env] = running.get(slot.env, 0) + held
+        for slot in broker.scheduler.slots.values():  # calls sent ahead still wait: queued
+            if slot.running is not None and slot.state.live:
+                running[slot.env] = running.get(slot.env, 0) + 1
         for env, pool in broker.scheduler.pools.items():
             state = pool.state.value
             if state in ("preparing", "failed"):

@@ -14,7 +14,7 @@ A task carries its options as one :class:`~envrunner._options.Options` record
 (``__envrunner_options__``), which the runner reads; the runner never needs this module.
 
 May import: the standard library, ``envrunner._encode``, ``_executor``, ``_options``,
-``_futures``, ``_runner``, ``_saved``, ``_runtime``.
+``_futures``, ``_live``, ``_runner``, ``_saved``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TextIO, TypeVar, overload
 
 from ._encode import parameter_names
 from ._futures import Ref
@@ -33,8 +33,9 @@ from ._runner import current_runner
 
 if TYPE_CHECKING:
     from ._executor import EnvExecutor
+    from ._live import LiveView
 
-__all__ = ["Task", "call", "executor", "task"]
+__all__ = ["Task", "call", "executor", "live", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -317,3 +318,16 @@ def executor(
     See :meth:`Runner.executor`.
     """
     return current_runner().executor(env, initializer, initargs)
+
+
+def live(stream: TextIO | None = None, interval: float | None = None) -> LiveView:
+    """``with envrunner.live():`` shows, per environment, how many calls of the current runner
+    are queued, running, done and failed: a table redrawn in place on a terminal, a plain line
+    (when something changed) every ``interval`` seconds otherwise, and the final counts when
+    the block ends. See :meth:`Runner.live` and docs/workflows.md.
+
+    Args:
+        stream: Where to write (default: stderr).
+        interval: Seconds between updates (default: 0.5 on a terminal, 10 in a log).
+    """
+    return current_runner().live(stream, interval)
