@@ -95,11 +95,13 @@ def run_files(args: argparse.Namespace) -> int:
         except EnvrunnerError as exc:
             failed += 1
             _failed(Path(name), None, exc, 0.0, "")
+    stopped = True  # Ctrl-C: what runs is stopped, not waited for
     try:
         failed += _run_all(jobs, args.jobs, list(runners.values()), args.quiet)
+        stopped = False
     finally:
         for runner in runners.values():
-            runner.shutdown(wait=True)
+            runner.shutdown(wait=True, cancel_futures=stopped, kill=stopped)
     total = len(args.files)
     print(f"envrunner run: {total - failed} of {total} calls succeeded", file=sys.stderr)
     return EXIT_FAILED if failed else 0

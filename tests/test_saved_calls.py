@@ -236,3 +236,10 @@ def test_keep_and_refs_cannot_be_saved(saved_call: Path, project: Path) -> None:
     with envrunner.Runner(project / "environments.yaml", progress=False):
         with pytest.raises(ValueError, match="keep=True cannot be saved"):
             steps.double.options(keep=True).save(saved_call, 1)
+
+
+def test_no_calls_at_once_is_a_usage_error(
+    saved_call: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "-j", "0", str(saved_call)]) == 2
+    assert "give 1 or more" in capsys.readouterr().err
