@@ -54,8 +54,10 @@ def total(*xs: int) -> int:
     return sum(xs)
 
 
-def hold(path: str, timeout: float = 300.0) -> int:
-    """Keep a worker busy until ``path`` exists (the memory pass: nothing completes)."""
+def hold(path: str, mark: str, timeout: float = 300.0) -> int:
+    """Keep a worker busy until ``path`` exists (the memory pass: nothing completes); ``mark``
+    says it has started."""
+    open(mark, "w").close()
     deadline = time.monotonic() + timeout
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -168,6 +170,16 @@ def envrunner_rows(shape: Shape, folder: Path) -> list[tuple[str, str, str]]:
         per = (time.perf_counter() - began) / shape.count * 1e6
         rows.append(("(reference) envrunner, independent calls", f"{per:.1f} µs/call", "no graph"))
         del futures
+        held = pending_bytes(
+            runner, folder / "gate-1", lambda: [t_inc.submit(i) for i in range(shape.count)]
+        )
+        rows.append(
+            (
+                "(reference) envrunner, independent calls",
+                f"{held / shape.count:.0f} B/pending call",
+                "no graph",
+            )
+        )
 
         try:
             probe = t_inc.submit(t_inc.submit(0)).result(120)
@@ -197,19 +209,30 @@ def envrunner_rows(shape: Shape, folder: Path) -> list[tuple[str, str, str]]:
         )
         del final
 
-        gate = folder / "gate"
-        holders = [runner.submit("bench", hold, str(gate)) for _ in range(WORKERS)]
-        kept: list[float] = []
-        with allocated(kept):
-            final = build(shape, t_inc.submit, t_total.submit)
-        gate.touch()
-        for future in holders:
-            future.result(300)
-        final.result()
-        rows.append(
-            ("envrunner", f"{kept[0] / shape.count:.0f} B/pending task", "futures and calls held")
+        held = pending_bytes(
+            runner, folder / "gate-2", lambda: [build(shape, t_inc.submit, t_total.submit)]
         )
+        rows.append(("envrunner", f"{held / shape.count:.0f} B/pending task", "futures held"))
     return rows
+
+
+def pending_bytes(runner: Any, gate: Path, submit: Callable[[], list[Any]]) -> float:
+    """What ``submit()``'s calls keep allocated in the caller while none of them can run (every
+    worker held busy); then they are let run and waited for."""
+    marks = [gate.with_name(f"{gate.name}.{n}") for n in range(WORKERS)]
+    holders = [runner.submit("bench", hold, str(gate), str(mark)) for mark in marks]
+    deadline = time.monotonic() + 120
+    while not all(mark.exists() for mark in marks):  # every worker holds one: nothing runs
+        if time.monotonic() > deadline:
+            raise RuntimeError("the workers did not all start holding")
+        time.sleep(0.01)
+    kept: list[float] = []
+    with allocated(kept):
+        futures = submit()
+    gate.touch()
+    for future in [*holders, *futures]:
+        future.result(600)
+    return kept[0]
 
 
 def main() -> int:
