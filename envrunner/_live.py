@@ -8,6 +8,9 @@ failed; a table redrawn in place on a terminal, plain lines in logs (CI).
         Tally counts + the scheduler's running calls per environment (under the broker's lock)
         ─► a terminal: the table redrawn in place    ─► else: one line, when something changed
     leaving the block ─► the last table (or line), left in the output
+    on a terminal, sys.stdout and sys.stderr write above the table while the block runs (the
+    table is erased, the text written, the table drawn again): prints and workers' output are
+    not overwritten
 
 A call counts as failed when its future holds an exception (the task raised, its worker died,
 it timed out, its build failed); cancelled calls have their own count. Done counts the calls that
@@ -24,7 +27,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -138,7 +141,11 @@ class LiveView:
         self.interval = interval or (TERMINAL_INTERVAL if terminal else LOG_INTERVAL)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()  # one writer at a time: the table, or text above it
+        self._out: TextIO | None = None  # where the table goes, fixed when the block starts
         self._drawn = 0  # lines of the table on screen (terminal)
+        self._partial = False  # text above the table ends mid-line: no table until it ends
+        self._saved: tuple[Any, Any] | None = None  # sys.stdout and sys.stderr, replaced
         self._last = ""  # the last line written (log)
         self._started = 0.0
 
@@ -149,6 +156,10 @@ class LiveView:
 
     def __enter__(self) -> LiveView:
         self._started = time.monotonic()
+        self._out = self._stream or sys.stderr
+        if self.terminal:
+            self._saved = (sys.stdout, sys.stderr)
+            sys.stdout, sys.stderr = _Above(self, sys.stdout), _Above(self, sys.stderr)
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="envrunner-live", daemon=True)
         self._thread.start()
@@ -159,6 +170,12 @@ class LiveView:
         if self._thread is not None:
             self._thread.join(5)
         self._show(final=True)
+        if self._saved is not None:
+            if isinstance(sys.stdout, _Above) and sys.stdout._view is self:
+                sys.stdout = self._saved[0]
+            if isinstance(sys.stderr, _Above) and sys.stderr._view is self:
+                sys.stderr = self._saved[1]
+            self._saved = None
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -169,32 +186,53 @@ class LiveView:
             rows = self.rows()
         except Exception:  # the runner is shutting down under us: show the counts alone
             rows = self.tally.rows({}, {})
-        stream = self._stream or sys.stderr
+        stream = self._out
         if stream is None:
             return
         elapsed = f"{time.monotonic() - self._started:.0f}s"
-        if self.terminal:
-            lines = [f"envrunner calls ({elapsed})", *(f"  {row.text()}" for row in rows)]
-            up = f"\x1b[{self._drawn}F" if self._drawn else ""
-            stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
-            self._drawn = len(lines)
-        else:
-            line = "; ".join(row.text() for row in rows) or "no calls yet"
-            if line == self._last and not final:
-                return
-            self._last = line
-            stream.write(f"envrunner [{elapsed}] {line}\n")
-        stream.flush()
+        with self._lock:
+            if self.terminal:
+                if self._partial and not final:
+                    return
+                lines = [f"envrunner calls ({elapsed})", *(f"  {row.text()}" for row in rows)]
+                up = f"\x1b[{self._drawn}F" if self._drawn else ""
+                stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+                self._drawn = len(lines)
+            else:
+                line = "; ".join(row.text() for row in rows) or "no calls yet"
+                if line == self._last and not final:
+                    return
+                self._last = line
+                stream.write(f"envrunner [{elapsed}] {line}\n")
+            stream.flush()
+
+    def _above(self, target: Any, text: str) -> None:
+        """Write ``text`` to ``target`` where the table was (it is drawn below at the next tick)."""
+        with self._lock:
+            if self._drawn and self._out is not None:
+                self._out.write(f"\x1b[{self._drawn}F\x1b[0J")  # up, and clear what follows
+                self._out.flush()
+                self._drawn = 0
+            target.write(text)
+            target.flush()
+            self._partial = not text.endswith("\n")
+        # the table comes back at the next tick: a burst of output is not slowed by redraws
 
 
-def total(rows: Iterable[Row]) -> Row:
-    """The rows summed (for a summary line)."""
-    rows = list(rows)
-    return Row(
-        "all",
-        sum(r.queued for r in rows),
-        sum(r.running for r in rows),
-        sum(r.done for r in rows),
-        sum(r.failed for r in rows),
-        sum(r.cancelled for r in rows),
-    )
+class _Above:
+    """sys.stdout or sys.stderr while a terminal shows the table: text goes above it."""
+
+    def __init__(self, view: LiveView, target: Any) -> None:
+        self._view = view
+        self._target = target
+
+    def write(self, text: str) -> int:
+        if text:
+            self._view._above(self._target, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
