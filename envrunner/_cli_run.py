@@ -227,7 +227,8 @@ def _failed(path: Path, job: _Job | None, exc: BaseException, seconds: float, be
         else f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
     )
     message = exc.message if isinstance(exc, RemoteError) else str(exc)
-    print(f"failed  {path}: {type_name}: {message}", flush=True)
+    what = f" ({job.saved.task} in {job.saved.env!r})" if job is not None else ""
+    print(f"failed  {path}{what}: {type_name}: {message}", flush=True)
     if not path.is_file():
         return
     outcome = _outcome(path, job, seconds, begun)

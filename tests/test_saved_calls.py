@@ -243,3 +243,12 @@ def test_no_calls_at_once_is_a_usage_error(
 ) -> None:
     assert main(["run", "-j", "0", str(saved_call)]) == 2
     assert "give 1 or more" in capsys.readouterr().err
+
+
+def test_j_gives_n_workers_to_environments_that_do_not_set_workers(project: Path) -> None:
+    from envrunner._cli_run import _widened
+    from envrunner._manifest import load_manifest
+
+    widened = _widened(load_manifest(project / "environments.yaml"), 3)
+    assert widened["old"].workers == 3  # not set in the manifest: -j decides
+    assert widened["new"].workers == 2  # workers: 2 written there: a limit kept
