@@ -252,3 +252,19 @@ def test_j_gives_n_workers_to_environments_that_do_not_set_workers(project: Path
     widened = _widened(load_manifest(project / "environments.yaml"), 3)
     assert widened["old"].workers == 3  # not set in the manifest: -j decides
     assert widened["new"].workers == 2  # workers: 2 written there: a limit kept
+
+
+def test_on_another_machine_the_manifest_found_from_here_is_used(
+    saved_call: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest it was saved from is not there: the one found from the current folder is."""
+    gone = str(project / "environments.yaml")
+    data = saved_call.read_bytes().replace(
+        json.dumps(gone).encode(), json.dumps("/nowhere/environments.yaml").encode(), 1
+    )
+    assert data != saved_call.read_bytes()
+    saved_call.write_bytes(data)
+    monkeypatch.chdir(project)
+    assert main(["run", "--quiet", str(saved_call)]) == 0
+    assert result(saved_call)["value"] == 6
+    assert outcome(saved_call)["manifest"] == gone
