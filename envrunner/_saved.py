@@ -183,7 +183,7 @@ def read_saved(path: str | os.PathLike[str]) -> SavedCall:
         raise EnvrunnerError(
             f"{source} was saved by envrunner {header.get('envrunner', '?')} in saved-call format "
             f"{found}; this envrunner ({__version__}) reads format {FORMAT} and older: upgrade "
-            "envrunner where you run it (pip install -U envrunner)"
+            "envrunner where you run it (pip install -U envrunner-py)"
         )
     try:
         parts = msgpack.unpackb(blob, raw=False)

@@ -195,7 +195,7 @@ def test_a_file_from_a_newer_format_says_upgrade(
     saved_call.write_bytes(data)
     assert main(["run", str(saved_call)]) == 1
     out = capsys.readouterr().out
-    assert "saved-call format 99" in out and "pip install -U envrunner" in out
+    assert "saved-call format 99" in out and "pip install -U envrunner-py" in out
     assert outcome(saved_call)["ok"] is False
 
 
