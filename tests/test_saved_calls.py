@@ -236,6 +236,9 @@ def test_keep_and_refs_cannot_be_saved(saved_call: Path, project: Path) -> None:
     with envrunner.Runner(project / "environments.yaml", progress=False):
         with pytest.raises(ValueError, match="keep=True cannot be saved"):
             steps.double.options(keep=True).save(saved_call, 1)
+        kept = steps.double.options(keep=True)(1)
+        with pytest.raises(envrunner.EncodeError, match=r"cannot be saved.*ref\.fetch\(\)"):
+            steps.double.save(saved_call, kept)
 
 
 def test_no_calls_at_once_is_a_usage_error(
