@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
     from ._runner import Runner, current_runner
     from ._runtime import current_environment
-    from ._tasks import Task, call, executor, task
+    from ._tasks import Task, call, executor, live, task
 
 __all__ = [
     "BuildError",
@@ -80,6 +80,7 @@ __all__ = [
     "current_runner",
     "executor",
     "find_manifest",
+    "live",
     "load_manifest",
     "register_joblib",
     "task",
@@ -92,6 +93,7 @@ _LAZY = {
     "Task": "_tasks",
     "call": "_tasks",
     "executor": "_tasks",
+    "live": "_tasks",
     "EnvExecutor": "_executor",
     "current_environment": "_runtime",
     "current_runner": "_runner",

@@ -102,3 +102,24 @@ def test_missing_alternatives_are_skipped_with_a_note(quick_run: tuple[str, Path
             assert system not in systems
         else:
             assert system in systems
+
+
+@pytest.mark.slow
+def test_the_workflow_benchmark_runs_a_small_graph_and_says_why_it_skips(tmp_path: Path) -> None:
+    environ = dict(os.environ, ENVRUNNER_HOME=str(tmp_path / "home"))
+    result = subprocess.run(
+        [sys.executable, "benchmarks/workflow_bench.py", "--tasks", "200", "--length", "10"],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "202 tasks: 20 chains of 10, fan-ins of 100" in result.stdout
+    assert "(reference) envrunner, independent calls" in result.stdout
+    graph = next(
+        line for line in result.stdout.splitlines() if "envrunner, futures as arguments" in line
+    )
+    assert "µs/task" in graph or ("skipped" in graph and "refuses a future" in graph)

@@ -46,6 +46,7 @@ def test_the_public_names_are_pinned() -> None:
         "current_runner",
         "executor",
         "find_manifest",
+        "live",
         "load_manifest",
         "register_joblib",
         "task",
