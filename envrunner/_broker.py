@@ -249,6 +249,22 @@ class Broker:
                 "busy": sum(1 for s in slots if s.state in busy),
             }
 
+    def activity(self) -> tuple[dict[str, int], dict[str, str]]:
+        """Per environment: calls running in workers (those sent ahead still wait: queued), and
+        pools building or failed; for live views (``_live.py``)."""
+        running: dict[str, int] = {}
+        states: dict[str, str] = {}
+        with self.lock:
+            for slot in self.scheduler.slots.values():
+                if slot.running is not None and slot.state.live:
+                    running[slot.env] = running.get(slot.env, 0) + 1
+            for env, pool in self.scheduler.pools.items():
+                if pool.state is sch.PoolState.PREPARING:
+                    states[env] = "building"
+                elif pool.state is sch.PoolState.FAILED:
+                    states[env] = "failed"
+        return running, states
+
     def worker_pids(self, env: str | None = None) -> list[int]:
         """Pids of live workers (of one environment, or all)."""
         with self.lock:

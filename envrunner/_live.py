@@ -95,21 +95,12 @@ class Tally:
 
 
 def running_calls(broker: Any) -> tuple[dict[str, int], dict[str, str]]:
-    """Calls running in workers, per environment, and pools building or failed, read from the
-    broker's scheduler under its lock (the records ``_actions`` describes)."""
-    running: dict[str, int] = {}
-    states: dict[str, str] = {}
+    """Calls running in workers, per environment, and pools building or failed
+    (``Broker.activity``; nothing before the first call)."""
     if broker is None:
-        return running, states
-    with broker.lock:
-        for slot in broker.scheduler.slots.values():  # calls sent ahead still wait: queued
-            if slot.running is not None and slot.state.live:
-                running[slot.env] = running.get(slot.env, 0) + 1
-        for env, pool in broker.scheduler.pools.items():
-            state = pool.state.value
-            if state in ("preparing", "failed"):
-                states[env] = "building" if state == "preparing" else "failed"
-    return running, states
+        return {}, {}
+    activity: tuple[dict[str, int], dict[str, str]] = broker.activity()
+    return activity
 
 
 class LiveView:
