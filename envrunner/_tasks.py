@@ -84,6 +84,7 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, Ref]: ...
 
     @overload
@@ -96,6 +97,7 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, R]: ...
 
     def options(
@@ -107,13 +109,15 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, Any]:
         """The same task with other options (those not given stay as they are).
 
         ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`;
         ``task.options(timeout=None)`` drops the task's own timeout, back to the environment's
         (its manifest ``timeout:``, else none); ``task.options(cache=False)(x)`` runs and
-        stores nothing.
+        stores nothing; ``task.options(merge=False)`` runs every call, even identical ones
+        pending at once.
 
         Raises:
             ValueError: ``keep=True`` on a task with ``cache=True`` (or the other way round).
@@ -125,6 +129,7 @@ class Task(Generic[P, R]):
             retries=retries,
             cache=cache,
             cache_errors=cache_errors,
+            merge=merge,
         )
         other: Task[P, Any] = Task(self.fn, changed)
         other.__envrunner_codes__ = self.__envrunner_codes__
@@ -200,6 +205,7 @@ def task(
     retries: int = 0,
     cache: Literal[False] = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Callable[[Callable[P, Any]], Task[P, Ref]]: ...
 
 
@@ -212,6 +218,7 @@ def task(
     retries: int = 0,
     cache: bool = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -225,6 +232,7 @@ def task(
     retries: int = 0,
     cache: bool = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Task[P, Any] | Callable[[Callable[P, Any]], Task[P, Any]]:
     """Pin a function to an environment of the manifest.
 
@@ -247,6 +255,10 @@ def task(
             same arguments, same environment and packages (see docs/caching.md).
         cache_errors: With ``cache``, store an exception the task raised too: the same call
             raises it again without running.
+        merge: Merge identical calls (same function, arguments, environment) submitted while
+            one is pending: it runs once and every future gets its result. Default: on with
+            ``cache`` (a cached task is declared to give the same result for the same call),
+            off without; ``merge=False`` for a cached task with side effects.
 
     Returns:
         A :class:`Task`.
@@ -261,6 +273,7 @@ def task(
         retries=retries,
         cache=cache,
         cache_errors=cache_errors,
+        merge=merge,
     )
 
     def decorate(function: Callable[P, Any]) -> Task[P, Any]:

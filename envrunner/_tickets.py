@@ -5,27 +5,32 @@
     fn, args, kwargs ─► encode_function, encode_arguments (``_encode``) ─► Call message
                      ─► CallFuture + CallRequest (what the broker sends and completes)
                      ─► Ticket (what the scheduler decides on: env, timeout, retries, pin)
+    a future among the arguments ─► a mark in its place; the ticket is deferred: it waits in
+                     the scheduler, and is encoded again with the values (``_inputs``)
+    merge=True (cache=True) ─► a merge key: identical pending calls run once (``_graph``)
 
 May import: the standard library, ``envrunner._actions``, ``_calls``, ``_encode``,
-``_futures``, ``_manifest``, ``_options``, ``_runtime``.
+``_futures``, ``_inputs``, ``_manifest``, ``_options``, ``_runtime``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ._actions import Ticket
 from ._calls import CallRequest
 from ._encode import encode_arguments, encode_function, pin
 from ._futures import CallFuture, Link
+from ._inputs import Inputs, watch
 
 if TYPE_CHECKING:
     from ._manifest import EnvSpec
     from ._options import Options
     from ._runtime.shm import Arena
 
-__all__ = ["make_ticket"]
+__all__ = ["make_ticket", "merge_key"]
 
 
 def make_ticket(
@@ -46,7 +51,7 @@ def make_ticket(
     """Encode ``fn(*args, **kwargs)`` for a worker of ``spec`` (Python ``version``).
 
     Args:
-        ids: Where the call's id comes from (taken once it is encoded).
+        ids: Where the call's id comes from.
         threshold: Buffers of at least this many bytes go into ``arena`` (0: none do).
 
     Raises:
@@ -59,33 +64,70 @@ def make_ticket(
     env = spec.name
     same = version[:2] == tuple(sys.version_info[:2])
     code, name = encode_function(fn, same, env, version, by_reference)
-    body, frames, encoder = encode_arguments(
-        fn, name, env, args, kwargs, same, arena, threshold, max_message
+
+    def encode(fill: dict[int, Any] | None) -> tuple[Call, list[list[Any]], bytes | None, str]:
+        """The call's message with these values in place of its futures (None: marks)."""
+        body, frames, encoder = encode_arguments(
+            fn, name, env, args, kwargs, same, arena, threshold, max_message, fill
+        )
+        try:
+            pinned, pinned_what = pin(encoder.refs, env, name)
+            message = Call(
+                call_id=call_id,
+                name=name,
+                code=code,
+                payload=body,
+                segments=list(encoder.segments),
+                keep=options.keep,
+                buffers=frames,
+            )
+            if encoder.futures:
+                futures.extend(encoder.futures)
+                encoder.release()  # its blocks: encoded again once its inputs are done
+                return message, [], None, ""
+            return message, [list(b) for b in encoder.blocks], pinned, pinned_what
+        except BaseException:
+            encoder.release()
+            raise
+
+    futures: list[Future[Any]] = []
+    call_id = next(ids)
+    message, blocks, pinned, pinned_what = encode(None)
+    future: CallFuture[Any] = CallFuture(env, name, link)
+    request = CallRequest(message, future, blocks)
+    ticket = Ticket(
+        call_id=call_id,
+        env=env,
+        name=name,
+        timeout=options.timeout if options.timeout is not None else spec.timeout,
+        retries=options.retries,
+        pin=pinned,
+        pinned_what=pinned_what,
+        body=request,
     )
-    try:
-        pinned, pinned_what = pin(encoder.refs, env, name)
-        call_id = next(ids)
-        message = Call(
-            call_id=call_id,
-            name=name,
-            code=code,
-            payload=body,
-            segments=list(encoder.segments),
-            keep=options.keep,
-            buffers=frames,
-        )
-        future: CallFuture[Any] = CallFuture(env, name, link)
-        request = CallRequest(message, future, [list(b) for b in encoder.blocks])
-        return Ticket(
-            call_id=call_id,
-            env=env,
-            name=name,
-            timeout=options.timeout if options.timeout is not None else spec.timeout,
-            retries=options.retries,
-            pin=pinned,
-            pinned_what=pinned_what,
-            body=request,
-        )
-    except BaseException:
-        encoder.release()
-        raise
+    if options.merges and not options.keep:
+        ticket.merge_key = merge_key(ticket, message, blocks, futures)
+    if futures:
+        request.deferred = Inputs(futures, encode)
+        ticket.deferred = True
+        watch(ticket, futures, link.input_done)
+    return ticket
+
+
+def merge_key(
+    ticket: Ticket, message: Any, blocks: list[list[Any]], futures: list[Future[Any]]
+) -> bytes | None:
+    """What makes two calls the same (``docs/workflows.md``): the environment, the encoded
+    function and arguments (their bytes; a future counts as itself), timeout and retries.
+    None for a call that cannot merge: one whose arguments went through shared memory (the
+    bytes there are not compared) or that uses objects a worker keeps."""
+    if blocks or ticket.pin is not None:
+        return None
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=20)
+    for part in (ticket.env.encode(), message.code, message.payload, *message.buffers):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    digest.update(repr((ticket.timeout, ticket.retries, [id(f) for f in futures])).encode())
+    return digest.digest()

@@ -18,6 +18,8 @@ def test_the_public_names_are_pinned() -> None:
         "BuildError",
         "CallFuture",
         "DecodeError",
+        "DependencyError",
+        "DependencyError",
         "EncodeError",
         "EnvExecutor",
         "EnvSpec",
