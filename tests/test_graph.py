@@ -12,6 +12,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 import pytest
+from test_scheduler import ENV, W1, completed, dispatched, idle_pool, ids, kinds, scheduler
 
 from envrunner._actions import (
     CallState,
@@ -25,8 +26,6 @@ from envrunner._actions import (
 from envrunner._calls import SameAs
 from envrunner._runtime.errors import DependencyError, EnvrunnerError
 from envrunner._scheduler import Scheduler
-
-from test_scheduler import ENV, W1, completed, dispatched, idle_pool, ids, kinds, scheduler
 
 OTHER = "other"
 
