@@ -313,3 +313,18 @@ def initialize(path: str, label: str) -> None:
 
 def initialized() -> list[str]:
     return list(_INITIALIZED)
+
+
+def total(values: Any, extra: int = 0) -> int:
+    """The sum of numbers found in lists, tuples and dict values, plus ``extra``."""
+    if isinstance(values, dict):
+        values = list(values.values())
+    if isinstance(values, (list, tuple)):
+        return sum(total(v) for v in values) + extra
+    return int(values) + extra
+
+
+def gated_value(path: str, value: Any) -> Any:
+    """Wait for the gate at ``path``, then return ``value``."""
+    gate(path)
+    return value

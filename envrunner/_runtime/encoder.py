@@ -181,7 +181,8 @@ class Encoder:
         cls = type(obj)
         if self.futures is not None and isinstance(obj, _Future):
             if self.fill is not None:
-                return self.fill[id(obj)]  # (packed as any value, its own marks and all)
+                value = self.fill[id(obj)]  # msgpack calls this once per object: not again
+                return value if _packs_as_is(value) else self._default(value)
             index = next((i for i, f in enumerate(self.futures) if f is obj), None)
             if index is None:
                 index = len(self.futures)
@@ -304,6 +305,16 @@ class Encoder:
             plain = self._pack(base(obj))
         return msgpack.ExtType(code, self._pack([type_name(obj), data, refs, plain]))
 
+
+def _packs_as_is(value: Any) -> bool:
+    """Whether msgpack packs ``value`` itself (items of a list or dict come back here)."""
+    kind = type(value)
+    if kind is int:
+        return -(1 << 63) <= value < (1 << 64)
+    return kind in _AS_IS
+
+
+_AS_IS = (type(None), bool, float, str, bytes, list, dict)
 
 #: Built-in types whose subclasses' instances also travel as the built-in value, as a fallback.
 _PLAIN_BASES = (str, bytes, bool, int, float, complex, list, tuple, dict, set, frozenset)

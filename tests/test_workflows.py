@@ -1,0 +1,177 @@
+"""Workflows (#17): a future passed as an argument makes a dependency, identical calls merge,
+a failure stops only its descendants, a cancel stops the waiting descendants.
+
+Real environments and workers (the session's ``same`` and ``other``); a file the task appends
+to counts real runs; gates (a file the test creates) hold a call until the test lets it go.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import pytest
+import tasks
+from support import wait_for
+
+import envrunner
+
+TIMEOUT = 120
+
+
+def runs(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_a_future_passed_on_is_a_dependency_and_submit_returns_at_once(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    first = runner.submit("same", tasks.gated_value, str(gate), 20)
+    # given in every place the encoder looks: top level, a list, a tuple, a dict, a keyword
+    second = runner.submit("other", tasks.total, [first, (first, 1), {"k": first}], extra=first)
+    assert not second.done() and not first.done()  # submit did not wait for its input
+    gate.touch()
+    assert second.result(TIMEOUT) == 20 + 20 + 1 + 20 + 20
+    assert first.result() == 20
+
+
+def test_a_chain_across_environments(runner: envrunner.Runner) -> None:
+    value = runner.submit("same", tasks.add, 1, 1)
+    for step in range(6):
+        value = runner.submit("other" if step % 2 else "same", tasks.add, value, 1)
+    assert value.result(TIMEOUT) == 8
+
+
+def test_a_sync_call_given_a_future_waits_for_it(runner: envrunner.Runner) -> None:
+    assert runner.call("other", tasks.add, runner.submit("same", tasks.add, 2, 3), 1) == 6
+
+
+def test_a_failure_stops_only_its_descendants(runner: envrunner.Runner, tmp_path: Path) -> None:
+    ran = tmp_path / "ran.txt"
+    bad = runner.submit("same", tasks.square_or_fail, 3, 3)
+    child = runner.submit("other", tasks.counted, str(ran), bad)
+    grandchild = runner.submit("same", tasks.add, child, 1)
+    good = runner.submit("same", tasks.square_or_fail, 2, 3)
+    independent = runner.submit("other", tasks.add, good, 1)
+    assert independent.result(TIMEOUT) == 5
+    with pytest.raises(envrunner.DependencyError) as caught:
+        grandchild.result(TIMEOUT)
+    error = caught.value
+    assert "square_or_fail() in environment 'same'" in error.ancestor
+    assert error.error == "TaskError: ('refused 3', 3)"
+    assert "counted()" in error.via
+    assert isinstance(error.__cause__, tasks.TaskError)  # the ancestor's own error
+    assert isinstance(child.exception(TIMEOUT), envrunner.DependencyError)
+    assert runs(ran) == 0  # the child never ran
+
+
+def test_a_crashed_ancestor_is_named_with_its_crash(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    crashed = runner.submit("same", tasks.exit_hard, 3)
+    child = runner.submit("other", tasks.add, crashed, 1)
+    with pytest.raises(envrunner.DependencyError, match="WorkerCrashed") as caught:
+        child.result(TIMEOUT)
+    assert isinstance(caught.value.__cause__, envrunner.WorkerCrashed)
+    assert runner.call("same", tasks.add, 1, 1) == 2  # the pool goes on
+
+
+def test_cancelling_a_queued_call_cancels_its_waiting_descendants(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    gates = [tmp_path / f"gate{i}" for i in range(2)]
+    blockers = [runner.submit("same", tasks.gate, str(g)) for g in gates]  # both workers busy
+    queued = runner.submit("same", tasks.add, 1, 1)
+    child = runner.submit("other", tasks.add, queued, 1)
+    grandchild = runner.submit("other", tasks.add, child, 1)
+    try:
+        assert queued.cancel()
+        with pytest.raises(CancelledError):
+            grandchild.result(TIMEOUT)
+        assert child.cancelled()
+    finally:
+        for g in gates:
+            g.touch()
+    assert all(b.result(TIMEOUT) for b in blockers)
+
+
+def test_cancelling_a_waiting_call_leaves_its_input_running(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    first = runner.submit("same", tasks.gated_value, str(gate), 5)
+    child = runner.submit("other", tasks.add, first, 1)
+    assert child.cancel()
+    gate.touch()
+    assert first.result(TIMEOUT) == 5
+    assert child.cancelled()
+
+
+def test_a_kept_object_passed_on_stays_in_its_worker(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    make = envrunner.task(env="same", keep=True)(tasks.make_model)
+    model = make.submit(str(tmp_path / "marker"))  # a future of a Ref
+    used = runner.submit("same", tasks.use_model, model, 2)
+    ident, pid, calls = used.result(TIMEOUT)
+    assert calls == 2 and pid == model.result().worker_pid  # ran where the object is
+    elsewhere = runner.submit("other", tasks.use_model, model, 1)
+    with pytest.raises(envrunner.EncodeError, match="fetch"):
+        elsewhere.result(TIMEOUT)
+
+
+# --------------------------------------------------------------------------- merged calls
+
+
+def test_identical_cached_calls_pending_at_once_run_once(
+    manifest_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENVRUNNER_CACHE", str(tmp_path / "cache"))
+    ran, gate = tmp_path / "ran.txt", tmp_path / "gate"
+    counted = envrunner.task(env="same", cache=True)(tasks.counted)
+    gated = envrunner.task(env="same", cache=True)(tasks.gated_value)
+    with envrunner.Runner(manifest_path, progress=False):
+        blocker = gated.submit(str(gate), 7)  # cached too: its key stands for its value
+        futures = [counted.submit(str(ran), blocker) for _ in range(3)]
+        gate.touch()
+        assert [f.result(TIMEOUT) for f in futures] == [7, 7, 7]
+    assert runs(ran) == 1
+
+
+def test_merge_on_and_off(runner: envrunner.Runner, tmp_path: Path) -> None:
+    ran, gate = tmp_path / "ran.txt", tmp_path / "gate"
+    blocker = runner.submit("same", tasks.gated_value, str(gate), [1, 2])
+    merged = envrunner.task(env="same", merge=True)(tasks.counted)
+    separate = envrunner.task(env="same")(tasks.counted)  # the default without cache
+    one = [merged.submit(str(ran), blocker) for _ in range(3)]
+    three = [separate.submit(str(tmp_path / "each.txt"), blocker) for _ in range(3)]
+    gate.touch()
+    assert [f.result(TIMEOUT) for f in one + three] == [[1, 2]] * 6
+    assert one[0].result() is one[1].result()  # one value, decoded once
+    assert runs(ran) == 1
+    assert runs(tmp_path / "each.txt") == 3
+
+
+def test_a_merged_leader_cancelled_still_runs_for_its_followers(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    blocker = runner.submit("same", tasks.gated_value, str(gate), 3)
+    merged = envrunner.task(env="other", merge=True)(tasks.add)
+    leader, follower = merged.submit(blocker, 1), merged.submit(blocker, 1)
+    assert leader.cancel()
+    gate.touch()
+    assert follower.result(TIMEOUT) == 4
+
+
+def test_nothing_left_waiting_after_a_workflow(runner: envrunner.Runner) -> None:
+    wait_for(lambda: runner._broker is not None, what="a broker")
+    broker = runner._broker
+    assert broker is not None
+    wait_for(lambda: not broker.scheduler.waiting, what="no call waiting")
+    assert not broker.scheduler.leaders or all(
+        t.state.value != "done" for t in broker.scheduler.leaders.values()
+    )
+    assert os.getpid()
