@@ -8,6 +8,9 @@ to counts real runs; gates (a file the test creates) hold a call until the test 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from concurrent.futures import CancelledError
 from pathlib import Path
 
@@ -115,7 +118,7 @@ def test_a_kept_object_passed_on_stays_in_its_worker(
     make = envrunner.task(env="same", keep=True)(tasks.make_model)
     model = make.submit(str(tmp_path / "marker"))  # a future of a Ref
     used = runner.submit("same", tasks.use_model, model, 2)
-    ident, pid, calls = used.result(TIMEOUT)
+    _, pid, calls = used.result(TIMEOUT)
     assert calls == 2 and pid == model.result().worker_pid  # ran where the object is
     elsewhere = runner.submit("other", tasks.use_model, model, 1)
     with pytest.raises(envrunner.EncodeError, match="fetch"):
@@ -175,3 +178,91 @@ def test_nothing_left_waiting_after_a_workflow(runner: envrunner.Runner) -> None
         t.state.value != "done" for t in broker.scheduler.leaders.values()
     )
     assert os.getpid()
+
+
+# --------------------------------------------------------------------------- the example
+
+
+class Example:
+    """examples/workflow.py copied (with its manifest) into a folder of its own, so that a test
+    may edit it; run as a user runs it, its task runs counted in a log file."""
+
+    def __init__(self, root: Path) -> None:
+        repo = Path(__file__).resolve().parent.parent
+        (root / "examples").mkdir()
+        (root / "environments").mkdir()
+        self.script = root / "examples" / "workflow.py"
+        self.script.write_text((repo / "examples" / "workflow.py").read_text())
+        manifest = repo / "environments" / "workflow.yaml"
+        (root / "environments" / "workflow.yaml").write_text(manifest.read_text())
+        self.log = root / "runs.log"
+        self.env = dict(os.environ, WORKFLOW_LOG=str(self.log), ENVRUNNER_CACHE=str(root / "c"))
+        self.root = root
+
+    def start(self, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(self.script)],
+            cwd=self.root,
+            env={**self.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, expect: int = 0, **env: str) -> tuple[str, list[str]]:
+        """Its output, and the tasks that ran (in the order they began)."""
+        before = self.ran()
+        process = self.start(**env)
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == expect, out + err
+        return out, self.ran()[len(before) :]
+
+    def ran(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+
+def test_the_workflow_example_reruns_only_what_changed(tmp_path: Path) -> None:
+    example = Example(tmp_path)
+    out, ran = example.run()
+    assert sorted(ran) == ["compare", "fit_line", "fit_mean", "prepare"]
+    assert "line: y = 3.000 x + 2.002" in out and "1.15.0" in out and "1.16.0" in out
+    out_again, ran = example.run()
+    assert ran == []  # the second run does no work
+    assert out_again == out
+    # one step edited: it and what follows run again, nothing else
+    text = example.script.read_text()
+    example.script.write_text(text.replace("MEAN_SHRINK = 0.0", "MEAN_SHRINK = 0.5"))
+    out, ran = example.run()
+    assert sorted(ran) == ["compare", "fit_mean"]
+    assert "mean: y = 0.000 x + 1.73" in out
+    # the first step edited: everything after it runs again
+    example.script.write_text(example.script.read_text().replace("400, seed=7", "400, seed=8"))
+    _, ran = example.run()
+    assert sorted(ran) == ["compare", "fit_line", "fit_mean", "prepare"]
+
+
+def test_killing_one_branchs_worker_fails_only_that_branch(tmp_path: Path) -> None:
+    example = Example(tmp_path)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    process = example.start(WORKFLOW_PAUSE=str(pause))
+    try:
+        pid = int(wait_for(lambda: _read(pause / "fit_mean.pid"), 300, "fit_mean to start"))
+        os.kill(pid, signal.SIGKILL)
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1, out + err
+    assert "line: y = 3.000 x + 2.002" in out  # the other branch ran to its end
+    assert "mean: failed: WorkerCrashed" in out and "SIGKILL" in out
+    assert "compare: failed: DependencyError" in out and "fit_mean()" in out
+    assert sorted(example.ran()) == ["fit_line", "fit_mean", "prepare"]
+    # run again: what finished is stored; only the failed branch and what follows run
+    _, ran = example.run()
+    assert sorted(ran) == ["compare", "fit_mean"]
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
