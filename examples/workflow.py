@@ -57,7 +57,7 @@ def fit_line(data):  # type: ignore[no-untyped-def]
     import six
 
     _ran("fit_line")
-    xs, ys = zip(*data["train"])
+    xs, ys = [x for x, _ in data["train"]], [y for _, y in data["train"]]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in data["train"]) / sum((x - mx) ** 2 for x in xs)
     return {"slope": slope, "intercept": my - slope * mx, "six": six.__version__}

@@ -39,6 +39,10 @@ def failed(name: str = "prep()", words: str = "ValueError: bad row") -> Failed:
     return Failed(f"{name} in environment 'data'", words)
 
 
+def state(call: Ticket) -> CallState:
+    return call.state
+
+
 def resolves(actions: list[Any]) -> list[int]:
     return [a.ticket.call_id for a in actions if isinstance(a, Resolve)]
 
@@ -62,10 +66,10 @@ def test_it_is_resolved_when_its_last_input_is_done_and_then_dispatched() -> Non
     assert s.input_done(call, None, 0.1) == []
     assert call.state is CallState.WAITING
     assert resolves(s.input_done(call, None, 0.2)) == [1]
-    assert call.state is CallState.RESOLVING
+    assert state(call) is CallState.RESOLVING
     actions = s.resolved(call, 0.3)
     assert dispatched(actions) == [(W1, 1)]
-    assert call.state is CallState.RUNNING and not call.deferred
+    assert state(call) is CallState.RUNNING and not call.deferred
     assert s.waiting == {}
 
 
@@ -285,7 +289,7 @@ def test_fail_everything_fails_waiting_calls() -> None:
 
 
 def test_other_pools_are_untouched_by_a_failure_elsewhere() -> None:
-    s = scheduler(**{OTHER: PoolConfig()})
+    s = Scheduler({ENV: PoolConfig(), OTHER: PoolConfig()}, start_timeout=10.0)
     call = waiting(1, inputs=1, env=OTHER)
     s.submit(call, 0.0)
     s.submit(Ticket(2, ENV, "t"), 0.0)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from concurrent.futures import CancelledError
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tasks
@@ -162,7 +163,7 @@ def test_a_merged_leader_cancelled_still_runs_for_its_followers(
 ) -> None:
     gate = tmp_path / "gate"
     blocker = runner.submit("same", tasks.gated_value, str(gate), 3)
-    merged = envrunner.task(env="other", merge=True)(tasks.add)
+    merged: Any = envrunner.task(env="other", merge=True)(tasks.add)
     leader, follower = merged.submit(blocker, 1), merged.submit(blocker, 1)
     assert leader.cancel()
     gate.touch()

@@ -310,7 +310,7 @@ def _packs_as_is(value: Any) -> bool:
     """Whether msgpack packs ``value`` itself (items of a list or dict come back here)."""
     kind = type(value)
     if kind is int:
-        return -(1 << 63) <= value < (1 << 64)
+        return bool(-(1 << 63) <= value < (1 << 64))
     return kind in _AS_IS
 
 
