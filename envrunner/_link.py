@@ -64,14 +64,18 @@ class RunnerLink:
             broker.cancel(ticket)
 
     def input_done(self, ticket: Ticket, failed: Any) -> None:
-        """A future among a call's arguments is done: the scheduler hears it."""
+        """A future among a call's arguments is done: the scheduler hears it (also while the
+        runner shuts down: it waits for its waiting calls)."""
         runner = self._runner()
-        if runner is not None and not runner._closed:
+        if runner is None:
+            return
+        broker = runner._broker
+        if broker is None:
             try:
                 broker = runner._ensure_broker()
             except RunnerClosedError:
                 return  # (nothing waits there any more)
-            broker.input_done(ticket, failed)
+        broker.input_done(ticket, failed)
 
     def release_ref(self, worker: bytes, ident: int) -> None:
         runner = self._runner()

@@ -126,6 +126,27 @@ def test_a_kept_object_passed_on_stays_in_its_worker(
         elsewhere.result(TIMEOUT)
 
 
+def test_leaving_the_runner_waits_for_waiting_calls(manifest_path: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with envrunner.Runner(manifest_path, progress=False) as runner:
+        first = runner.submit("same", tasks.gated_value, str(gate), 1)
+        last = runner.submit("other", tasks.add, runner.submit("same", tasks.add, first, 1), 1)
+        gate.touch()
+    assert last.result(0) == 3
+
+
+def test_a_thread_pools_future_is_an_input_too(runner: envrunner.Runner, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        local = pool.submit(sum, [1, 2, 3])
+        failing = pool.submit(int, "not a number")
+        assert runner.submit("other", tasks.add, local, 1).result(TIMEOUT) == 7
+        child = runner.submit("other", tasks.add, failing, 1)
+        with pytest.raises(envrunner.DependencyError, match="ValueError: invalid literal"):
+            child.result(TIMEOUT)
+
+
 # --------------------------------------------------------------------------- merged calls
 
 
