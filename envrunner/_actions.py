@@ -151,8 +151,8 @@ class Failed:
     """An input of a call that failed (or was cancelled), as its future's callback saw it.
 
     ``ancestor`` names the call that failed first (``prepare() in environment 'data'``),
-    ``words`` its error (``ValueError: bad row``), ``via`` the calls between it and this input
-    that did not run either, ``future`` the ancestor's future (its error becomes the cause).
+    ``words`` its error (``ValueError: bad row``), ``via`` the input it came through, when
+    that input did not run either, ``future`` the ancestor's future (its error becomes the cause).
     """
 
     ancestor: str

@@ -168,8 +168,13 @@ def _feed_future(h: Any, value: Future[Any], where: str, depth: int) -> None:
     key = getattr(value, "envrunner_key", None)
     if isinstance(key, str):
         _tag(h, b"F", key.encode())
+        return
+    try:
+        result = value.result()
+    except BaseException:  # the call given it fails too (it never runs, nor is stored)
+        h.update(b"Xfailed")
     else:
-        _feed(h, value.result(), where, depth + 1)
+        _feed(h, result, where, depth + 1)
 
 
 def _feed_none(h: Any, value: Any, where: str, depth: int) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from concurrent.futures import CancelledError
 from typing import Any
 
-from ._actions import Action, CallState, Complete, Failed, Resolve, Ticket
+from ._actions import Action, CallState, Complete, Failed, PoolState, Prepare, Resolve, Ticket
 from ._calls import SameAs
 from ._placement import Placement
 from ._runtime.errors import DependencyError
@@ -102,6 +102,10 @@ class Graph(Placement):
     def _wait(self, ticket: Ticket) -> None:
         ticket.state = CallState.WAITING
         self.waiting[ticket.call_id] = ticket
+        pool = self.pools[ticket.env]
+        if pool.state is PoolState.NEW and pool.config.local:  # built while its inputs run
+            pool.state = PoolState.PREPARING
+            self._out.append(Prepare(pool.env))
         self._inputs_changed(ticket)
 
     def _inputs_changed(self, ticket: Ticket) -> None:

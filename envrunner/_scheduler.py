@@ -423,7 +423,7 @@ class Scheduler(Graph):
                     self._complete(ticket, stopped)
                     self._kill(slot, KillReason.SHUTDOWN)
         preparing = any(p.state is PoolState.PREPARING and not p.queue for p in self.pools.values())
-        if preparing and not cancel:  # (cancel stopped them above)
+        if preparing and not cancel and not self.waiting:  # (cancel stopped them above)
             self._out.append(StopBuilds())
         self._let_go(now)
         return self._emit()

@@ -20,6 +20,7 @@ from envrunner._actions import (
     Dispatch,
     Failed,
     PoolConfig,
+    Prepare,
     Resolve,
     Ticket,
 )
@@ -71,6 +72,15 @@ def test_it_is_resolved_when_its_last_input_is_done_and_then_dispatched() -> Non
     assert dispatched(actions) == [(W1, 1)]
     assert state(call) is CallState.RUNNING and not call.deferred
     assert s.waiting == {}
+
+
+def test_its_environment_is_built_while_it_waits_but_no_worker_starts() -> None:
+    s = scheduler()
+    call = waiting(1, inputs=1)
+    assert s.submit(call, 0.0) == [Prepare(ENV)]
+    assert s.prepared(ENV, 0.1) == []  # nothing to run yet: no worker
+    s.input_done(call, None, 0.2)
+    assert kinds(s.resolved(call, 0.3)) == ["Start"]
 
 
 def test_inputs_done_before_the_call_is_submitted_count_too() -> None:

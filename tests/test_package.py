@@ -19,7 +19,6 @@ def test_the_public_names_are_pinned() -> None:
         "CallFuture",
         "DecodeError",
         "DependencyError",
-        "DependencyError",
         "EncodeError",
         "EnvExecutor",
         "EnvSpec",
