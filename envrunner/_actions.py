@@ -139,7 +139,7 @@ class Ticket:
     input_error: Failed | None = None
     #: Identical calls merge (``Graph``): the same key while this one is pending.
     merge_key: bytes | None = None
-    followers: list[Ticket] = field(default_factory=list)
+    followers: list[Ticket] | None = None  # (made when one follows: most never have one)
     leader: Ticket | None = None
 
     def __repr__(self) -> str:

@@ -96,6 +96,8 @@ class Graph(Placement):
             return False
         ticket.state = CallState.MERGED
         ticket.leader = leader
+        if leader.followers is None:
+            leader.followers = []
         leader.followers.append(ticket)
         return True
 
@@ -130,7 +132,7 @@ class Graph(Placement):
         state = ticket.state
         if state is CallState.MERGED:
             leader = ticket.leader
-            if leader is not None and ticket in leader.followers:
+            if leader is not None and leader.followers and ticket in leader.followers:
                 leader.followers.remove(ticket)
             self._complete(ticket, CancelledError(), True)
             return True
@@ -154,7 +156,7 @@ class Graph(Placement):
         if not ticket.followers:
             return None
         follower, *rest = ticket.followers
-        ticket.followers = []
+        ticket.followers = None
         follower.leader = None
         follower.followers = rest
         for other in rest:
@@ -175,7 +177,8 @@ class Graph(Placement):
         if key is not None and self.leaders.get(key) is ticket:
             del self.leaders[key]
         self.waiting.pop(ticket.call_id, None)
-        followers, ticket.followers = ticket.followers, []
-        same = outcome if isinstance(outcome, BaseException) else SameAs(ticket)
-        for follower in followers:
-            self._complete(follower, same, cancelled)
+        followers, ticket.followers = ticket.followers, None
+        if followers:
+            same = outcome if isinstance(outcome, BaseException) else SameAs(ticket)
+            for follower in followers:
+                self._complete(follower, same, cancelled)

@@ -15,6 +15,7 @@ May import: the standard library, ``envrunner._actions``, ``_calls``, ``_encode`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -59,40 +60,14 @@ def make_ticket(
     """
     import sys
 
-    from ._runtime.protocol import Call  # (msgpack: not at import)
-
     env = spec.name
     same = version[:2] == tuple(sys.version_info[:2])
     code, name = encode_function(fn, same, env, version, by_reference)
-
-    def encode(fill: dict[int, Any] | None) -> tuple[Call, list[list[Any]], bytes | None, str]:
-        """The call's message with these values in place of its futures (None: marks)."""
-        body, frames, encoder = encode_arguments(
-            fn, name, env, args, kwargs, same, arena, threshold, max_message, fill
-        )
-        try:
-            pinned, pinned_what = pin(encoder.refs, env, name)
-            message = Call(
-                call_id=call_id,
-                name=name,
-                code=code,
-                payload=body,
-                segments=list(encoder.segments),
-                keep=options.keep,
-                buffers=frames,
-            )
-            if encoder.futures:
-                futures.extend(encoder.futures)
-                encoder.release()  # its blocks: encoded again once its inputs are done
-                return message, [], None, ""
-            return message, [list(b) for b in encoder.blocks], pinned, pinned_what
-        except BaseException:
-            encoder.release()
-            raise
-
-    futures: list[Future[Any]] = []
     call_id = next(ids)
-    message, blocks, pinned, pinned_what = encode(None)
+    encode = functools.partial(
+        _encode, fn, name, code, env, args, kwargs, same, arena, threshold, max_message, call_id
+    )
+    message, blocks, pinned, pinned_what, futures = encode(options.keep, None)
     future: CallFuture[Any] = CallFuture(env, name, link)
     request = CallRequest(message, future, blocks)
     ticket = Ticket(
@@ -105,13 +80,57 @@ def make_ticket(
         pinned_what=pinned_what,
         body=request,
     )
-    if options.merges and not options.keep:
+    merges = options.merge or (options.cache and options.merge is None)  # (Options.merges)
+    if merges and not options.keep:
         ticket.merge_key = merge_key(ticket, message, blocks, futures)
     if futures:
-        request.deferred = Inputs(futures, encode)
+        request.deferred = Inputs(futures, lambda fill: encode(options.keep, fill)[:4])
         ticket.deferred = True
         watch(ticket, futures, link.input_done)
     return ticket
+
+
+def _encode(
+    fn: Callable[..., Any],
+    name: str,
+    code: bytes,
+    env: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    same: bool,
+    arena: Arena | None,
+    threshold: int,
+    max_message: int,
+    call_id: int,
+    keep: bool,
+    fill: dict[int, Any] | None,
+) -> tuple[Any, list[list[Any]], bytes | None, str, list[Future[Any]]]:
+    """The call's message with these values in place of its futures (None: marks), its arena
+    blocks, the worker it is pinned to, and the futures found (their marks in it)."""
+    from ._runtime.protocol import Call  # (msgpack: not at import)
+
+    body, frames, encoder = encode_arguments(
+        fn, name, env, args, kwargs, same, arena, threshold, max_message, fill
+    )
+    try:
+        pinned, pinned_what = pin(encoder.refs, env, name)
+        message = Call(
+            call_id=call_id,
+            name=name,
+            code=code,
+            payload=body,
+            segments=list(encoder.segments),
+            keep=keep,
+            buffers=frames,
+        )
+        futures = encoder.futures
+        if futures:
+            encoder.release()  # its blocks: encoded again once its inputs are done
+            return message, [], None, "", futures
+        return message, [list(b) for b in encoder.blocks], pinned, pinned_what, []
+    except BaseException:
+        encoder.release()
+        raise
 
 
 def merge_key(

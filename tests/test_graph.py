@@ -240,7 +240,7 @@ def test_cancelling_a_follower_leaves_the_leader() -> None:
     s.submit(first, 0.0)
     s.submit(second, 0.0)
     s.cancel(second, 0.1)
-    assert first.followers == [] and ids(s.pools[ENV].queue) == [1]
+    assert not first.followers and ids(s.pools[ENV].queue) == [1]
 
 
 def test_waiting_calls_merge_and_resolve_once() -> None:
