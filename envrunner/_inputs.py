@@ -7,23 +7,28 @@ and who puts their values in.
       watch(ticket, futures, tell)   one done-callback per future (whichever thread completes
                                      it): input_done(ticket, Failed | None) to the scheduler
     the scheduler: every input done, none failed ─► Resolve(ticket)
-      resolve_later(ticket, post)    on the inputs thread (never the broker's: values and
-                                     errors are decoded by a thread that asks, and the
-                                     broker never unpickles user data): each future's value,
-                                     then the call encoded again with the values in place of
-                                     the marks ─► Resolved(ticket) | ResolveFailed(ticket, error)
+      resolve_later(ticket, post)    on the inputs thread (never the broker's: the broker never
+                                     unpickles user data): each answer as its worker sent it
+                                     spliced in place of its mark (``_splice``: never decoded
+                                     here), or, for one that cannot travel so, its value
+                                     decoded here and encoded again
+                                     ─► Resolved(ticket) | ResolveFailed(ticket, error)
 
-A value passes through the caller: decoded here, encoded for the environment that needs it.
+A value goes from the environment that made it to the one that needs it without being loaded
+in the caller (which may lack its packages): only an answer with buffers in shared memory (large
+arrays), with by-value code bound for another Python, or a kept object's handle is decoded here
+and encoded again.
 A ``Ref`` (a result kept with ``keep=True``) is a handle, not the value: it goes back to the
 worker that keeps the object, and the call runs there (in another environment it is an
 ``EncodeError`` that says to fetch it).
 
 May import: the standard library, ``envrunner._actions``, ``_calls``, ``_commands``,
-``_runtime``.
+``_runtime``, ``_splice``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,22 +36,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._actions import Failed, Ticket
-from ._calls import UndecodedError
+from ._calls import RawResult, SameAs, UndecodedError
 from ._commands import Command, Resolved, ResolveFailed
 from ._runtime.errors import DependencyError
+from ._splice import UnspliceableError, check, splice
 
 __all__ = ["Inputs", "failure_of", "resolve_later", "watch"]
 
-#: Makes the call again with values in place of its futures: message, blocks, pin, pinned what.
-Remake = Callable[[dict[int, Any]], tuple[Any, list[list[Any]], "bytes | None", str]]
+#: Makes the call again with values in place of some of its futures (the others leave marks):
+#: message, blocks, pin, pinned what, the futures that left marks.
+Remake = Callable[[dict[int, Any]], tuple[Any, list[list[Any]], "bytes | None", str, list[Any]]]
 
 
 @dataclass(eq=False)
 class Inputs:
-    """The futures a call was given, and how to encode it again once they are done."""
+    """The futures a call was given, how to encode it again once they are done, and whether
+    its environment runs the caller's Python (``same``)."""
 
     futures: list[Future[Any]]
     remake: Remake
+    same: bool
 
 
 def watch(ticket: Ticket, futures: list[Future[Any]], tell: Callable[[Ticket, Any], None]) -> None:
@@ -108,13 +117,34 @@ def _resolve(ticket: Ticket) -> Command:
     request = ticket.body
     inputs: Inputs = request.deferred
     try:
-        values = {id(future): future.result() for future in inputs.futures}
-        message, blocks, pin, what = inputs.remake(values)
+        answers = {id(f): a for f in inputs.futures if (a := _answer(f, inputs.same))}
+        values = {id(f): f.result() for f in inputs.futures if id(f) not in answers}
+        message, blocks, pin, what, marked = inputs.remake(values)
+        if marked:  # the answers as their workers sent them, in place of the marks
+            payload, frames = splice(
+                message.payload, message.buffers, [answers[id(f)] for f in marked], inputs.same
+            )
+            message = dataclasses.replace(message, payload=payload, buffers=frames)
     except BaseException as exc:  # a value that cannot be loaded here or sent on
         return ResolveFailed(ticket, exc)
     request.message, request.blocks, request.deferred = message, blocks, None
     ticket.pin, ticket.pinned_what = pin, what
     return Resolved(ticket)
+
+
+def _answer(future: Future[Any], same: bool) -> tuple[bytes, Any] | None:
+    """A done input's answer as its worker sent it, if it can go on undecoded (``_splice``);
+    else None (its value is decoded here, and encoded again)."""
+    raw = Future.result(future, 0)  # the raw answer: not decoded
+    while isinstance(raw, SameAs):  # merged: the answer of the call it was merged into
+        raw = Future.result(raw.ticket.body.future, 0)
+    if not isinstance(raw, RawResult):  # decoded already (its frames are gone), or not ours
+        return None
+    try:
+        check(raw.payload, raw.buffers, same)
+    except UnspliceableError:
+        return None
+    return raw.payload, raw.buffers
 
 
 def _label(future: Future[Any]) -> str:

@@ -84,7 +84,7 @@ def make_ticket(
     if merges and not options.keep:
         ticket.merge_key = merge_key(ticket, message, blocks, futures)
     if futures:
-        request.deferred = Inputs(futures, lambda fill: encode(options.keep, fill)[:4])
+        request.deferred = Inputs(futures, functools.partial(encode, options.keep), same)
         ticket.deferred = True
         watch(ticket, futures, link.input_done)
     return ticket
@@ -105,8 +105,9 @@ def _encode(
     keep: bool,
     fill: dict[int, Any] | None,
 ) -> tuple[Any, list[list[Any]], bytes | None, str, list[Future[Any]]]:
-    """The call's message with these values in place of its futures (None: marks), its arena
-    blocks, the worker it is pinned to, and the futures found (their marks in it)."""
+    """The call's message with these values in place of its futures (the others, or all with
+    ``fill=None``, leave marks), its arena blocks, the worker it is pinned to, and the futures
+    that left marks (in the order of their marks' indices)."""
     from ._runtime.protocol import Call  # (msgpack: not at import)
 
     body, frames, encoder = encode_arguments(
@@ -123,11 +124,11 @@ def _encode(
             keep=keep,
             buffers=frames,
         )
-        futures = encoder.futures
-        if futures:
+        futures = encoder.futures or []
+        if futures and fill is None:
             encoder.release()  # its blocks: encoded again once its inputs are done
             return message, [], None, "", futures
-        return message, [list(b) for b in encoder.blocks], pinned, pinned_what, []
+        return message, [list(b) for b in encoder.blocks], pinned, pinned_what, futures
     except BaseException:
         encoder.release()
         raise

@@ -328,3 +328,8 @@ def gated_value(path: str, value: Any) -> Any:
     """Wait for the gate at ``path``, then return ``value``."""
     gate(path)
     return value
+
+
+def module_of(value: Any) -> str:
+    """The module of ``value``'s class, as this worker loaded it."""
+    return type(value).__module__

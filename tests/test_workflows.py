@@ -48,6 +48,16 @@ def test_a_chain_across_environments(runner: envrunner.Runner) -> None:
     assert value.result(TIMEOUT) == 8
 
 
+def test_a_value_the_caller_cannot_load_goes_on_to_where_it_can_be(
+    runner: envrunner.Runner,
+) -> None:
+    """The answer travels as its worker sent it: the caller never loads it (it could not)."""
+    made = runner.submit("other", tasks.result_of_a_worker_only_class)
+    assert runner.submit("other", tasks.module_of, made).result(TIMEOUT) == "only_in_worker"
+    with pytest.raises(envrunner.DecodeError, match="only_in_worker"):
+        made.result()  # (here it cannot be loaded)
+
+
 def test_a_sync_call_given_a_future_waits_for_it(runner: envrunner.Runner) -> None:
     assert runner.call("other", tasks.add, runner.submit("same", tasks.add, 2, 3), 1) == 6
 

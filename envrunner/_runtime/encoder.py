@@ -100,7 +100,7 @@ class Encoder:
         #: Futures found in the last value, each once (None: futures are not looked for, and
         #: travel as any object would); each leaves a mark (extension 42) in its place.
         self.futures: Optional[List[Any]] = None
-        #: Values to put in place of futures, by ``id(future)`` (instead of marks).
+        #: Values to put in place of futures, by ``id(future)`` (the others leave marks).
         self.fill: Optional[Dict[int, Any]] = None
 
     def encode(self, obj: Any) -> Tuple[bytes, List[Any]]:
@@ -180,8 +180,9 @@ class Encoder:
     def _default(self, obj: Any) -> Any:
         cls = type(obj)
         if self.futures is not None and isinstance(obj, _Future):
-            if self.fill is not None:
-                value = self.fill[id(obj)]  # msgpack calls this once per object: not again
+            fill = self.fill
+            if fill is not None and id(obj) in fill:
+                value = fill[id(obj)]  # msgpack calls this once per object: not again
                 return value if _packs_as_is(value) else self._default(value)
             index = next((i for i, f in enumerate(self.futures) if f is obj), None)
             if index is None:
