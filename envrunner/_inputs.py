@@ -39,7 +39,6 @@ from ._actions import Failed, Ticket
 from ._calls import RawResult, SameAs, UndecodedError
 from ._commands import Command, Resolved, ResolveFailed
 from ._runtime.errors import DependencyError
-from ._splice import UnspliceableError, check, splice
 
 __all__ = ["Inputs", "failure_of", "resolve_later", "watch"]
 
@@ -114,6 +113,8 @@ def _serve() -> None:
 
 
 def _resolve(ticket: Ticket) -> Command:
+    from ._splice import splice  # (msgpack: not at import)
+
     request = ticket.body
     inputs: Inputs = request.deferred
     try:
@@ -135,6 +136,7 @@ def _resolve(ticket: Ticket) -> Command:
 def _answer(future: Future[Any], same: bool) -> tuple[bytes, Any] | None:
     """A done input's answer as its worker sent it, if it can go on undecoded (``_splice``);
     else None (its value is decoded here, and encoded again)."""
+    from ._splice import UnspliceableError, check
     raw = Future.result(future, 0)  # the raw answer: not decoded
     while isinstance(raw, SameAs):  # merged: the answer of the call it was merged into
         raw = Future.result(raw.ticket.body.future, 0)
