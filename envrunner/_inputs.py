@@ -137,6 +137,7 @@ def _answer(future: Future[Any], same: bool) -> tuple[bytes, Any] | None:
     """A done input's answer as its worker sent it, if it can go on undecoded (``_splice``);
     else None (its value is decoded here, and encoded again)."""
     from ._splice import UnspliceableError, check
+
     raw = Future.result(future, 0)  # the raw answer: not decoded
     while isinstance(raw, SameAs):  # merged: the answer of the call it was merged into
         raw = Future.result(raw.ticket.body.future, 0)
