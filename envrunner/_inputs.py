@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -58,10 +59,20 @@ class Inputs:
 
 
 def watch(ticket: Ticket, futures: list[Future[Any]], tell: Callable[[Ticket, Any], None]) -> None:
-    """Tell ``tell(ticket, Failed | None)`` as each future is done (at once for one done)."""
+    """Tell ``tell(ticket, Failed | None)`` as each future is done (at once for one done).
+
+    The callbacks hold the ticket weakly (the scheduler holds it while it waits): a done future
+    the caller keeps does not keep every call it fed, and their messages, alive."""
     ticket.inputs_left = len(futures)
+    held = weakref.ref(ticket)
+
+    def done(future: Future[Any]) -> None:
+        waiting = held()
+        if waiting is not None:
+            tell(waiting, failure_of(future))
+
     for future in futures:
-        future.add_done_callback(lambda done: tell(ticket, failure_of(done)))
+        future.add_done_callback(done)
 
 
 def failure_of(future: Future[Any]) -> Failed | None:
