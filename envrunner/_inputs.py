@@ -89,7 +89,7 @@ def failure_of(future: Future[Any]) -> Failed | None:
         return Failed(error.ancestor, error.error, error.failed, via=error.task)
     if isinstance(error, UndecodedError):
         return Failed(name, _words(error), future)
-    text = str(error)
+    text = str(error).split("\n", 1)[0]  # its first line (the whole error is the cause)
     return Failed(name, f"{type(error).__name__}: {text}" if text else type(error).__name__, future)
 
 
