@@ -22,6 +22,7 @@ from ._runtime import __version__
 from ._runtime.errors import (
     BuildError,
     DecodeError,
+    DependencyError,
     EncodeError,
     EnvrunnerError,
     InterpreterNotFoundError,
@@ -52,6 +53,7 @@ __all__ = [
     "BuildError",
     "CallFuture",
     "DecodeError",
+    "DependencyError",
     "EncodeError",
     "EnvExecutor",
     "EnvSpec",

@@ -56,10 +56,13 @@ from ._commands import (
     Carry,
     Command,
     Drain,
+    InputDone,
     Mailbox,
     PrepareFailed,
     Ready,
     ReleaseHeld,
+    Resolved,
+    ResolveFailed,
     Stop,
     Submit,
 )
@@ -194,6 +197,15 @@ class Broker:
             ReleaseHeld: self._on_release,
             Carry: lambda c: self._outbox.carry(c.actions),
             Drain: self._on_drain,
+            InputDone: lambda c: self._outbox.carry(
+                self.scheduler.input_done(c.ticket, c.failed, time.monotonic())
+            ),
+            Resolved: lambda c: self._outbox.carry(
+                self.scheduler.resolved(c.ticket, time.monotonic())
+            ),
+            ResolveFailed: lambda c: self._outbox.carry(
+                self.scheduler.resolve_failed(c.ticket, c.error, time.monotonic())
+            ),
         }
 
     # ------------------------------------------------------------------ any thread
@@ -208,6 +220,10 @@ class Broker:
     def submit(self, ticket: sch.Ticket) -> bool:
         """Hand a call over; False if the broker is gone."""
         return self._command(Submit(ticket))
+
+    def input_done(self, ticket: sch.Ticket, failed: sch.Failed | None) -> None:
+        """A future among a call's arguments is done (any thread: its done-callback)."""
+        self._command(InputDone(ticket, failed))
 
     def cancel(self, ticket: sch.Ticket) -> None:
         """Withdraw a call that waits for a worker (its future was cancelled)."""

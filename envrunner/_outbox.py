@@ -7,7 +7,7 @@ return more actions: they are carried out in the same pass. Futures are not comp
 are collected in ``done`` and the broker completes them after it drops its lock.
 
 May import: the standard library, zmq, ``envrunner._actions``, ``_calls``, ``_channels``,
-``_commands``, ``_scheduler``, ``_workers``, ``_runtime``.
+``_commands``, ``_inputs``, ``_scheduler``, ``_workers``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from . import _actions as sch
 from ._calls import CallRequest, Prepared
 from ._channels import WorkerIO
 from ._commands import Command, PrepareFailed, Ready
+from ._inputs import resolve_later
 from ._runtime import wire
 from ._runtime.errors import EncodeError, WorkerStartError
 from ._runtime.protocol import Shutdown, Signer, pack, scope
@@ -71,6 +72,7 @@ class Outbox:
             sch.Start: self._do_start,
             sch.Dispatch: self._do_dispatch,
             sch.Pump: lambda a: self.scheduler.pump(a.env, time.monotonic()),
+            sch.Resolve: lambda a: resolve_later(a.ticket, self._command),
             sch.Complete: self._do_complete,
             sch.Shutdown: self._do_shutdown,
             sch.Kill: self._do_kill,

@@ -88,6 +88,7 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, Ref]: ...
 
     @overload
@@ -100,6 +101,7 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, R]: ...
 
     def options(
@@ -111,13 +113,15 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, Any]:
         """The same task with other options (those not given stay as they are).
 
         ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`;
         ``task.options(timeout=None)`` drops the task's own timeout, back to the environment's
         (its manifest ``timeout:``, else none); ``task.options(cache=False)(x)`` runs and
-        stores nothing.
+        stores nothing; ``task.options(merge=False)`` runs every call, even identical ones
+        pending at once.
 
         Raises:
             ValueError: ``keep=True`` on a task with ``cache=True`` (or the other way round).
@@ -129,6 +133,7 @@ class Task(Generic[P, R]):
             retries=retries,
             cache=cache,
             cache_errors=cache_errors,
+            merge=merge,
         )
         other: Task[P, Any] = Task(self.fn, changed)
         other.__envrunner_codes__ = self.__envrunner_codes__
@@ -229,6 +234,7 @@ def task(
     retries: int = 0,
     cache: Literal[False] = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Callable[[Callable[P, Any]], Task[P, Ref]]: ...
 
 
@@ -241,6 +247,7 @@ def task(
     retries: int = 0,
     cache: bool = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -254,6 +261,7 @@ def task(
     retries: int = 0,
     cache: bool = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Task[P, Any] | Callable[[Callable[P, Any]], Task[P, Any]]:
     """Pin a function to an environment of the manifest.
 
@@ -276,6 +284,10 @@ def task(
             same arguments, same environment and packages (see docs/caching.md).
         cache_errors: With ``cache``, store an exception the task raised too: the same call
             raises it again without running.
+        merge: Merge identical calls (same function, arguments, environment) submitted while
+            one is pending: it runs once and every future gets its result. Default: on with
+            ``cache`` (a cached task is declared to give the same result for the same call),
+            off without; ``merge=False`` for a cached task with side effects.
 
     Returns:
         A :class:`Task`.
@@ -290,6 +302,7 @@ def task(
         retries=retries,
         cache=cache,
         cache_errors=cache_errors,
+        merge=merge,
     )
 
     def decorate(function: Callable[P, Any]) -> Task[P, Any]:

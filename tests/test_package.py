@@ -18,6 +18,7 @@ def test_the_public_names_are_pinned() -> None:
         "BuildError",
         "CallFuture",
         "DecodeError",
+        "DependencyError",
         "EncodeError",
         "EnvExecutor",
         "EnvSpec",
