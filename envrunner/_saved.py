@@ -107,7 +107,8 @@ def save_call(
 
     Raises:
         EncodeError: The function or an argument cannot be saved (the message names it); a
-            ``Ref`` among the arguments (it lives in one worker, which a later run has not).
+            ``Ref`` among the arguments (it lives in one worker, which a later run has not); a
+            future among them (a saved call has no call to wait for).
         ValueError: The task keeps its results (``keep=True``): a result file needs the value.
     """
     from ._process import caller_project_paths
@@ -128,6 +129,12 @@ def save_call(
             f"the arguments of {name} hold {encoder.refs[0]!r}: an object kept in a worker "
             "cannot be saved (the worker is gone when the call runs); pass ref.fetch() instead",
             what="a Ref",
+        )
+    if encoder.futures:
+        raise EncodeError(
+            f"the arguments of {name} hold a future ({encoder.futures[0]!r}): a saved call runs "
+            "alone, with no call to wait for; pass future.result() instead",
+            what="a future",
         )
     header = {
         "format": FORMAT,

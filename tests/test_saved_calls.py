@@ -230,7 +230,7 @@ def test_a_changed_entry_says_what_differs_and_how_to_fix_it(
     assert "--allow-changed" in out and "save the call again" in out
 
 
-def test_keep_and_refs_cannot_be_saved(saved_call: Path, project: Path) -> None:
+def test_keep_refs_and_futures_cannot_be_saved(saved_call: Path, project: Path) -> None:
     import steps
 
     with envrunner.Runner(project / "environments.yaml", progress=False):
@@ -239,6 +239,10 @@ def test_keep_and_refs_cannot_be_saved(saved_call: Path, project: Path) -> None:
         kept = steps.double.options(keep=True)(1)
         with pytest.raises(envrunner.EncodeError, match=r"cannot be saved.*ref\.fetch\(\)"):
             steps.double.save(saved_call, kept)
+        pending = steps.double.submit(2)
+        with pytest.raises(envrunner.EncodeError, match=r"hold a future.*future\.result\(\)"):
+            steps.double.save(saved_call, pending)
+        assert pending.result()["value"] == 4
 
 
 def test_no_calls_at_once_is_a_usage_error(
