@@ -37,6 +37,10 @@ log = logging.getLogger("envrunner.broker")
 
 __all__ = ["Inbox"]
 
+#: Seconds the broker waits for a worker's proof on its direct channel, after its hello (the
+#: worker sends the proof first: it is there at once unless another process took the channel).
+PROOF_WAIT = 2.0
+
 
 class Inbox:
     """Reads and checks what workers send, and tells the scheduler.
@@ -145,6 +149,7 @@ class Inbox:
         slot = self.scheduler.slots.get(io.ident)
         if slot is None or slot.state is not sch.WorkerState.STARTING:
             return
+        direct = io.direct is not None and self._proved_direct(io)
         options: dict[str, Any] = {}
         if self._shm_threshold and io.direct is not None:  # shared memory on this machine only
             options["shm"] = {"owner": os.getpid(), "threshold": self._shm_threshold}
@@ -166,7 +171,24 @@ class Inbox:
         )
         io.welcomed = True
         log.debug("%r said hello: Python %s", io, ".".join(map(str, hello.python)))
-        self._carry(self.scheduler.hello(io.ident, time.monotonic()))
+        self._carry(self.scheduler.hello(io.ident, time.monotonic(), direct=direct))
+
+    def _proved_direct(self, io: WorkerIO) -> bool:
+        """Whether the worker proved the session key on its direct channel (its first message
+        there, sent before its hello); if not, the channel is closed unused and its calls go
+        through the broker: whoever connected to it first was not the worker (#20)."""
+        direct = io.direct
+        assert direct is not None
+        if direct.prove(PROOF_WAIT):
+            return True
+        direct.refuse()
+        log.warning(
+            "%r did not prove the session key on its direct channel %s (another process "
+            "connected to it first?): its calls go through the broker",
+            io,
+            direct.address,
+        )
+        return False
 
     def _on_result(self, io: WorkerIO, result: Result) -> None:
         self._workers.drain_output(io)
