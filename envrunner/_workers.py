@@ -140,9 +140,9 @@ class Workers:
         code = code or 0
         return OSError(
             code,
-            f"{os.strerror(code)}: cannot make {path} in the runner's folder. Free space (and inodes: df -i) "
-            f"in {self._rundir.parent}, or start the program with ENVRUNNER_RUNDIR (or TMPDIR) "
-            "set to a folder with room",
+            f"{os.strerror(code)}: cannot make {path} in the runner's folder. Free space (and "
+            f"inodes: df -i) in {self._rundir.parent}, or start the program with "
+            "ENVRUNNER_RUNDIR (or TMPDIR) set to a folder with room",
         )
 
     def _launch_elsewhere(
