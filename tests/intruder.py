@@ -9,7 +9,7 @@ killed or its mode ends.
 Modes:
     pair PATH SECONDS         connect a PAIR to ``ipc://PATH`` (retrying every millisecond, so
                               it is there the moment the runner binds it) and count what it
-                              receives for SECONDS
+                              receives for SECONDS (the report is kept up to date)
     identity PATH IDENT SECONDS
                               connect a DEALER under IDENT to ``ipc://PATH`` (retrying every
                               millisecond) and hold it for SECONDS
@@ -62,6 +62,7 @@ def main(argv: list[str]) -> None:
                 frames = peer.recv_multipart()
                 received += 1
                 nbytes += sum(len(f) for f in frames)
+                report(path, ready=True, received=received, nbytes=nbytes)
         report(path, ready=True, done=True, received=received, nbytes=nbytes)
     elif mode == "identity":
         peer = context.socket(zmq.DEALER)
@@ -72,6 +73,10 @@ def main(argv: list[str]) -> None:
         time.sleep(float(args[2]))
         report(path, ready=True, done=True)
     elif mode == "connections":
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # room for its own end
         held: list[socket.socket] = []
         for _ in range(int(args[1])):
             raw = socket.socket(socket.AF_UNIX)
