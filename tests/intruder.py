@@ -92,10 +92,15 @@ def main(argv: list[str]) -> None:
     elif mode == "frames":
         peer = context.socket(zmq.DEALER)
         peer.setsockopt(zmq.LINGER, 30_000)
+        peer.setsockopt(zmq.SNDTIMEO, 5_000)  # refused at once: nowhere to queue it
         peer.connect(f"ipc://{args[0]}")
         block = zmq.Frame(b"\0" * int(args[2]))  # one buffer, sent COUNT times
-        peer.send_multipart([block] * int(args[1]), copy=False)
-        report(path, ready=True, sent=True)
+        try:
+            peer.send_multipart([block] * int(args[1]), copy=False)
+            sent = True
+        except zmq.Again:
+            sent = False
+        report(path, ready=True, tried=True, sent=sent)
         time.sleep(600)
     context.destroy(linger=0)
 

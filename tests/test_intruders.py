@@ -228,7 +228,7 @@ def test_an_unsigned_message_cannot_make_the_caller_allocate(
             detach=True,
         )
         intruders.append(intruder)
-        intruder.wait("sent")
+        intruder.wait("tried")
         wait_for(lambda: runner.rejected_messages > before, 60, "the message to be refused")
         assert peak_rss(os.getpid()) - peak < 200 * 1000 * 1000
         assert runner.call("same", faults.add, 2, 2) == 4
