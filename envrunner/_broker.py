@@ -176,6 +176,7 @@ class Broker:
             self._door,
             self._outbox.carry,
             self._outbox.send,
+            key=self._key,
             sys_path=sys_path,
             shm_threshold=self._shm_threshold,
             max_message=max_message,

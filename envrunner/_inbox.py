@@ -28,7 +28,17 @@ from ._process import RemoteProcess
 from ._remote import RemoteDoor
 from ._runtime import wire
 from ._runtime.errors import ProtocolError, WorkerStartError, describe_exit
-from ._runtime.protocol import Heartbeat, Hello, Result, Shutdown, Verifier, Welcome, scope, unpack
+from ._runtime.protocol import (
+    Heartbeat,
+    Hello,
+    Result,
+    Shutdown,
+    Verifier,
+    Welcome,
+    beat_identity,
+    scope,
+    unpack,
+)
 from ._runtime.shm import Arena, Mapper
 from ._scheduler import Scheduler
 from ._workers import Workers
@@ -48,6 +58,7 @@ class Inbox:
     Args:
         scheduler, workers: The broker's decisions and its workers' I/O.
         verifier: Checks the session key's signature on every message.
+        key: The session key (heartbeat sockets' identities are made with it).
         door: Where workers from other machines knock (None: none may).
         carry: Carries out actions (the broker's table).
         send: Sends a message to a worker.
@@ -64,6 +75,7 @@ class Inbox:
         carry: Callable[[Iterable[sch.Action]], None],
         send: Callable[[WorkerIO, Any], None],
         *,
+        key: bytes,
         sys_path: list[str],
         shm_threshold: int,
         max_message: int,
@@ -73,6 +85,7 @@ class Inbox:
         self.scheduler = scheduler
         self._workers = workers
         self._verifier = verifier
+        self._key = key
         self._door = door
         self._carry = carry
         self._send = send
@@ -98,8 +111,11 @@ class Inbox:
             except zmq.Again:
                 return
             identity = frames[0]
-            beat = identity.endswith(b".hb")
-            io = self._workers.io.get(identity[:-3] if beat else identity)
+            owner, separator, _ = identity.partition(b".hb.")
+            beat = bool(separator)
+            io = self._workers.io.get(owner)
+            if beat and io is not None and identity != beat_identity(self._key, owner):
+                io = None  # a heartbeat identity not made with the key (#20)
             if io is None and self._door is not None and router is self._door.router and not beat:
                 self._admit(identity, frames[1:])
                 continue
@@ -107,8 +123,9 @@ class Inbox:
                 self._verifier.rejected += 1
                 log.warning("dropped a message from an unknown peer")
                 continue
+            sender = owner + b".hb" if beat else identity
             try:
-                message = unpack(scope("from", identity), frames[1:], self._verifier)
+                message = unpack(scope("from", sender), frames[1:], self._verifier)
             except ProtocolError as exc:
                 error = WorkerStartError(io.env, io.pid, str(exc), list(io.output.tail))
                 self._carry(self.scheduler.incompatible(io.ident, error, time.monotonic()))

@@ -44,7 +44,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from .exits import EXIT_NO_WELCOME
 from .joining import EXIT_NO_CALLER, Joining
 from .lifetime import end_group, read_key, read_key_file, watch_connection, watch_parent
-from .protocol import Heartbeat
+from .protocol import Heartbeat, beat_identity
 from .serving import WELCOME_TIMEOUT_MS, Channel, Worker
 
 __all__ = ["EXIT_NO_WELCOME", "Channel", "Worker", "main"]
@@ -203,7 +203,7 @@ def _heartbeat(
 
     def beat() -> None:
         socket = context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.IDENTITY, f"{worker_id}.hb".encode())
+        socket.setsockopt(zmq.IDENTITY, beat_identity(key, worker_id.encode()))  # (#20)
         socket.setsockopt(zmq.LINGER, 0)
         if curve[0]:
             _curve(socket, *curve)
