@@ -6,6 +6,7 @@
     ─────────────                       ────────                          ──────────────
     Start ─► launch ─────────────────►  process (the Process interface) ─► runs
     Dispatch ─► CALL on ``router`` ───────────────────────────────────────► control channel
+    hello ◄── proof: a HEARTBEAT signed for ``direct``, first on it ◄────── direct channel
     calling thread ─► CALL on ``direct`` (a PAIR of its own) ─────────────► direct channel
     poll ◄── stdout/stderr fds ◄──────  Output: lines prefixed "[env] " ◄── print()
                                         lent: arena blocks its calls hold
@@ -56,10 +57,10 @@ class DirectChannel:
     """A worker's own socket in the caller, for synchronous calls made by calling threads.
 
     Nothing is sent on it before the worker has proved the session key on it: the worker's
-    first message there is a heartbeat signed for this channel (``from:ID/direct``). Until
-    then ``proven`` is False; a first message that is anything else (whoever connected first
-    was not the worker) makes the channel ``refused``, and the worker is used through the
-    broker alone.
+    first message there is a heartbeat signed for this channel (``from:ID/direct``), which the
+    broker's thread reads when the worker says hello (``prove``). A first message that is
+    anything else, or none in time (whoever connected first was not the worker), makes the
+    channel ``refused``: it is closed unused, and the worker's calls go through the broker.
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class DirectChannel:
 
     def prove(self, wait: float) -> bool:
         """Whether the worker proved the session key on this channel, waiting up to ``wait``
-        seconds for its first message (only the thread holding the worker calls this)."""
+        seconds for its first message (the broker's thread, before any call may use it)."""
         if self.proven or self.refused:
             return self.proven
         if not self.socket.poll(int(wait * 1000)):
