@@ -250,20 +250,23 @@ import envrunner, faults
 runner = envrunner.Runner({manifest!r}, progress=False)
 assert runner.call("same", faults.add, 1, 1) == 2
 filler = os.path.join({mount!r}, "filler")
-fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # the disk fills up once the runner runs
-try:
-    while True:
-        os.write(fd, b"x" * 65536)
-except OSError:
-    pass
-os.close(fd)
 n = 0
-while True:  # and its inodes
+if {what!r} == "space":  # the disk fills up once the runner runs
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
     try:
-        open(os.path.join({mount!r}, f"f{{n}}"), "w").close()
-        n += 1
+        while True:
+            os.write(fd, b"x" * 4096)
     except OSError:
-        break
+        pass
+    os.close(fd)
+else:  # or its inodes do
+    open(filler, "w").close()
+    while True:
+        try:
+            open(os.path.join({mount!r}, f"f{{n}}"), "w").close()
+            n += 1
+        except OSError:
+            break
 try:
     runner.call("other", faults.add, 2, 2)
     print("NO ERROR")
@@ -279,9 +282,13 @@ runner.shutdown()
 """
 
 
+@pytest.mark.parametrize("what", ["space", "inodes"])
 def test_a_full_run_folder_fails_calls_clearly_and_the_runner_recovers(
-    manifest_path: Path, tmp_path: Path
+    manifest_path: Path, tmp_path: Path, what: str
 ) -> None:
+    """No room left for a new worker's files (its started-call record, or its direct socket):
+    its calls fail with the path and the fix, the broker lives on, and once there is room
+    again a new worker starts."""
     mount = tmp_path / "rundir"
     mount.mkdir()
     mounted = subprocess.run(
@@ -292,7 +299,9 @@ def test_a_full_run_folder_fails_calls_clearly_and_the_runner_recovers(
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
     try:
-        script = FULL_SCRIPT.format(tests=str(TESTS), manifest=str(manifest_path), mount=str(mount))
+        script = FULL_SCRIPT.format(
+            tests=str(TESTS), manifest=str(manifest_path), mount=str(mount), what=what
+        )
         caller = subprocess.run(
             [sys.executable, "-c", script],
             env=dict(os.environ, ENVRUNNER_RUNDIR=str(mount)),
@@ -306,7 +315,9 @@ def test_a_full_run_folder_fails_calls_clearly_and_the_runner_recovers(
     assert caller.returncode == 0, caller.stdout + caller.stderr[-3000:]
     out = caller.stdout
     assert "ERROR WorkerStartError" in out, out
-    assert "No space left on device" in out and str(mount) in out
+    assert "No space left on device: cannot make" in out and str(mount) in out
+    made = "/dw" if what == "inodes" else "/sw"  # the direct socket, or the started record
+    assert made in out.split("cannot make", 1)[1].split()[0]
     assert "ENVRUNNER_RUNDIR" in out
     assert "BROKER True" in out
     assert "AFTER 8" in out
