@@ -11,8 +11,9 @@
                               costs the caller no more than libzmq's handshake buffers
 
 The session key still guards every message (a child of the caller that is not a worker is the
-user's own code). Where the peer's pid is not known (no SO_PEERCRED: macOS), every peer is let
-in and the signatures alone keep strangers out. Sockets opt in by setting ``ZAP_DOMAIN``.
+user's own code). Where the peer's pid is not known (no SO_PEERCRED: macOS) or parents cannot be
+read (no /proc), every peer is let in and the signatures alone keep strangers out. Sockets opt
+in by setting ``ZAP_DOMAIN``.
 
 May import: the standard library, zmq.
 """
@@ -82,6 +83,8 @@ class LocalGate:
     def __init__(self, context: zmq.Context[Any]) -> None:
         self.refused = 0  # connections turned away
         self._me = os.getpid()
+        # Parents are read in /proc: without it (not Linux), nobody can be told apart.
+        self._can_tell = parent_of(self._me) > 0
         self._stop = threading.Event()
         self._socket = context.socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -92,7 +95,7 @@ class LocalGate:
     def admits(self, address: str) -> bool:
         """Whether the peer whose ZAP address is ``address`` may connect."""
         parts = address.split(":")
-        if len(parts) != 4 or not parts[3].isdigit():
+        if len(parts) != 4 or not parts[3].isdigit() or not self._can_tell:
             return True  # its pid is unknown here: the signatures alone decide
         pid = int(parts[3])
         if int(parts[1]) != os.getuid():
