@@ -183,6 +183,7 @@ class Slot:
     held_by: int | None = None  # the call whose calling thread uses its direct channel
     kept: set[int] = field(default_factory=set)  # ids of objects it keeps for the caller
     pending: bool = False  # launched, but waiting for resources (a Slurm queue): no deadline
+    direct: bool = True  # its direct channel may be used (False: the key was not proved on it)
 
     @property
     def held(self) -> bool:

@@ -31,8 +31,8 @@ calling threads (the scheduler) is guarded by one lock, which the broker thread 
 works and drops while it polls.
 
 May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_commands``,
-``_direct``, ``_inbox``, ``_outbox``, ``_process``, ``_remote``, ``_actions``, ``_placement``,
-``_scheduler``, ``_workers``, ``_runtime``.
+``_direct``, ``_gate``, ``_inbox``, ``_outbox``, ``_process``, ``_remote``, ``_actions``,
+``_placement``, ``_scheduler``, ``_workers``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from ._commands import (
     Submit,
 )
 from ._direct import DirectPath
+from ._gate import DOMAIN, LocalGate, raise_open_files_limit
 from ._inbox import Inbox
 from ._outbox import Outbox
 from ._placement import SHUTDOWN_GRACE
@@ -136,7 +137,10 @@ class Broker:
         self._verifier = Verifier(self._key)
         self._mailbox = Mailbox()
         self._context: zmq.Context[Any] = zmq.Context()
+        raise_open_files_limit()  # a flood of connections must not abort the caller (#20)
+        self._gate = LocalGate(self._context)  # only our own children connect (#20)
         self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.ZAP_DOMAIN, DOMAIN)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._router.setsockopt(zmq.MAXMSGSIZE, max_message)
@@ -147,7 +151,7 @@ class Broker:
         self._poller.register(self._mailbox.fd, zmq.POLLIN)
         self._door: RemoteDoor | None = None
         if listen is not None:
-            self._door = RemoteDoor(self._context, listen, keys, max_message)
+            self._door = RemoteDoor(listen, keys, max_message)
             self._poller.register(self._door.router, zmq.POLLIN)
             scheduler.join_hint = self._door.hint
         self._workers = Workers(
@@ -175,6 +179,7 @@ class Broker:
             self._door,
             self._outbox.carry,
             self._outbox.send,
+            key=self._key,
             sys_path=sys_path,
             shm_threshold=self._shm_threshold,
             max_message=max_message,
@@ -294,7 +299,8 @@ class Broker:
         """Messages dropped unread (bad signature, replay, malformed), on every channel."""
         with self.lock:
             direct = sum(io.direct.verifier.rejected for io in self._io.values() if io.direct)
-            return self._verifier.rejected + direct + self._workers.rejected_by_gone
+            gone = self._workers.rejected_by_gone
+            return self._verifier.rejected + direct + gone + self._gate.refused
 
     def release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
         """The caller is done with blocks of a worker's arena or with objects it keeps."""
@@ -465,6 +471,7 @@ class Broker:
         self._router.close(linger=0)
         if self._door is not None:
             self._door.close()
+        self._gate.close()
         self._context.term()
         shutil.rmtree(self._rundir, ignore_errors=True)
         self._mailbox.close()

@@ -375,7 +375,8 @@ class Runner:
 
     @property
     def rejected_messages(self) -> int:
-        """Messages dropped unread: unsigned, wrongly signed, replayed, malformed."""
+        """Messages dropped unread (unsigned, wrongly signed, replayed, malformed), and
+        connections to its sockets refused because a process it did not start made them."""
         return self._broker.rejected() if self._broker else 0
 
     @property

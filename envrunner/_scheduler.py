@@ -190,7 +190,7 @@ class Scheduler(Graph):
         else:
             candidates = pool.workers
         for slot in candidates:
-            if slot.state is WorkerState.IDLE and not slot.joined and not slot.held:
+            if slot.state is WorkerState.IDLE and slot.direct and not slot.joined and not slot.held:
                 slot.state = WorkerState.DIRECT
                 slot.held_by = ticket.call_id
                 slot.running = ticket
@@ -295,12 +295,14 @@ class Scheduler(Graph):
             pool.state = PoolState.READY
         return slot
 
-    def hello(self, ident: bytes, now: float) -> list[Action]:
-        """A worker said hello (and was welcomed): it takes calls."""
+    def hello(self, ident: bytes, now: float, direct: bool = True) -> list[Action]:
+        """A worker said hello (and was welcomed): it takes calls (direct ones too, unless it
+        could not prove the session key on its direct channel)."""
         slot = self.slots.get(ident)
         if slot is None or slot.state is not WorkerState.STARTING:
             return [Ignored(ident, "a hello from a worker that is not starting")]
         pool = self.pools[slot.env]
+        slot.direct = direct
         slot.state = WorkerState.IDLE
         slot.idle_since = slot.last_beat = now
         pool.start_failures = 0
