@@ -72,6 +72,8 @@ def build(
     _check_lock(resolved, progress)
     if not force:
         record = read_record(resolved.path)
+        if record is not None and _interpreter_gone(resolved, progress):
+            record, force = None, True  # built, but broken: built again
         if record is not None:
             if manifest_path is not None:
                 remember(resolved, manifest_path)
@@ -106,6 +108,20 @@ def build(
     if manifest_path is not None:
         remember(resolved, manifest_path)
     return record
+
+
+def _interpreter_gone(resolved: Resolved, progress: Progress) -> bool:
+    """Whether a complete build's interpreter is gone (deleted, or the Python it links to was
+    removed): such a build is broken, and is built again (saying so)."""
+    python = resolved.python
+    if os.path.exists(python):
+        return False
+    progress.step(
+        resolved.spec.name,
+        f"its interpreter {python} is gone (deleted, or the Python it was made from was "
+        "removed): building it again",
+    )
+    return True
 
 
 def _check_lock(resolved: Resolved, progress: Progress) -> None:
