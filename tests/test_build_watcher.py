@@ -1,9 +1,10 @@
-"""An installer never outlives the build that started it.
+"""What a build leaves running and lying around: no installer, and no replaced build.
 
 Each build step runs under a small watcher process (``_build_steps._WATCHER``) in a process
 group of its own; when the caller is killed, the watcher's end of a pipe closes and it kills
 the group, installer and all. The watcher imports only built-in modules (#14: it starts once
-per step of every build).
+per step of every build). A build that replaces another (``build --force``) moves the old one
+out of ``envs/`` at once and removes it in the background (#14).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from localpkg import make_package
-from support import wait_for
+from support import run_cli, wait_for
 
 
 def _children(pid: int) -> list[int]:
@@ -96,3 +97,21 @@ def test_a_step_reports_the_installers_exit_code_and_output(tmp_path: Path) -> N
     os.close(write_fd)
     assert missing.returncode == 127
     assert "error: cannot run no-such-installer-here" in missing.stderr
+
+
+def test_a_forced_rebuild_removes_the_build_it_replaced(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (tmp_path / "environments.yaml").write_text(
+        "version: 1\nenvironments:\n  bare:\n    requirements: []\n"
+    )
+    first = run_cli("build", cwd=tmp_path, home=home)
+    assert first.returncode == 0, first.stderr
+    link = home / "envs" / next(p.name for p in (home / "envs").iterdir() if p.is_symlink())
+    old = link.resolve()
+    again = run_cli("build", "--force", cwd=tmp_path, home=home)
+    assert again.returncode == 0, again.stderr
+    assert link.resolve() != old and not old.exists()  # out of envs/ when the build returns
+    builds = [p for p in (home / "envs").iterdir() if p.is_dir() and not p.is_symlink()]
+    assert builds == [link.resolve()]
+    trash = home / "trash"
+    wait_for(lambda: not any(trash.iterdir()), 60, "the replaced build to be removed")
