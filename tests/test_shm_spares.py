@@ -16,7 +16,7 @@ import numpy
 import tasks
 
 import envrunner
-from envrunner._runtime.shm import MIN_SEGMENT, SHM_DIR, Arena, Mapper
+from envrunner._runtime.shm import MIN_SEGMENT, SHM_DIR, SPARE_MIN, Arena, Mapper
 
 MB = 1024 * 1024
 
@@ -69,11 +69,23 @@ def test_a_dropped_value_is_reused_not_a_new_segment() -> None:
         arena.close()
 
 
+def test_small_values_never_ask_for_a_spare() -> None:
+    prefix = f"envrunner-{os.getpid()}-{os.getpid()}.small"
+    arena = Arena(prefix)
+    try:
+        for value in _values(6, SPARE_MIN // 2):  # kept: no block comes back
+            arena.put(value)
+        assert arena.spares_made == 0
+        assert len([n for n in os.listdir(SHM_DIR) if n.startswith(prefix + "-")]) == 1
+    finally:
+        arena.close()
+
+
 def test_puts_from_threads_while_blocks_come_back_keep_every_value() -> None:
     prefix = f"envrunner-{os.getpid()}-{os.getpid()}.threads"
     arena = Arena(prefix)
     mapper = Mapper(arena.free)
-    values = _values(8, 3 * MB)
+    values = _values(8, 5 * MB)
     failures: list[str] = []
 
     def loop(offset: int) -> None:

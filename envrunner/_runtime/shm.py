@@ -19,16 +19,16 @@ side.
 
 When the receiver keeps what it got (``results.append(call(array))``), no block comes back and
 the next value needs new pages, which the kernel must allocate and map first: on a virtual
-machine that costs about twice the copy itself. So a put that found too little warm room asks
-the arena's thread for a *spare*: a segment of that size whose pages are allocated
-(``posix_fallocate``: ENOSPC, never SIGBUS, when the folder is full) and mapped in the owner
-(``MADV_POPULATE_WRITE``), made while the value travels and the peer works, until there is warm
-room for one more value of that size (``SPARES_AHEAD``). A put takes a warm block first, and
-waits for a spare being made rather than race it for new pages. One spare is made at a time,
-never larger than a quarter of the folder's free space; a spare is a segment like any other, so
-an arena holds at most one value's room beyond what its peers hold. A spare is visible to
-:meth:`Arena.put` only once complete, and a block is lent to one value at a time: its pages are
-reused only after the receiver gave it back.
+machine that costs about twice the copy itself. So a put of at least ``SPARE_MIN`` bytes that
+found too little warm room asks the arena's thread for a *spare*: a segment of that size whose
+pages are allocated (``posix_fallocate``: ENOSPC, never SIGBUS, when the folder is full) and
+mapped in the owner (``MADV_POPULATE_WRITE``), made while the value travels and the peer works,
+until there is warm room for one more value of that size (``SPARES_AHEAD``). A put takes a warm
+block first, and waits for a spare being made rather than race it for new pages. One spare is
+made at a time, never larger than a quarter of the folder's free space; a spare is a segment
+like any other, so an arena holds at most one value's room beyond what its peers hold. A spare
+is visible to :meth:`Arena.put` only once complete, and a block is lent to one value at a time:
+its pages are reused only after the receiver gave it back.
 
 A segment's name starts with its owner's prefix, ``envrunner-<caller pid>-<owner pid>``
 (a caller's own arenas, one per runner, add ``.<n>`` to it):
@@ -69,6 +69,8 @@ MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 POPULATE_STEP = 4 * 1024 * 1024
 #: Warm room kept ahead, in values of the size of the last put that found too little.
 SPARES_AHEAD = 1
+#: Smaller values never ask for a spare: their new pages cost little, and a spare would not.
+SPARE_MIN = 4 * 1024 * 1024
 #: A put waits at most this long for a spare being made before it takes new pages itself.
 SPARE_WAIT = 2.0
 
@@ -137,9 +139,14 @@ class _Segment:
     def populate(self) -> None:
         """Allocate every page (``OSError`` when the folder is full) and map it here."""
         os.posix_fallocate(self.fd, 0, self.size)  # ENOSPC here, never SIGBUS below
-        if _populate_without_gil(self.mapping, self.size):
-            self.warm = self.size
-            return
+        if not _populate_without_gil(self.mapping, self.size):
+            self._touch()
+        self.warm = self.size
+        os.close(self.fd)  # every page is written: puts copy through the mapping, never pwrite
+        self.fd = -1
+
+    def _touch(self) -> None:
+        """Map every page of the (allocated) file, a step at a time."""
         advise = True
         for start in range(0, self.size, POPULATE_STEP):
             length = min(POPULATE_STEP, self.size - start)
@@ -150,7 +157,6 @@ class _Segment:
                 except (OSError, ValueError):  # an older kernel: touch the pages instead
                     advise = False
             self.mapping[start : start + length] = bytes(length)
-        self.warm = self.size
 
     def warm_fits(self, size: int) -> int:
         """How many blocks of ``size`` bytes fit in free space of written pages."""
@@ -196,7 +202,8 @@ class _Segment:
         except BufferError:
             pass  # a view of it is still alive in this process: it goes with the last one
         try:
-            os.close(self.fd)
+            if self.fd >= 0:
+                os.close(self.fd)
         except OSError:
             pass
         try:
@@ -239,14 +246,21 @@ class Arena:
                 raise ValueError("the shared-memory arena is closed")
             found = self._allocate_warm(aligned)
             if found is None and self._spare_wanted:  # a spare is on its way: cheaper to wait
-                self._spare_done.wait_for(lambda: not self._spare_wanted, SPARE_WAIT)
+                self._spare_done.wait_for(
+                    lambda: not self._spare_wanted or self._closed or self._warm_fits(aligned),
+                    SPARE_WAIT,
+                )
                 if self._closed:
                     raise ValueError("the shared-memory arena is closed")
                 found = self._allocate_warm(aligned)
             segment, offset = found if found is not None else self._allocate(aligned)
             end = offset + size
             fresh_from = min(max(offset, segment.warm), end)
-            if not self._spare_wanted and self._warm_fits(aligned) < SPARES_AHEAD:
+            if (
+                aligned >= SPARE_MIN
+                and not self._spare_wanted
+                and self._warm_fits(aligned) < SPARES_AHEAD
+            ):
                 self._ask_spare(aligned)  # the next values of this size find warm pages
         if fresh_from > offset:  # warm pages: a plain memory copy
             _copy(segment.mapping, offset, view[: fresh_from - offset])
