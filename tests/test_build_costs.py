@@ -1,4 +1,5 @@
-"""What a build leaves running and lying around: no installer, and no replaced build.
+"""What a build's cheaper steps (#14) must still do: no installer outlives it, no replaced
+build lies around, and the package list says what importlib.metadata would.
 
 Each build step runs under a small watcher process (``_build_steps._WATCHER``) in a process
 group of its own; when the caller is killed, the watcher's end of a pipe closes and it kills
@@ -115,3 +116,26 @@ def test_a_forced_rebuild_removes_the_build_it_replaced(tmp_path: Path) -> None:
     assert builds == [link.resolve()]
     trash = home / "trash"
     wait_for(lambda: not any(trash.iterdir()), 60, "the replaced build to be removed")
+
+
+def test_the_package_list_is_what_importlib_metadata_finds() -> None:
+    from importlib import metadata
+
+    from envrunner._records import packages
+
+    python = Path(sys.executable)  # this virtualenv: dist-info folders and an editable install
+    where = subprocess.run(
+        [str(python), "-I", "-c", "import sys; print('\\n'.join(sys.path))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    folders = [p for p in where.splitlines() if p and Path(p).is_dir()]
+    expected = {
+        (str(dist.metadata["Name"]), str(dist.version), dist.read_text("INSTALLER") or "")
+        for dist in metadata.distributions(path=folders)
+        if dist.metadata["Name"]
+    }
+    listed = packages("tests", python)
+    assert listed == sorted(expected)
+    assert any(name == "pyzmq" for name, _, _ in listed)
