@@ -63,10 +63,15 @@ def discover(minor: tuple[int, int] | None = None) -> list[Interpreter]:
     """
     if minor is not None:
         where = tuple(os.environ.get(name, "") for name in _DISCOVERY_VARIABLES)
-        memo = _discovered.get(where)
-        if memo is None or time.monotonic() - memo[0] >= _DISCOVERY_MEMO_SECONDS:
-            found = _discover(minor)
-            return [i for i in found if i.version[:2] >= MIN_VERSION]
+        now = time.monotonic()
+        partial = (*where, f"{minor[0]}.{minor[1]}")
+        for key in (where, partial):  # the full answer if fresh, else this version's
+            memo = _discovered.get(key)
+            if memo is not None and now - memo[0] < _DISCOVERY_MEMO_SECONDS:
+                return [i for i in memo[1] if i.version[:2] >= MIN_VERSION]
+        found = _discover(minor)
+        _discovered[partial] = (now, tuple(found))
+        return [i for i in found if i.version[:2] >= MIN_VERSION]
     return [found for found in discover_all() if found.version[:2] >= MIN_VERSION]
 
 
