@@ -228,6 +228,7 @@ class Arena:
         self._count = itertools.count(1)
         self._closed = False
         self._spare_wanted = 0  # the size of the spare asked for, 0 when none is being made
+        self._spare_for = 0  # the size of the values it is for
         self._spares: Optional[threading.Thread] = None
         #: Spares made so far (for tests and benchmarks).
         self.spares_made = 0
@@ -292,6 +293,7 @@ class Arena:
         if not hasattr(os, "posix_fallocate"):
             return
         self._spare_wanted = max(MIN_SEGMENT, size)
+        self._spare_for = size
         if self._spares is None:
             self._spares = threading.Thread(
                 target=self._make_spares, name="envrunner-shm-spares", daemon=True
@@ -305,6 +307,7 @@ class Arena:
             with self._lock:
                 self._spare_done.wait_for(lambda: self._spare_wanted or self._closed)
                 size = 0 if self._closed else self._spare_wanted
+                value = self._spare_for
                 name = f"{self.prefix}-{next(self._count)}"
             if not size:
                 return
@@ -325,7 +328,7 @@ class Arena:
                     else:
                         self._segments[name] = segment
                         self.spares_made += 1
-                if segment is None or self._closed or self._warm_fits(size) >= SPARES_AHEAD:
+                if segment is None or self._closed or self._warm_fits(value) >= SPARES_AHEAD:
                     self._spare_wanted = 0  # else the same size again, at once
                 self._spare_done.notify_all()
 
