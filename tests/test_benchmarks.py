@@ -81,12 +81,25 @@ def test_quick_run_writes_markdown_and_json_with_numbers(quick_run: tuple[str, P
     assert any(s.startswith("envrunner (") for s in systems)
     cases = {row["case"] for row in calls}
     assert {"sync call, tiny argument", "pipelined, 1 worker", "pipelined, 2 workers"} <= cases
+    assert {  # the cases of issue 14
+        "pipelined, task sleeps 1 ms",
+        "map over 100,000 items, chunksize 1000",
+        "sync call over tcp + CurveZMQ",
+        "pipelined over tcp + CurveZMQ, 1 worker",
+    } <= cases
+    assert "raw pyzmq (tcp, Curve)" in systems
+    assert "multiprocessing.Pool.map" in systems
     for row in calls:
         if not row["baseline"]:
             assert row["ratio"] > 0, row
     start = document["sections"]["start"]["rows"]
     assert any(row["system"] == "envrunner: first call, new Runner" for row in start)
     verdicts = {target["verdict"] for target in document["targets"]}
+    named = " ".join(target["target"] for target in document["targets"])
+    for target in ("at least multiprocessing.Pool's", "2 workers at least 1.7x 1 worker"):
+        assert target in named
+    assert "at least multiprocessing.Pool.map's" in named
+    assert "raw pyzmq over tcp with Curve" in named
     assert verdicts <= {"PASS", "MISS"} and verdicts
 
 
