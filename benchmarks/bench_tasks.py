@@ -7,11 +7,23 @@ newer) with nothing but the standard library: numpy arrays pass through ``echo``
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 
 def echo(value: Any) -> Any:
     """Return the argument: a round trip of the argument there and of the result back."""
+    return value
+
+
+def inc(value: int) -> int:
+    """One more: the item function of the ``map`` cases."""
+    return value + 1
+
+
+def sleep_1ms(value: Any) -> Any:
+    """Sleep 1 ms, then return the argument: calls that scale with workers, not with the CPU."""
+    time.sleep(0.001)
     return value
 
 

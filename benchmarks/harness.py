@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 
 #: Units where more is better; for the others (times, sizes) less is better.
-RATE_UNITS = {"calls/s", "GB/s"}
+RATE_UNITS = {"calls/s", "items/s", "GB/s"}
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -472,7 +472,8 @@ class Bench:
         )
 
     def core_manifest(self) -> Path:
-        """``same`` (the caller's Python), ``same-2w`` (the same, 2 workers), ``other``.
+        """``same`` (the caller's Python), ``same-2w`` (the same, 2 workers), ``remote`` (the
+        same, for a worker joining over tcp), ``other``.
 
         They hold numpy when the bulk section runs (arrays need it on both ends), else nothing
         but the worker runtime.
@@ -481,6 +482,8 @@ class Bench:
         envs: dict[str, dict[str, Any]] = {
             "same": {"python": self.caller_minor, "requirements": requirements},
             "same-2w": {"python": self.caller_minor, "requirements": requirements, "workers": 2},
+            # served by a worker started with `envrunner worker`, over tcp with CurveZMQ
+            "remote": {"python": self.caller_minor, "requirements": requirements},
         }
         if self.other_minor is not None:
             envs["other"] = {"python": self.other_minor, "requirements": requirements}

@@ -76,6 +76,64 @@ class Envrunner(System):
         return list(self.runner.worker_pids(self.env))
 
 
+class EnvrunnerRemote(System):
+    """A worker started with ``envrunner worker`` on 127.0.0.1, joining over tcp with CurveZMQ.
+
+    As an operator starts one on another machine: its own keys (``envrunner keys``), the runner
+    listening on a loopback port with ``remote_envs``, the worker connecting with ``--keys`` and
+    ``--client``. Loopback tcp and encryption, but no network between the two.
+    """
+
+    def __init__(self, manifest: Path, env: str, folder: Path, name: str) -> None:
+        import envrunner
+
+        keys = folder / "curve-keys"
+        self.name = name
+        self.env = env
+        self.worker: subprocess.Popen[str] | None = None
+        subprocess.run(
+            [sys.executable, "-m", "envrunner", "keys", str(keys), "--client", "bench"],
+            check=True,
+            capture_output=True,
+        )
+        self.runner = envrunner.Runner(
+            manifest, progress=False, listen="tcp://127.0.0.1:*", keys=keys, remote_envs=[env]
+        )
+        try:
+            argv = [sys.executable, "-m", "envrunner", "worker", env, "-m", str(manifest)]
+            argv += ["--connect", self.runner.remote_address, "--keys", str(keys)]
+            self.worker = subprocess.Popen(
+                [*argv, "--client", "bench"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            self.runner.call(env, bench_tasks.noop)  # waits until the worker joined
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, value: Any) -> Any:
+        return self.runner.call(self.env, bench_tasks.echo, value)
+
+    def run_many(self, n: int, value: Any) -> None:
+        submit, env, echo = self.runner.submit, self.env, bench_tasks.echo
+        futures = [submit(env, echo, value) for _ in range(n)]
+        for future in futures:
+            future.result()
+
+    def close(self) -> None:
+        self.runner.shutdown()
+        if self.worker is not None:
+            try:
+                self.worker.wait(10)  # a remote worker leaves when its caller is gone
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+            if self.worker.stderr is not None:
+                self.worker.stderr.close()
+
+    def pids(self) -> list[int]:
+        return [self.worker.pid] if self.worker is not None else []
+
+
 # --------------------------------------------------------------------------- raw pyzmq
 
 
@@ -86,7 +144,9 @@ class RawZmq(System):
     received frame, which is as little as pyzmq can do.
     """
 
-    def __init__(self, python: str, folder: Path, workers: int = 1, name: str = "") -> None:
+    def __init__(
+        self, python: str, folder: Path, workers: int = 1, name: str = "", curve: bool = False
+    ) -> None:
         import zmq
 
         self.name = name or "raw pyzmq"
@@ -96,19 +156,31 @@ class RawZmq(System):
         for option in (zmq.SNDHWM, zmq.RCVHWM):
             self.socket.setsockopt(option, 0)
         self.socket.setsockopt(zmq.LINGER, 0)
+        environ = dict(os.environ)
+        if curve:  # tcp on the loopback, encrypted as envrunner's remote workers are
+            server_public, server_secret = zmq.curve_keypair()
+            environ["ZMQ_ECHO_CURVE_SECRET"] = server_secret.decode("ascii")
+            self.socket.curve_serverkey = server_public
+            self.socket.curve_publickey, self.socket.curve_secretkey = zmq.curve_keypair()
         for index in range(workers):
-            address = f"ipc://{folder}/zmq-echo-{os.getpid()}-{id(self)}-{index}"
+            address = (
+                "tcp://127.0.0.1:*"
+                if curve
+                else f"ipc://{folder}/zmq-echo-{os.getpid()}-{id(self)}-{index}"
+            )
             server = subprocess.Popen(
                 [python, str(HERE / "zmq_echo.py"), address],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
+                env=environ,
             )
             self.servers.append(server)
             assert server.stdout is not None
-            if server.stdout.readline().strip() != "ready":
+            ready, _, endpoint = server.stdout.readline().strip().partition(" ")
+            if ready != "ready":
                 raise RuntimeError(f"the pyzmq echo server for {address} did not start")
-            self.socket.connect(address)
+            self.socket.connect(endpoint)
 
     def call(self, value: Any) -> Any:
         if not hasattr(value, "dtype"):  # a tiny argument: one byte there and back

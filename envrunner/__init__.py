@@ -22,6 +22,7 @@ from ._runtime import __version__
 from ._runtime.errors import (
     BuildError,
     DecodeError,
+    DependencyError,
     EncodeError,
     EnvrunnerError,
     InterpreterNotFoundError,
@@ -46,12 +47,13 @@ if TYPE_CHECKING:
     from ._manifest import EnvSpec, Manifest, find_manifest, load_manifest
     from ._runner import Runner, current_runner
     from ._runtime import current_environment
-    from ._tasks import Task, call, executor, task
+    from ._tasks import Task, call, executor, live, task
 
 __all__ = [
     "BuildError",
     "CallFuture",
     "DecodeError",
+    "DependencyError",
     "EncodeError",
     "EnvExecutor",
     "EnvSpec",
@@ -80,6 +82,7 @@ __all__ = [
     "current_runner",
     "executor",
     "find_manifest",
+    "live",
     "load_manifest",
     "register_joblib",
     "task",
@@ -92,6 +95,7 @@ _LAZY = {
     "Task": "_tasks",
     "call": "_tasks",
     "executor": "_tasks",
+    "live": "_tasks",
     "EnvExecutor": "_executor",
     "current_environment": "_runtime",
     "current_runner": "_runner",

@@ -3,11 +3,12 @@
 
 ::
 
-    Ticket  one call        QUEUED ─► RUNNING ─► DONE
+    Ticket  one call        [WAITING ─► RESOLVING ─►] QUEUED ─► RUNNING ─► DONE
+                            (or MERGED into an identical call pending: DONE with it)
     Slot    one worker      STARTING ─► IDLE ⇄ BUSY | DIRECT ─► STOPPING ─► DEAD
     Pool    one environment NEW ─► PREPARING ─► READY | FAILED
-    actions Prepare, StopBuilds, Start, Dispatch, Pump, Complete, Shutdown, Kill, Forget,
-            Ignored: what the broker carries out (``_broker.py``)
+    actions Prepare, StopBuilds, Start, Dispatch, Pump, Resolve, Complete, Shutdown, Kill,
+            Forget, Ignored: what the broker carries out (``_broker.py``)
 
 Only the scheduler (``_scheduler.py``) changes these records; everyone else reads them.
 
@@ -26,6 +27,7 @@ __all__ = [
     "CallState",
     "Complete",
     "Dispatch",
+    "Failed",
     "Forget",
     "Ignored",
     "Kill",
@@ -35,6 +37,7 @@ __all__ = [
     "PoolState",
     "Prepare",
     "Pump",
+    "Resolve",
     "Shutdown",
     "Slot",
     "Start",
@@ -68,6 +71,9 @@ _LIVE = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY, Wor
 
 
 class CallState(enum.Enum):
+    WAITING = "waiting"  # some of its inputs (futures among its arguments) are not done yet
+    RESOLVING = "resolving"  # its inputs are done: the caller puts their values in (Resolve)
+    MERGED = "merged"  # an identical call was pending: it completes with that one
     QUEUED = "queued"  # waiting for a worker (in a pool's queue, or a worker's pinned queue)
     RUNNING = "running"  # given to a worker (running, or sent ahead of the one it runs)
     DONE = "done"  # completed: a Complete action carried its outcome
@@ -126,9 +132,34 @@ class Ticket:
     state: CallState = CallState.QUEUED
     worker: bytes | None = None
     deadline: float | None = None
+    #: Futures among its arguments: how many are not done yet, and the first that failed
+    #: (``Graph.input_done``); ``deferred``: it is sent once they are (``Resolve``).
+    deferred: bool = False
+    inputs_left: int = 0
+    input_error: Failed | None = None
+    #: Identical calls merge (``Graph``): the same key while this one is pending.
+    merge_key: bytes | None = None
+    followers: list[Ticket] | None = None  # (made when one follows: most never have one)
+    leader: Ticket | None = None
 
     def __repr__(self) -> str:
         return f"<Ticket {self.call_id} {self.name} env={self.env!r} {self.state.value}>"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An input of a call that failed (or was cancelled), as its future's callback saw it.
+
+    ``ancestor`` names the call that failed first (``prepare() in environment 'data'``),
+    ``words`` its error (``ValueError: bad row``), ``via`` the input it came through, when
+    that input did not run either, ``future`` the ancestor's future (its error becomes the cause).
+    """
+
+    ancestor: str
+    words: str
+    future: Any = None
+    via: str = ""
+    cancelled: bool = False
 
 
 @dataclass(eq=False)
@@ -152,6 +183,7 @@ class Slot:
     held_by: int | None = None  # the call whose calling thread uses its direct channel
     kept: set[int] = field(default_factory=set)  # ids of objects it keeps for the caller
     pending: bool = False  # launched, but waiting for resources (a Slurm queue): no deadline
+    direct: bool = True  # its direct channel may be used (False: the key was not proved on it)
 
     @property
     def held(self) -> bool:
@@ -219,6 +251,14 @@ class Pump:
 
 
 @dataclass(frozen=True)
+class Resolve:
+    """The call's inputs are done: put their values in its arguments (in a thread that may
+    decode them, not the broker's), then report ``resolved`` or ``resolve_failed``."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True)
 class Complete:
     """The call is over: ``outcome`` is its answer (opaque) or the exception it fails with."""
 
@@ -258,5 +298,15 @@ class Ignored:
 
 
 Action = (
-    Prepare | StopBuilds | Start | Dispatch | Pump | Complete | Shutdown | Kill | Forget | Ignored
+    Prepare
+    | StopBuilds
+    | Start
+    | Dispatch
+    | Pump
+    | Resolve
+    | Complete
+    | Shutdown
+    | Kill
+    | Forget
+    | Ignored
 )

@@ -31,8 +31,8 @@ calling threads (the scheduler) is guarded by one lock, which the broker thread 
 works and drops while it polls.
 
 May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_commands``,
-``_direct``, ``_inbox``, ``_outbox``, ``_process``, ``_remote``, ``_actions``, ``_placement``,
-``_scheduler``, ``_workers``, ``_runtime``.
+``_direct``, ``_gate``, ``_inbox``, ``_outbox``, ``_process``, ``_remote``, ``_actions``,
+``_placement``, ``_scheduler``, ``_workers``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -56,14 +56,18 @@ from ._commands import (
     Carry,
     Command,
     Drain,
+    InputDone,
     Mailbox,
     PrepareFailed,
     Ready,
     ReleaseHeld,
+    Resolved,
+    ResolveFailed,
     Stop,
     Submit,
 )
 from ._direct import DirectPath
+from ._gate import DOMAIN, LocalGate, raise_open_files_limit
 from ._inbox import Inbox
 from ._outbox import BATCH_BYTES, Outbox
 from ._placement import SHUTDOWN_GRACE
@@ -133,7 +137,10 @@ class Broker:
         self._verifier = Verifier(self._key)
         self._mailbox = Mailbox()
         self._context: zmq.Context[Any] = zmq.Context()
+        raise_open_files_limit()  # a flood of connections must not abort the caller (#20)
+        self._gate = LocalGate(self._context)  # only our own children connect (#20)
         self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.ZAP_DOMAIN, DOMAIN)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._router.setsockopt(zmq.MAXMSGSIZE, max_message)
@@ -144,7 +151,7 @@ class Broker:
         self._poller.register(self._mailbox.fd, zmq.POLLIN)
         self._door: RemoteDoor | None = None
         if listen is not None:
-            self._door = RemoteDoor(self._context, listen, keys, max_message)
+            self._door = RemoteDoor(listen, keys, max_message)
             self._poller.register(self._door.router, zmq.POLLIN)
             scheduler.join_hint = self._door.hint
         self._workers = Workers(
@@ -175,6 +182,7 @@ class Broker:
             self._door,
             self._outbox.carry,
             self._outbox.send,
+            key=self._key,
             sys_path=sys_path,
             shm_threshold=self._shm_threshold,
             max_message=max_message,
@@ -197,6 +205,15 @@ class Broker:
             ReleaseHeld: self._on_release,
             Carry: lambda c: self._outbox.carry(c.actions),
             Drain: self._on_drain,
+            InputDone: lambda c: self._outbox.carry(
+                self.scheduler.input_done(c.ticket, c.failed, time.monotonic())
+            ),
+            Resolved: lambda c: self._outbox.carry(
+                self.scheduler.resolved(c.ticket, time.monotonic())
+            ),
+            ResolveFailed: lambda c: self._outbox.carry(
+                self.scheduler.resolve_failed(c.ticket, c.error, time.monotonic())
+            ),
         }
 
     # ------------------------------------------------------------------ any thread
@@ -211,6 +228,10 @@ class Broker:
     def submit(self, ticket: sch.Ticket) -> bool:
         """Hand a call over; False if the broker is gone."""
         return self._command(Submit(ticket))
+
+    def input_done(self, ticket: sch.Ticket, failed: sch.Failed | None) -> None:
+        """A future among a call's arguments is done (any thread: its done-callback)."""
+        self._command(InputDone(ticket, failed))
 
     def cancel(self, ticket: sch.Ticket) -> None:
         """Withdraw a call that waits for a worker (its future was cancelled)."""
@@ -252,6 +273,22 @@ class Broker:
                 "busy": sum(1 for s in slots if s.state in busy),
             }
 
+    def activity(self) -> tuple[dict[str, int], dict[str, str]]:
+        """Per environment: calls running in workers (those sent ahead still wait: queued), and
+        pools building or failed; for live views (``_live.py``)."""
+        running: dict[str, int] = {}
+        states: dict[str, str] = {}
+        with self.lock:
+            for slot in self.scheduler.slots.values():
+                if slot.running is not None and slot.state.live:
+                    running[slot.env] = running.get(slot.env, 0) + 1
+            for env, pool in self.scheduler.pools.items():
+                if pool.state is sch.PoolState.PREPARING:
+                    states[env] = "building"
+                elif pool.state is sch.PoolState.FAILED:
+                    states[env] = "failed"
+        return running, states
+
     def worker_pids(self, env: str | None = None) -> list[int]:
         """Pids of live workers (of one environment, or all)."""
         with self.lock:
@@ -265,7 +302,8 @@ class Broker:
         """Messages dropped unread (bad signature, replay, malformed), on every channel."""
         with self.lock:
             direct = sum(io.direct.verifier.rejected for io in self._io.values() if io.direct)
-            return self._verifier.rejected + direct + self._workers.rejected_by_gone
+            gone = self._workers.rejected_by_gone
+            return self._verifier.rejected + direct + gone + self._gate.refused
 
     def release(self, target: str | bytes, blocks: list[Any], refs: list[int]) -> None:
         """The caller is done with blocks of a worker's arena or with objects it keeps."""
@@ -437,6 +475,7 @@ class Broker:
         self._router.close(linger=0)
         if self._door is not None:
             self._door.close()
+        self._gate.close()
         self._context.term()
         shutil.rmtree(self._rundir, ignore_errors=True)
         self._mailbox.close()

@@ -37,23 +37,49 @@ __all__ = ["Steps", "find_uv", "installer_env", "kill_group", "redact", "write_a
 TAIL_LINES = 25
 
 # Runs the command in the watcher's own group; when the caller's end of the pipe closes, kills it.
+# It imports nothing beyond built-in modules (a Python start is most of its cost): it forks the
+# command and waits on the pipe and a pidfd of the child at once; where pidfds are missing, a
+# thread blocks on the pipe instead.
 _WATCHER = """\
-import os, signal, subprocess, sys, threading
+import os, sys
 fd = int(sys.argv[1])
-child = subprocess.Popen(sys.argv[2:])
-def watch():
-    while True:
-        try:
-            if not os.read(fd, 64):
-                break
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-    os.killpg(0, signal.SIGKILL)
-threading.Thread(target=watch, daemon=True).start()
-code = child.wait()
-sys.exit(code if code >= 0 else 128 - code)
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        sys.stderr.write("error: cannot run %s: %s\\n" % (sys.argv[2], exc))
+        sys.stderr.flush()
+    os._exit(127)
+def done():
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    sys.exit(code if code >= 0 else 128 - code)
+def closed():
+    try:
+        return not os.read(fd, 64)
+    except OSError:
+        return True
+try:
+    pidfd = os.pidfd_open(pid)
+except (AttributeError, OSError):
+    import threading
+    def watch():
+        while not closed():
+            pass
+        os.killpg(0, 9)
+    threading.Thread(target=watch, daemon=True).start()
+    done()
+import select
+poller = select.poll()
+poller.register(fd, select.POLLIN)
+poller.register(pidfd, select.POLLIN)
+while True:
+    for ready, _ in poller.poll():
+        if ready == pidfd:
+            done()
+        if closed():
+            os.killpg(0, 9)
 """
 
 # "Building foo==1.0" (uv) and "Building wheel for foo (pyproject.toml)" (pip): a source build.

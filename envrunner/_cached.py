@@ -165,13 +165,17 @@ def _begin(
     )
     if pending.reason is not None:
         runner._progress().done(env, pending.reason)
+    key = pending.key.key if pending.key is not None and options.cache else None
     if pending.hit is not None:
-        return _hit(runner._link, env, pending, results)
+        hit = _hit(runner._link, env, pending, results)
+        hit.envrunner_key = key  # a call given this future is keyed by this call (_digest)
+        return hit
     ticket = runner._ticket(env, fn, args, kwargs, by_reference)
     plain = ticket.body.future
     assert isinstance(plain, CallFuture)
     recorded = _Recorded(plain.env, plain.name, runner._link, results, pending, runner._mapper)
     recorded.withdraw_with(weakref.ref(ticket))  # cancel() takes it back from the queue
+    recorded.envrunner_key = key
     ticket.body.future = recorded
     return ticket
 
@@ -189,7 +193,7 @@ def _facts(runner: Host, results: CallResults, env: str) -> EnvFacts:
     return facts
 
 
-def _hit(link: Link, env: str, pending: PendingCall, results: CallResults) -> Future[Any]:
+def _hit(link: Link, env: str, pending: PendingCall, results: CallResults) -> CallFuture[Any]:
     """A future completed with a stored answer, decoded (as a worker's) when asked for."""
     hit = pending.hit
     assert hit is not None

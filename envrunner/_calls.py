@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from ._runtime.protocol import Call
 
-__all__ = ["CallRequest", "Prepared", "RawResult", "UndecodedError", "decode_error"]
+__all__ = ["CallRequest", "Prepared", "RawResult", "SameAs", "UndecodedError", "decode_error"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,17 @@ class CallRequest:
     future: Future[Any]
     blocks: list[list[Any]] = field(default_factory=list)
     sent: bool = False
+    #: A call given futures among its arguments: puts their values in, once they are done
+    #: (``_inputs.Deferred``; it replaces ``message`` and ``blocks``).
+    deferred: Any = None
+
+
+@dataclass(frozen=True)
+class SameAs:
+    """The answer of a call merged into an identical one (``ticket``, whose future holds the
+    value): the merged call's future gives that future's value, decoded once."""
+
+    ticket: Any
 
 
 @dataclass(eq=False)

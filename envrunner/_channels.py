@@ -6,6 +6,7 @@
     ─────────────                       ────────                          ──────────────
     Start ─► launch ─────────────────►  process (the Process interface) ─► runs
     Dispatch ─► CALL on ``router`` ───────────────────────────────────────► control channel
+    hello ◄── proof: a HEARTBEAT signed for ``direct``, first on it ◄────── direct channel
     calling thread ─► CALL on ``direct`` (a PAIR of its own) ─────────────► direct channel
     poll ◄── stdout/stderr fds ◄──────  Output: lines prefixed "[env] " ◄── print()
                                         lent: arena blocks its calls hold
@@ -39,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ._output import WRITER
-from ._runtime.protocol import Signer, Verifier, scope
+from ._runtime import wire
+from ._runtime.errors import ProtocolError
+from ._runtime.protocol import Heartbeat, Signer, Verifier, scope, unpack
 
 if TYPE_CHECKING:
     from ._actions import Ticket
@@ -51,7 +54,14 @@ STDERR_TAIL = 30
 
 
 class DirectChannel:
-    """A worker's own socket in the caller, for synchronous calls made by calling threads."""
+    """A worker's own socket in the caller, for synchronous calls made by calling threads.
+
+    Nothing is sent on it before the worker has proved the session key on it: the worker's
+    first message there is a heartbeat signed for this channel (``from:ID/direct``), which the
+    broker's thread reads when the worker says hello (``prove``). A first message that is
+    anything else, or none in time (whoever connected first was not the worker), makes the
+    channel ``refused``: it is closed unused, and the worker's calls go through the broker.
+    """
 
     def __init__(
         self,
@@ -60,11 +70,14 @@ class DirectChannel:
         key: bytes,
         identity: bytes,
         max_message: int = -1,
+        zap_domain: bytes = b"",
     ) -> None:
         self.address = address
         self.socket = context.socket(zmq.PAIR)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message)
+        if zap_domain:
+            self.socket.setsockopt(zmq.ZAP_DOMAIN, zap_domain)
         self.socket.bind(address)
         self.signer = Signer(key)
         self.verifier = Verifier(key)
@@ -72,6 +85,30 @@ class DirectChannel:
         self.incoming = scope("from", identity, "direct")
         self.poller = zmq.Poller()
         self.poller.register(self.socket, zmq.POLLIN)
+        self.proven = False  # the worker proved the key on this channel: it may be sent to
+        self.refused = False  # its first message was not that proof: never sent to
+
+    def prove(self, wait: float) -> bool:
+        """Whether the worker proved the session key on this channel, waiting up to ``wait``
+        seconds for its first message (the broker's thread, before any call may use it)."""
+        if self.proven or self.refused:
+            return self.proven
+        if not self.socket.poll(int(wait * 1000)):
+            return False
+        try:
+            first = unpack(self.incoming, wire.receive(self.socket, zmq.NOBLOCK), self.verifier)
+        except (ProtocolError, zmq.ZMQError):
+            first = None
+        if isinstance(first, Heartbeat):
+            self.proven = True
+        else:
+            self.refuse()
+        return self.proven
+
+    def refuse(self) -> None:
+        """Never use it: whoever is connected gets nothing, now or later."""
+        self.refused = True
+        self.close()
 
     def watch(self, pidfd: int) -> None:
         """Also wake on the worker's exit while waiting for an answer."""
@@ -79,7 +116,8 @@ class DirectChannel:
             self.poller.register(pidfd, zmq.POLLIN)
 
     def close(self) -> None:
-        self.socket.close(linger=0)
+        if not self.socket.closed:
+            self.socket.close(linger=0)
 
 
 class Output:

@@ -2,6 +2,7 @@
 
 The verbs live beside it: build, list, info, exec, path, smoke and gc in ``_cli_envs``; lock
 in ``_cli_lock``; keys and worker in ``_cli_remote``; cache and runs in ``_cli_results``;
+run (saved calls) in ``_cli_run``;
 schema here.
 
 May import: the standard library and the caller-side ``envrunner`` modules.
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from . import _cli_results
+    from . import _cli_results, _cli_run
     from ._cli_envs import add_verbs as add_env_verbs
     from ._cli_lock import add_verbs as add_lock_verbs
     from ._cli_remote import add_verbs as add_remote_verbs
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     add_remote_verbs(verbs, common)
     add_lock_verbs(verbs, common)
     _cli_results.add_verbs(verbs, common)
+    _cli_run.add_verbs(verbs, common)
 
     schema = verbs.add_parser(
         "schema", help="print the manifest's JSON Schema (for editors: see docs/manifest.md)"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._actions import Action, Ticket
+from ._actions import Action, Failed, Ticket
 from ._calls import Prepared
 
 __all__ = [
@@ -25,10 +25,13 @@ __all__ = [
     "Carry",
     "Command",
     "Drain",
+    "InputDone",
     "Mailbox",
     "PrepareFailed",
     "Ready",
     "ReleaseHeld",
+    "ResolveFailed",
+    "Resolved",
     "Stop",
     "Submit",
 ]
@@ -77,12 +80,45 @@ class Carry:
 
 
 @dataclass(frozen=True)
+class InputDone:
+    """A future among a call's arguments is done (``failed``: how it failed)."""
+
+    ticket: Ticket
+    failed: Failed | None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A call's inputs' values are in its arguments (``_inputs.py``): it can be sent."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True)
+class ResolveFailed:
+    ticket: Ticket
+    error: BaseException
+
+
+@dataclass(frozen=True)
 class Drain:
     ident: bytes
     done: threading.Event
 
 
-Command = Submit | Cancel | Ready | PrepareFailed | Stop | ReleaseHeld | Carry | Drain
+Command = (
+    Submit
+    | Cancel
+    | Ready
+    | PrepareFailed
+    | Stop
+    | ReleaseHeld
+    | Carry
+    | Drain
+    | InputDone
+    | Resolved
+    | ResolveFailed
+)
 
 
 class Mailbox:

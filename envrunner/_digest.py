@@ -22,6 +22,9 @@ plain-data globals it reads:
   pickle differently (and so miss), and an object that pickles the same after a change the
   pickle does not show would hit. An object that cannot be pickled has no digest:
   :class:`UnhashableValueError` says which.
+- **futures** (a call's result passed on before it is done) by the key of the call that makes
+  it, when that call is cached (a changed call changes the digest of every call given its
+  future, and of theirs), else by their value, waited for.
 
 Everything else is hashed with BLAKE2b from :mod:`hashlib` (32-byte digests, hex).
 """
@@ -33,6 +36,7 @@ import math
 import os
 import struct
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 __all__ = ["UnhashableValueError", "content_hash", "digest_buffer", "digest_value", "new_hash"]
@@ -152,7 +156,25 @@ def _feed(h: Any, value: Any, where: str, depth: int) -> None:
     module = getattr(kind, "__module__", "")
     if (module == "numpy" or module.startswith("numpy.")) and _feed_numpy(h, value, where):
         return
+    if isinstance(value, Future):
+        _feed_future(h, value, where, depth)
+        return
     _feed_pickle(h, value, where)
+
+
+def _feed_future(h: Any, value: Future[Any], where: str, depth: int) -> None:
+    """A future by the key of the call that makes it (a cached call's), so that a changed
+    call changes every call given its future; else by its value (waited for)."""
+    key = getattr(value, "envrunner_key", None)
+    if isinstance(key, str):
+        _tag(h, b"F", key.encode())
+        return
+    try:
+        result = value.result()
+    except BaseException:  # the call given it fails too (it never runs, nor is stored)
+        h.update(b"Xfailed")
+    else:
+        _feed(h, result, where, depth + 1)
 
 
 def _feed_none(h: Any, value: Any, where: str, depth: int) -> None:

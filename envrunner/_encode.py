@@ -62,8 +62,12 @@ def encode_arguments(
     arena: Arena | None,
     threshold: int,
     max_frame: int | None = None,
+    fill: dict[int, Any] | None = None,
 ) -> tuple[bytes, list[Any], Encoder]:
-    """Encode a call's arguments: body, frames, and the encoder (its blocks and refs).
+    """Encode a call's arguments: body, frames, and the encoder (its blocks, refs, futures).
+
+    A future among them leaves a mark in its place (``encoder.futures`` lists them), or, with
+    ``fill``, its value (by ``id(future)``).
 
     Raises:
         EncodeError: Naming the argument that cannot be sent, and why.
@@ -71,6 +75,7 @@ def encode_arguments(
     from ._runtime.codec import Encoder, type_name
 
     encoder = Encoder(by_value=same, arena=arena, threshold=threshold, max_frame=max_frame)
+    encoder.futures, encoder.fill = [], fill
     try:
         body, frames = encoder.encode([list(args), kwargs])
         return body, frames, encoder
@@ -85,8 +90,10 @@ def encode_arguments(
         labelled.append((label, value))
     labelled += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
     for label, value in labelled:
+        alone = Encoder(by_value=same, max_frame=max_frame)
+        alone.futures, alone.fill = [], fill
         try:
-            Encoder(by_value=same, max_frame=max_frame).encode(value)
+            alone.encode(value)
         except EncodeError as exc:
             raise EncodeError(
                 f"{label} of {name}, a {type_name(value)}, cannot be sent to environment "

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ._calls import RawResult, UndecodedError, decode_error
+from ._calls import RawResult, SameAs, UndecodedError, decode_error
 from ._output import WRITER
-from ._runtime.errors import DecodeError, ReferenceLostError
+from ._runtime.errors import DecodeError, DependencyError, ReferenceLostError
 
 if TYPE_CHECKING:
     from ._runtime.shm import Mapper
@@ -55,6 +55,7 @@ class Link(Protocol):
     def release_ref(self, worker: bytes, ident: int) -> None: ...
     def withdraw(self, ticket: Any) -> None: ...
     def fetch(self, ref: Ref) -> Future[Any]: ...
+    def input_done(self, ticket: Any, failed: Any) -> None: ...
 
 
 class CallFuture(Future[T]):
@@ -74,6 +75,9 @@ class CallFuture(Future[T]):
         self._value: Any = _UNSET
         self._decode_error: BaseException | None = None
         self._ticket: Callable[[], Any] = _nothing
+        #: The cache key of the call (with ``cache=True``): a call given this future is keyed
+        #: by it, not by its value (``_digest``).
+        self.envrunner_key: str | None = None
 
     def withdraw_with(self, ticket: Callable[[], Any]) -> None:
         """Let :meth:`cancel` take the call back from the broker: ``ticket()`` gives its ticket
@@ -103,6 +107,10 @@ class CallFuture(Future[T]):
             if self._link is not None:
                 self._link.interrupt()
             raise
+        except DependencyError as failure:
+            _find_cause(failure)
+            del self, failure
+            raise
         except BaseException:
             del self  # no cycle future -> error -> this frame -> future: frees what it held
             raise
@@ -113,6 +121,8 @@ class CallFuture(Future[T]):
         error = super().exception(timeout)
         if isinstance(error, UndecodedError):
             return self._error(error)
+        if isinstance(error, DependencyError):
+            _find_cause(error)
         if error is not None:
             return error
         try:
@@ -133,6 +143,8 @@ class CallFuture(Future[T]):
         """The value of ``raw`` (an answer from a worker), decoded once; other values as is."""
         from ._runtime.codec import Decoder
 
+        if isinstance(raw, SameAs):  # merged into an identical call: its value, decoded once
+            return raw.ticket.body.future.result()
         if not isinstance(raw, RawResult):
             return self._value if raw is _UNSET else raw
         WRITER.wait(raw.fence, OUTPUT_WAIT)  # the task's output first (never for long)
@@ -171,6 +183,16 @@ class CallFuture(Future[T]):
     def __repr__(self) -> str:
         state = self._state.lower()
         return f"<CallFuture {self.name} env={self.env!r} {state}>"
+
+
+def _find_cause(failure: DependencyError) -> None:
+    """The failed ancestor's own error as the cause (decoded in the thread that asks)."""
+    ancestor = failure.failed
+    if failure.__cause__ is None and isinstance(ancestor, Future):
+        try:
+            failure.__cause__ = ancestor.exception(0)
+        except BaseException:  # (cancelled, or it cannot be read: the message says what it was)
+            pass
 
 
 class Ref:

@@ -28,7 +28,17 @@ from ._process import RemoteProcess
 from ._remote import RemoteDoor
 from ._runtime import wire
 from ._runtime.errors import ProtocolError, WorkerStartError, describe_exit
-from ._runtime.protocol import Heartbeat, Hello, Result, Shutdown, Verifier, Welcome, scope, unpack
+from ._runtime.protocol import (
+    Heartbeat,
+    Hello,
+    Result,
+    Shutdown,
+    Verifier,
+    Welcome,
+    beat_identity,
+    scope,
+    unpack,
+)
 from ._runtime.shm import Arena, Mapper
 from ._scheduler import Scheduler
 from ._workers import Workers
@@ -37,6 +47,10 @@ log = logging.getLogger("envrunner.broker")
 
 __all__ = ["Inbox"]
 
+#: Seconds the broker waits for a worker's proof on its direct channel, after its hello (the
+#: worker sends the proof first: it is there at once unless another process took the channel).
+PROOF_WAIT = 2.0
+
 
 class Inbox:
     """Reads and checks what workers send, and tells the scheduler.
@@ -44,6 +58,7 @@ class Inbox:
     Args:
         scheduler, workers: The broker's decisions and its workers' I/O.
         verifier: Checks the session key's signature on every message.
+        key: The session key (heartbeat sockets' identities are made with it).
         door: Where workers from other machines knock (None: none may).
         carry: Carries out actions (the broker's table).
         send: Sends a message to a worker.
@@ -60,6 +75,7 @@ class Inbox:
         carry: Callable[[Iterable[sch.Action]], None],
         send: Callable[[WorkerIO, Any], None],
         *,
+        key: bytes,
         sys_path: list[str],
         shm_threshold: int,
         max_message: int,
@@ -69,6 +85,7 @@ class Inbox:
         self.scheduler = scheduler
         self._workers = workers
         self._verifier = verifier
+        self._key = key
         self._door = door
         self._carry = carry
         self._send = send
@@ -94,8 +111,11 @@ class Inbox:
             except zmq.Again:
                 return
             identity = frames[0]
-            beat = identity.endswith(b".hb")
-            io = self._workers.io.get(identity[:-3] if beat else identity)
+            owner, separator, _ = identity.partition(b".hb.")
+            beat = bool(separator)
+            io = self._workers.io.get(owner)
+            if beat and io is not None and identity != beat_identity(self._key, owner):
+                io = None  # a heartbeat identity not made with the key (#20)
             if io is None and self._door is not None and router is self._door.router and not beat:
                 self._admit(identity, frames[1:])
                 continue
@@ -103,8 +123,9 @@ class Inbox:
                 self._verifier.rejected += 1
                 log.warning("dropped a message from an unknown peer")
                 continue
+            sender = owner + b".hb" if beat else identity
             try:
-                message = unpack(scope("from", identity), frames[1:], self._verifier)
+                message = unpack(scope("from", sender), frames[1:], self._verifier)
             except ProtocolError as exc:
                 error = WorkerStartError(io.env, io.pid, str(exc), list(io.output.tail))
                 self._carry(self.scheduler.incompatible(io.ident, error, time.monotonic()))
@@ -145,6 +166,7 @@ class Inbox:
         slot = self.scheduler.slots.get(io.ident)
         if slot is None or slot.state is not sch.WorkerState.STARTING:
             return
+        direct = io.direct is not None and self._proved_direct(io)
         options: dict[str, Any] = {}
         if self._shm_threshold and io.direct is not None:  # shared memory on this machine only
             options["shm"] = {"owner": os.getpid(), "threshold": self._shm_threshold}
@@ -166,7 +188,24 @@ class Inbox:
         )
         io.welcomed = True
         log.debug("%r said hello: Python %s", io, ".".join(map(str, hello.python)))
-        self._carry(self.scheduler.hello(io.ident, time.monotonic()))
+        self._carry(self.scheduler.hello(io.ident, time.monotonic(), direct=direct))
+
+    def _proved_direct(self, io: WorkerIO) -> bool:
+        """Whether the worker proved the session key on its direct channel (its first message
+        there, sent before its hello); if not, the channel is closed unused and its calls go
+        through the broker: whoever connected to it first was not the worker (#20)."""
+        direct = io.direct
+        assert direct is not None
+        if direct.prove(PROOF_WAIT):
+            return True
+        direct.refuse()
+        log.warning(
+            "%r did not prove the session key on its direct channel %s (another process "
+            "connected to it first?): its calls go through the broker",
+            io,
+            direct.address,
+        )
+        return False
 
     def _on_result(self, io: WorkerIO, result: Result) -> None:
         self._workers.drain_output(io)

@@ -110,7 +110,17 @@ def inspect_interpreter(path: str | os.PathLike[str], source: str = "explicit") 
     return interpreter
 
 
-def probe(path: Path, source: str, cache: InterpreterCache) -> Interpreter:
+class NotCachedError(LookupError):
+    """:func:`probe` with ``run=False`` found nothing cached for a path."""
+
+
+def probe(path: Path, source: str, cache: InterpreterCache, run: bool = True) -> Interpreter:
+    """What ``path`` is, from the cache or by running it once.
+
+    Raises:
+        InterpreterNotFoundError: It is not a usable interpreter (the detail says why).
+        NotCachedError: With ``run=False``, nothing is cached for it (it was not run).
+    """
     request = str(path)
     if not path.exists():
         what = "a broken symlink" if path.is_symlink() else "not there"
@@ -125,6 +135,8 @@ def probe(path: Path, source: str, cache: InterpreterCache) -> Interpreter:
     interpreter = None if info is None else _from_info(path, info, source)
     if interpreter is None and info is not None and isinstance(info.get("error"), str):
         raise InterpreterNotFoundError(request, detail=info["error"])
+    if interpreter is None and not run:
+        raise NotCachedError(request)
     if interpreter is None:
         try:
             info = _run(path)

@@ -14,7 +14,12 @@ names its source)::
     current                 the interpreter running envrunner (its base, outside a virtualenv)
 
 Each candidate is probed (``_interpreter_probe``: run once, then cached); the whole answer is
-kept in memory for 30 s per set of search variables. Nothing is ever downloaded.
+kept in memory for 30 s per set of search variables. Nothing is ever downloaded. Candidates
+whose answer is cached on disk are read in this thread; only the others are run, in parallel.
+
+``discover(minor=(3, 11))`` leaves out the candidates whose name says another version
+(``python3.12``), unrun: what a manifest's ``python: "3.11"`` needs, at a fraction of the cost of
+probing every Python on a machine the first time (#14).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ._interpreter_probe import (
     MIN_VERSION,
     Interpreter,
     InterpreterCache,
+    NotCachedError,
     absolute_path,
     is_pyenv_shim,
     probe,
@@ -40,16 +46,32 @@ from ._runtime.errors import InterpreterNotFoundError
 _VERSIONED_NAME = re.compile(r"python3\.\d+")
 
 
-def discover() -> list[Interpreter]:
+def discover(minor: tuple[int, int] | None = None) -> list[Interpreter]:
     """Every usable interpreter on this machine (3.9 and newer), newest first.
 
     Candidates that fail to run (such as pyenv shims of inactive versions) are skipped. Two
     paths to the same file with the same ``sys.prefix`` count once, under the first place
     that found it.
 
+    Args:
+        minor: Only what may be this version: candidates named ``python3.N`` for another N
+            are left out without being run (``python3``, ``python`` are probed). Every
+            interpreter of that version is in the answer, as in the full one.
+
     Returns:
         The interpreters, newest version first; equal versions keep the search order.
     """
+    if minor is not None:
+        where = tuple(os.environ.get(name, "") for name in _DISCOVERY_VARIABLES)
+        now = time.monotonic()
+        partial = (*where, f"{minor[0]}.{minor[1]}")
+        for key in (where, partial):  # the full answer if fresh, else this version's
+            memo = _discovered.get(key)
+            if memo is not None and now - memo[0] < _DISCOVERY_MEMO_SECONDS:
+                return [i for i in memo[1] if i.version[:2] >= MIN_VERSION]
+        found = _discover(minor)
+        _discovered[partial] = (now, tuple(found))
+        return [i for i in found if i.version[:2] >= MIN_VERSION]
     return [found for found in discover_all() if found.version[:2] >= MIN_VERSION]
 
 
@@ -79,8 +101,8 @@ _DISCOVERY_MEMO_SECONDS = 30.0
 _discovered: dict[tuple[str, ...], tuple[float, tuple[Interpreter, ...]]] = {}
 
 
-def _discover() -> list[Interpreter]:
-    candidates = list(_candidates())
+def _discover(minor: tuple[int, int] | None = None) -> list[Interpreter]:
+    candidates = [c for c in _candidates() if minor is None or _may_be(c[0], minor)]
     cache = InterpreterCache()
 
     def try_one(candidate: tuple[Path, str]) -> Interpreter | None:
@@ -89,13 +111,25 @@ def _discover() -> list[Interpreter]:
         except InterpreterNotFoundError:
             return None
 
-    if len(candidates) > 1:
+    results: list[Interpreter | None] = []
+    to_run: list[int] = []
+    for index, (path, source) in enumerate(candidates):  # the cache first, in this thread
+        try:
+            results.append(probe(path, source, cache, run=False))
+        except InterpreterNotFoundError:
+            results.append(None)
+        except NotCachedError:  # not cached: run it below
+            results.append(None)
+            to_run.append(index)
+    if len(to_run) > 1:
         from concurrent.futures import ThreadPoolExecutor  # not needed when nothing is probed
 
-        with ThreadPoolExecutor(max_workers=min(8, len(candidates))) as pool:
-            results = list(pool.map(try_one, candidates))
-    else:
-        results = [try_one(candidate) for candidate in candidates]
+        with ThreadPoolExecutor(max_workers=min(8, len(to_run))) as pool:
+            ran = list(pool.map(try_one, [candidates[index] for index in to_run]))
+        for index, interpreter in zip(to_run, ran):  # noqa: B905 - same length
+            results[index] = interpreter
+    elif to_run:
+        results[to_run[0]] = try_one(candidates[to_run[0]])
     cache.save()
     found: list[Interpreter] = []
     seen: set[tuple[str, str]] = set()
@@ -108,6 +142,13 @@ def _discover() -> list[Interpreter]:
             found.append(interpreter)
     found.sort(key=lambda interpreter: interpreter.version, reverse=True)
     return found
+
+
+def _may_be(path: Path, minor: tuple[int, int]) -> bool:
+    """Whether ``path`` may be a Python ``minor``: False for ``python3.N`` of another N."""
+    if not _VERSIONED_NAME.fullmatch(path.name):
+        return True
+    return int(path.name.rsplit(".", 1)[1]) == minor[1] and minor[0] == 3
 
 
 def _candidates() -> Iterator[tuple[Path, str]]:

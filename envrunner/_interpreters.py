@@ -50,13 +50,15 @@ def find_interpreter(request: str, *, env: str = "", where: str = "") -> Interpr
     if "/" in request or request.startswith(("~", ".")):
         return _find_path(request, env, asked)
     match = _VERSION_REQUEST.fullmatch(request)
-    found = discover()
     if match is None:
         detail = 'expected a version such as "3.12" or a path to an interpreter'
-        raise _not_found(request, found, env, detail, asked)
+        raise _not_found(request, discover(), env, detail, asked)
     wanted = tuple(int(part) for part in match.groups() if part is not None)
     if wanted[0] < MIN_VERSION[0] or (len(wanted) > 1 and wanted[:2] < MIN_VERSION):
-        raise _too_old(request, wanted, found, env, asked)
+        raise _too_old(request, wanted, discover(), env, asked)
+    # A minor version asked: only the candidates that may be it are probed (every one that
+    # is, so the choice below is the full discovery's); the full list only for an error.
+    found = discover((wanted[0], wanted[1])) if len(wanted) > 1 else discover()
     matching = [
         interpreter
         for interpreter in found
@@ -64,7 +66,7 @@ def find_interpreter(request: str, *, env: str = "", where: str = "") -> Interpr
     ]
     if not matching:
         detail = f"no CPython {request} was found"
-        raise _not_found(request, found, env, detail, asked)
+        raise _not_found(request, discover(), env, detail, asked)
     # Newest first, outside a virtualenv first; on a tie the place searched first wins.
     ranked = sorted(
         enumerate(matching), key=lambda item: (not item[1].is_venv, item[1].version, -item[0])

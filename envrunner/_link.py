@@ -34,6 +34,7 @@ class Owner(Protocol):
     _closed: bool
 
     def _interrupt(self) -> None: ...
+    def _ensure_broker(self) -> Broker: ...
     def submit(self, env: str, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]: ...
 
 
@@ -58,8 +59,23 @@ class RunnerLink:
 
         runner = self._runner()
         broker = runner._broker if runner is not None else None
-        if broker is not None and ticket.state is CallState.QUEUED:
+        waits = (CallState.QUEUED, CallState.WAITING, CallState.RESOLVING, CallState.MERGED)
+        if broker is not None and ticket.state in waits:
             broker.cancel(ticket)
+
+    def input_done(self, ticket: Ticket, failed: Any) -> None:
+        """A future among a call's arguments is done: the scheduler hears it (also while the
+        runner shuts down: it waits for its waiting calls)."""
+        runner = self._runner()
+        if runner is None:
+            return
+        broker = runner._broker
+        if broker is None:
+            try:
+                broker = runner._ensure_broker()
+            except RunnerClosedError:
+                return  # (nothing waits there any more)
+        broker.input_done(ticket, failed)
 
     def release_ref(self, worker: bytes, ident: int) -> None:
         runner = self._runner()

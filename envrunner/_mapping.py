@@ -4,7 +4,8 @@
 
     map(fn, xs)                    every call submitted now; results in order, as they come
     map(fn, xs, buffersize=n)      n calls submitted now, one more each time a result is yielded
-    map(fn, xs, chunksize=k)       one call of ``_runtime.batch.map_chunk`` per k items; the
+    map(fn, xs, chunksize=k)       one call of ``_runtime.batch.map_chunk`` per k items, sent
+                                   as columns (one list per iterable, no tuple per item); the
                                    chunks' lists flattened in order
 
 An error from the input iterables is raised by ``map`` itself (everything is submitted before
@@ -81,18 +82,15 @@ def map_calls(
     """
     check_sizes(chunksize, buffersize)
     end = None if timeout is None else time.monotonic() + timeout
-    arguments: Iterator[tuple[Any, ...]] = zip(*iterables)  # noqa: B905 - the shortest wins
+    calls: Iterator[tuple[Callable[..., Any], tuple[Any, ...]]]
     if chunksize > 1:
         from ._runtime.batch import map_chunk
 
         assert chunk_code is not None
         code = chunk_code()
-        batches = iter(lambda: tuple(itertools.islice(arguments, chunksize)), ())
-        calls: Iterator[tuple[Callable[..., Any], tuple[Any, ...]]] = (
-            (map_chunk, (code, list(batch))) for batch in batches
-        )
+        calls = ((map_chunk, (code, columns)) for columns in _columns(iterables, chunksize))
     else:
-        calls = ((fn, args) for args in arguments)
+        calls = ((fn, args) for args in zip(*iterables))  # noqa: B905 - the shortest wins
     if buffersize is None:
         futures = deque(submit(f, a) for f, a in calls)
     else:
@@ -100,6 +98,23 @@ def map_calls(
     alive = weakref.ref(owner) if owner is not None else (lambda: True)
     iterator = _results(futures, calls if buffersize else None, submit, alive, end)
     return _flatten(iterator) if chunksize > 1 else iterator
+
+
+def _columns(iterables: tuple[Iterable[Any], ...], chunksize: int) -> Iterator[list[list[Any]]]:
+    """Chunks of the zipped iterables as columns: ``[[x1, x2, ...], [y1, y2, ...]]``."""
+    if len(iterables) == 1:
+        items = iter(iterables[0])
+        while True:
+            column = list(itertools.islice(items, chunksize))
+            if not column:
+                return
+            yield [column]
+    arguments = zip(*iterables)  # noqa: B905 - the shortest wins
+    while True:
+        batch = list(itertools.islice(arguments, chunksize))
+        if not batch:
+            return
+        yield [list(column) for column in zip(*batch)]  # noqa: B905 - equal lengths
 
 
 def _results(

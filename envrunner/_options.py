@@ -36,6 +36,8 @@ class Options:
         cache: Store the result on disk and return it for the same call later
             (``docs/caching.md``).
         cache_errors: With ``cache``, store an exception the task raised too.
+        merge: Merge identical calls (same function, arguments and environment) submitted
+            while one is pending: one runs, every future gets its result (None: as ``cache``).
     """
 
     env: str | None = None
@@ -44,6 +46,12 @@ class Options:
     retries: int = 0
     cache: bool = False
     cache_errors: bool = False
+    merge: bool | None = None
+
+    @property
+    def merges(self) -> bool:
+        """Whether its identical pending calls merge (``docs/workflows.md``)."""
+        return self.cache if self.merge is None else self.merge
 
     def __post_init__(self) -> None:
         if self.keep and self.cache:
@@ -57,7 +65,7 @@ class Options:
         """These options with some changed; a change given as ``SAME`` (or None where None
         cannot mean anything) keeps the option as it is."""
         kept = {k: v for k, v in changes.items() if v is not SAME}
-        for name in ("env", "keep", "retries", "cache", "cache_errors"):
+        for name in ("env", "keep", "retries", "cache", "cache_errors", "merge"):
             if kept.get(name, 0) is None:
                 del kept[name]
         return replace(self, **kept)

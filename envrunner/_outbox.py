@@ -19,7 +19,7 @@ call with buffer frames or a large body goes on its own, after the ones before i
     Dispatch(w1, c3) ─┘                              (one CALL if only one)
 
 May import: the standard library, zmq, ``envrunner._actions``, ``_calls``, ``_channels``,
-``_commands``, ``_scheduler``, ``_workers``, ``_runtime``.
+``_commands``, ``_inputs``, ``_scheduler``, ``_workers``, ``_runtime``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from . import _actions as sch
 from ._calls import CallRequest, Prepared
 from ._channels import WorkerIO
 from ._commands import Command, PrepareFailed, Ready
+from ._inputs import resolve_later
 from ._runtime import wire
 from ._runtime.errors import EncodeError, WorkerStartError
 from ._runtime.protocol import Call, Calls, Shutdown, Signer, call_fields, pack, scope
@@ -98,6 +99,7 @@ class Outbox:
             sch.Start: self._do_start,
             sch.Dispatch: self._do_dispatch,
             sch.Pump: lambda a: self.scheduler.pump(a.env, time.monotonic()),
+            sch.Resolve: lambda a: resolve_later(a.ticket, self._command),
             sch.Complete: self._do_complete,
             sch.Shutdown: self._do_shutdown,
             sch.Kill: self._do_kill,

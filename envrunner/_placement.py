@@ -167,6 +167,25 @@ class Placement:
         ticket.state = CallState.DONE
         self._out.append(Complete(ticket, outcome, cancelled))
 
+    def _queue(self, ticket: Ticket, now: float) -> None:
+        """A call ready to run: into its pool's queue (or its worker's, when pinned)."""
+        pool = self.pools[ticket.env]
+        ticket.state = CallState.QUEUED
+        if pool.state is PoolState.FAILED:
+            assert pool.error is not None
+            self._complete(ticket, pool.error)
+        elif ticket.pin is not None:
+            slot = self.slots.get(ticket.pin)
+            if slot is None or not slot.state.live:
+                why = "its worker has exited"
+                self._complete(ticket, ReferenceLostError(ticket.env, ticket.pinned_what, why))
+            else:
+                slot.pinned.append(ticket)
+                self._pump(pool, now)
+        else:
+            pool.queue.append(ticket)
+            self._pump(pool, now)
+
     def _start_clock(self, ticket: Ticket, now: float) -> None:
         if ticket.timeout is not None:
             ticket.deadline = now + ticket.timeout

@@ -90,16 +90,57 @@ def packages(env: str, python: Path) -> list[tuple[str, str, str]]:
         raise BuildError(
             env, "check", f"the new environment's Python does not run: {check.stderr[-500:]}"
         )
-    from importlib import metadata
-
     folders = [line for line in check.stdout.splitlines() if line and Path(line).is_dir()]
     found = set()
-    for dist in metadata.distributions(path=folders):
-        name = dist.metadata["Name"]
+    for metadata, installer in _metadata_files(folders):
+        name, version = _name_and_version(metadata)
         if name:
-            installer = dist.read_text("INSTALLER") or ""
-            found.add((str(name), str(dist.version), installer))
+            found.add((name, version, _read(installer) if installer else ""))
     return sorted(found)
+
+
+def _metadata_files(folders: list[str]) -> list[tuple[Path, Path | None]]:
+    """Each distribution's metadata file (and INSTALLER file) in ``folders``.
+
+    What ``importlib.metadata.distributions(path=folders)`` finds in a virtualenv
+    (``*.dist-info/METADATA``, ``*.egg-info/PKG-INFO`` or an ``*.egg-info`` file), without
+    importing it: that import alone took 10-24 ms of a 0.4 s build (#14).
+    """
+    found: list[tuple[Path, Path | None]] = []
+    for folder in folders:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.endswith(".dist-info"):
+                found.append((path / "METADATA", path / "INSTALLER"))
+            elif entry.name.endswith(".egg-info"):
+                found.append((path / "PKG-INFO" if entry.is_dir() else path, None))
+    return found
+
+
+def _name_and_version(metadata: Path) -> tuple[str, str]:
+    """The ``Name`` and ``Version`` headers of a metadata file ('' where missing)."""
+    name = version = ""
+    text = _read(metadata)
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end at the first empty line; the description follows
+        key, _, value = line.partition(":")
+        if key.lower() == "name" and not name:
+            name = value.strip()
+        elif key.lower() == "version" and not version:
+            version = value.strip()
+    return name, version
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def make_record(

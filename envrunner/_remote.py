@@ -33,7 +33,17 @@ log = logging.getLogger("envrunner.broker")
 class RemoteDoor:
     """The tcp ROUTER workers from other machines connect to (CurveZMQ unless ``keys`` is None)."""
 
-    def __init__(
+    def __init__(self, address: str, keys: Path | None, max_message: int) -> None:
+        # A context of its own: its ZAP authenticator (CurveZMQ keys) is not the one of the
+        # broker's context (the gate of the ipc sockets, ``_gate.py``); one poller watches both.
+        self._context: zmq.Context[Any] = zmq.Context()
+        try:
+            self._open(self._context, address, keys, max_message)
+        except BaseException:
+            self._context.destroy(linger=0)
+            raise
+
+    def _open(
         self, context: zmq.Context[Any], address: str, keys: Path | None, max_message: int
     ) -> None:
         router = context.socket(zmq.ROUTER)
@@ -81,3 +91,4 @@ class RemoteDoor:
         self.router.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
+        self._context.term()

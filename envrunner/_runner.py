@@ -15,7 +15,7 @@ runners) are installed when the first runner is made, not at import.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
 (``_actions``, ``_assembly``, ``_broker``, ``_cached``, ``_calls``, ``_environments``,
-``_executor``, ``_futures``, ``_link``, ``_manifest``, ``_options``, ``_prepare``,
+``_executor``, ``_futures``, ``_link``, ``_live``, ``_manifest``, ``_options``, ``_prepare``,
 ``_progress``, ``_results``, ``_tickets``, ``_runtime``).
 """
 
@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ._actions import Ticket
 from ._assembly import check_listen, make_broker
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._broker import Broker
     from ._environments import Resolved
     from ._executor import EnvExecutor
+    from ._live import LiveView, Tally
     from ._manifest import EnvSpec, Manifest
     from ._progress import Progress
     from ._results import CallResults
@@ -183,6 +184,7 @@ class Runner:
         self._link = RunnerLink(self)
         self.records = records if records is not None else self.manifest.records
         self._results: CallResults | None = None  # the result cache and records, on first use
+        self._tally: Tally | None = None  # calls counted for live views (live())
         _install_hooks()
         _runners.add(self)
         if listen is not None:
@@ -196,6 +198,8 @@ class Runner:
         On an idle worker the calling thread runs the call itself (fast); else it goes
         through the broker.
         """
+        if self._tally is not None:  # a live view counts it: through the broker
+            return self._submit(env, fn, args, kwargs).result()  # type: ignore[no-any-return]
         if self.records or getattr(fn, "__envrunner_options__", _NO_OPTIONS).cache:
             from ._cached import cached_call
 
@@ -322,6 +326,14 @@ class Runner:
             f'@envrunner.task(env="{names[0] if names else "NAME"}")'
         )
 
+    def live(self, stream: TextIO | None = None, interval: float | None = None) -> LiveView:
+        """``with runner.live():`` shows calls queued, running, done and failed per environment
+        (on stderr: in place on a terminal, a line every 10 s in logs; docs/workflows.md)."""
+        from ._live import LiveView, Tally, running_calls
+
+        self._tally = self._tally or Tally()  # counts from the first view on
+        return LiveView(self._tally, lambda: running_calls(self._broker), stream, interval)
+
     @property
     def remote_address(self) -> str:
         """Where workers on other machines connect ('' when not listening or not started)."""
@@ -363,7 +375,8 @@ class Runner:
 
     @property
     def rejected_messages(self) -> int:
-        """Messages dropped unread: unsigned, wrongly signed, replayed, malformed."""
+        """Messages dropped unread (unsigned, wrongly signed, replayed, malformed), and
+        connections to its sockets refused because a process it did not start made them."""
         return self._broker.rejected() if self._broker else 0
 
     @property
@@ -392,12 +405,15 @@ class Runner:
         if self.records or opts.cache:
             from ._cached import cached_submit
 
-            return cached_submit(self, env, fn, args, kwargs, by_reference)
-        ticket = self._ticket(env, fn, args, kwargs, by_reference, options)
-        ticket.body.future.withdraw_with(weakref.ref(ticket))  # cancel() takes it back
-        if not self._ensure_broker().submit(ticket):
-            raise RunnerClosedError(f"{self!r} was shut down")
-        future: Future[Any] = ticket.body.future
+            future = cached_submit(self, env, fn, args, kwargs, by_reference)
+        else:
+            ticket = self._ticket(env, fn, args, kwargs, by_reference, options)
+            ticket.body.future.withdraw_with(weakref.ref(ticket))  # cancel() takes it back
+            if not self._ensure_broker().submit(ticket):
+                raise RunnerClosedError(f"{self!r} was shut down")
+            future = ticket.body.future
+        if self._tally is not None:
+            self._tally.submitted(env, future)
         return future
 
     def _ticket(

@@ -5,6 +5,9 @@
     event (a method)               what changes                          actions it returns
     ────────────────               ────────────                          ──────────────────
     submit(ticket)                 a pool's queue (or a worker's pinned)  Prepare, Start, Dispatch
+                                   (given futures: WAITING; identical to
+                                   a pending call: MERGED; ``_graph.py``)
+    input_done / resolved          WAITING ─► RESOLVING ─► QUEUED         Resolve, Complete
     prepared / prepare_failed      pool NEW ─► PREPARING ─► READY|FAILED  Start / Complete(error)
     launched / start_failed        slot STARTING (a failure counts)      Start again, or Complete
     hello                          STARTING ─► IDLE                      Dispatch
@@ -34,8 +37,8 @@ says why; the broker logs it.
 Not thread-safe: the broker calls it under one lock, from its thread or from a calling thread
 (the direct path).
 
-May import: the standard library, ``envrunner._actions``, ``_crashes``, ``_placement``,
-``_runtime.errors``.
+May import: the standard library, ``envrunner._actions``, ``_crashes``, ``_graph``,
+``_placement``, ``_runtime.errors``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ from ._actions import (
     WorkerState,
 )
 from ._crashes import death_error, sort_out_calls
-from ._placement import START_FAILURE_LIMIT, Placement
+from ._graph import Graph
+from ._placement import START_FAILURE_LIMIT
 from ._runtime.errors import EnvrunnerError, ReferenceLostError, WorkerStartError, describe_exit
 
 __all__ = ["Scheduler"]
@@ -67,7 +71,7 @@ __all__ = ["Scheduler"]
 # --------------------------------------------------------------------------- the machine
 
 
-class Scheduler(Placement):
+class Scheduler(Graph):
     """Pools of one runner: every decision about calls and workers.
 
     Args:
@@ -80,30 +84,23 @@ class Scheduler(Placement):
     # ------------------------------------------------------------------ calls
 
     def submit(self, ticket: Ticket, now: float) -> list[Action]:
-        """A call is handed over."""
-        pool = self.pools[ticket.env]
-        ticket.state = CallState.QUEUED
-        if pool.state is PoolState.FAILED:
-            assert pool.error is not None
-            self._complete(ticket, pool.error)
-        elif ticket.pin is not None:
-            slot = self.slots.get(ticket.pin)
-            if slot is None or not slot.state.live:
-                why = "its worker has exited"
-                self._complete(ticket, ReferenceLostError(ticket.env, ticket.pinned_what, why))
-            else:
-                slot.pinned.append(ticket)
-                self._pump(pool, now)
+        """A call is handed over (one given futures waits for them: ``_graph.py``)."""
+        if ticket.merge_key is not None and self._merge(ticket):
+            return []  # an identical call is pending: this one completes with it
+        if ticket.deferred:
+            self._wait(ticket)
         else:
-            pool.queue.append(ticket)
-            self._pump(pool, now)
+            self._queue(ticket, now)
         return self._emit()
 
     def dispatch_refused(self, ticket: Ticket, now: float) -> list[Action]:
         """A Dispatch was not carried out: its future had been cancelled."""
         slot = self.slots.get(ticket.worker or b"")
+        follower = self._promote(ticket)  # merged calls still run, once
         ticket.state = CallState.DONE
         ticket.worker = None
+        if follower is not None:
+            self._queue(follower, now)
         if slot is not None:
             if slot.running is ticket:
                 slot.running = slot.ahead.popleft() if slot.ahead else None
@@ -121,11 +118,18 @@ class Scheduler(Placement):
     def cancel(self, ticket: Ticket, now: float) -> list[Action]:
         """Withdraw a call that waits for a worker (its future was cancelled); a running one
         stays as it is."""
-        if ticket.state is CallState.QUEUED:
+        if self._withdraw(ticket):
+            self._let_go(now)
+        elif ticket.state is CallState.QUEUED:
             pool = self.pools[ticket.env]
             for queue in [pool.queue, *(s.pinned for s in pool.workers)]:
                 if ticket in queue:
-                    queue.remove(ticket)
+                    follower = self._promote(ticket)
+                    if follower is not None:  # it takes the place: merged calls still run
+                        follower.state = CallState.QUEUED
+                        queue[queue.index(ticket)] = follower
+                    else:
+                        queue.remove(ticket)
                     self._complete(ticket, CancelledError(), cancelled=True)
                     break
             self._let_go(now)
@@ -176,15 +180,17 @@ class Scheduler(Placement):
         """
         pool = self.pools[ticket.env]
         ready = pool.state is PoolState.READY and pool.config.direct  # direct: workers here
-        if self.stopping or not ready or pool.queue:
+        if self.stopping or not ready or pool.queue or ticket.deferred:
             return None
+        if ticket.merge_key is not None and ticket.merge_key in self.leaders:
+            return None  # an identical call is pending: the broker merges this one into it
         if ticket.pin is not None:
             pinned = self.slots.get(ticket.pin)
             candidates = [pinned] if pinned is not None and not pinned.pinned else []
         else:
             candidates = pool.workers
         for slot in candidates:
-            if slot.state is WorkerState.IDLE and not slot.joined and not slot.held:
+            if slot.state is WorkerState.IDLE and slot.direct and not slot.joined and not slot.held:
                 slot.state = WorkerState.DIRECT
                 slot.held_by = ticket.call_id
                 slot.running = ticket
@@ -289,12 +295,14 @@ class Scheduler(Placement):
             pool.state = PoolState.READY
         return slot
 
-    def hello(self, ident: bytes, now: float) -> list[Action]:
-        """A worker said hello (and was welcomed): it takes calls."""
+    def hello(self, ident: bytes, now: float, direct: bool = True) -> list[Action]:
+        """A worker said hello (and was welcomed): it takes calls (direct ones too, unless it
+        could not prove the session key on its direct channel)."""
         slot = self.slots.get(ident)
         if slot is None or slot.state is not WorkerState.STARTING:
             return [Ignored(ident, "a hello from a worker that is not starting")]
         pool = self.pools[slot.env]
+        slot.direct = direct
         slot.state = WorkerState.IDLE
         slot.idle_since = slot.last_beat = now
         pool.start_failures = 0
@@ -406,6 +414,8 @@ class Scheduler(Placement):
                     slot.pinned.clear()
                 for ticket in queued:
                     self._complete(ticket, CancelledError("the runner shut down first"), True)
+            for ticket in list(self.waiting.values()):
+                self._complete(ticket, CancelledError("the runner shut down first"), True)
             stopped = EnvrunnerError("stopped: the runner was terminated while the call ran")
             for slot in list(self.slots.values()) if kill else ():
                 while slot.ahead:  # given to a worker: running, as far as the caller knows
@@ -415,19 +425,21 @@ class Scheduler(Placement):
                     self._complete(ticket, stopped)
                     self._kill(slot, KillReason.SHUTDOWN)
         preparing = any(p.state is PoolState.PREPARING and not p.queue for p in self.pools.values())
-        if preparing and not cancel:  # (cancel stopped them above)
+        if preparing and not cancel and not self.waiting:  # (cancel stopped them above)
             self._out.append(StopBuilds())
         self._let_go(now)
         return self._emit()
 
     def finished(self) -> bool:
         """Shut down and nothing left: every worker gone, every call completed."""
-        if not self.stopping or self.slots:
+        if not self.stopping or self.slots or self.waiting:
             return False
         return not any(p.queue for p in self.pools.values())
 
     def fail_everything(self, error: BaseException) -> list[Action]:
         """The broker cannot go on: every call not yet completed fails with ``error``."""
+        for ticket in list(self.waiting.values()):
+            self._complete(ticket, error)
         for pool in self.pools.values():
             while pool.queue:
                 self._complete(pool.queue.popleft(), error)

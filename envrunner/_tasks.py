@@ -8,20 +8,23 @@
     train.map(xs)     ─► current_runner().map(...)     results in order
     await train.acall(x) ─► current_runner().acall(...)  for asyncio
     train.options(keep=True)  ─► Task[P, Ref]: results stay in the worker
+    train.save(path, x)  ─► a saved call (``_saved``), run later by ``envrunner run path``
 
 A task carries its options as one :class:`~envrunner._options.Options` record
 (``__envrunner_options__``), which the runner reads; the runner never needs this module.
 
 May import: the standard library, ``envrunner._encode``, ``_executor``, ``_options``,
-``_futures``, ``_runner``, ``_runtime``.
+``_futures``, ``_live``, ``_runner``, ``_saved``, ``_runtime``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TextIO, TypeVar, overload
 
 from ._encode import parameter_names
 from ._futures import Ref
@@ -30,8 +33,9 @@ from ._runner import current_runner
 
 if TYPE_CHECKING:
     from ._executor import EnvExecutor
+    from ._live import LiveView
 
-__all__ = ["Task", "call", "executor", "task"]
+__all__ = ["Task", "call", "executor", "live", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,6 +88,7 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, Ref]: ...
 
     @overload
@@ -96,6 +101,7 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, R]: ...
 
     def options(
@@ -107,13 +113,15 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         cache: bool | None = None,
         cache_errors: bool | None = None,
+        merge: bool | None = None,
     ) -> Task[P, Any]:
         """The same task with other options (those not given stay as they are).
 
         ``task.options(keep=True)(x)`` keeps the result in the worker and returns a :class:`Ref`;
         ``task.options(timeout=None)`` drops the task's own timeout, back to the environment's
         (its manifest ``timeout:``, else none); ``task.options(cache=False)(x)`` runs and
-        stores nothing.
+        stores nothing; ``task.options(merge=False)`` runs every call, even identical ones
+        pending at once.
 
         Raises:
             ValueError: ``keep=True`` on a task with ``cache=True`` (or the other way round).
@@ -125,6 +133,7 @@ class Task(Generic[P, R]):
             retries=retries,
             cache=cache,
             cache_errors=cache_errors,
+            merge=merge,
         )
         other: Task[P, Any] = Task(self.fn, changed)
         other.__envrunner_codes__ = self.__envrunner_codes__
@@ -148,6 +157,31 @@ class Task(Generic[P, R]):
             target = self.options(keep=True) if kwargs.pop("keep") else self.options(keep=False)
         runner = current_runner()
         return runner.submit(runner.env_of(self), target, *args, **kwargs)
+
+    def save(self, path: str | os.PathLike[str], /, *args: P.args, **kwargs: P.kwargs) -> Path:
+        """Save the call ``task(*args, **kwargs)`` to ``path``, to run later with
+        ``envrunner run path`` (here, or wherever the manifest's environment can be built).
+
+        The file holds the function (by reference when its module is importable, else by
+        value or as source), the arguments, and the environment's manifest entry and key;
+        ``envrunner run`` writes the value beside it (``path.result``, a pickle) and how the
+        call went (``path.outcome.json``). See docs/workflows.md.
+
+        Returns:
+            The file written.
+
+        Raises:
+            EncodeError: The function or an argument cannot be saved (the message says which).
+            ValueError: The task has ``keep=True``.
+        """
+        from ._saved import save_call
+
+        runner = current_runner()
+        env = runner.env_of(self)
+        resolved = runner._resolve(runner.manifest[env])
+        return save_call(
+            path, self, self.__envrunner_options__, resolved, runner.manifest.path, args, kwargs
+        )
 
     async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """``await task.acall(x)``: the call for asyncio. Cancelling the awaiting task cancels
@@ -200,6 +234,7 @@ def task(
     retries: int = 0,
     cache: Literal[False] = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Callable[[Callable[P, Any]], Task[P, Ref]]: ...
 
 
@@ -212,6 +247,7 @@ def task(
     retries: int = 0,
     cache: bool = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -225,6 +261,7 @@ def task(
     retries: int = 0,
     cache: bool = False,
     cache_errors: bool = False,
+    merge: bool | None = None,
 ) -> Task[P, Any] | Callable[[Callable[P, Any]], Task[P, Any]]:
     """Pin a function to an environment of the manifest.
 
@@ -247,6 +284,10 @@ def task(
             same arguments, same environment and packages (see docs/caching.md).
         cache_errors: With ``cache``, store an exception the task raised too: the same call
             raises it again without running.
+        merge: Merge identical calls (same function, arguments, environment) submitted while
+            one is pending: it runs once and every future gets its result. Default: on with
+            ``cache`` (a cached task is declared to give the same result for the same call),
+            off without; ``merge=False`` for a cached task with side effects.
 
     Returns:
         A :class:`Task`.
@@ -261,6 +302,7 @@ def task(
         retries=retries,
         cache=cache,
         cache_errors=cache_errors,
+        merge=merge,
     )
 
     def decorate(function: Callable[P, Any]) -> Task[P, Any]:
@@ -289,3 +331,16 @@ def executor(
     See :meth:`Runner.executor`.
     """
     return current_runner().executor(env, initializer, initargs)
+
+
+def live(stream: TextIO | None = None, interval: float | None = None) -> LiveView:
+    """``with envrunner.live():`` shows, per environment, how many calls of the current runner
+    are queued, running, done and failed: a table redrawn in place on a terminal, a plain line
+    (when something changed) every ``interval`` seconds otherwise, and the final counts when
+    the block ends. See :meth:`Runner.live` and docs/workflows.md.
+
+    Args:
+        stream: Where to write (default: stderr).
+        interval: Seconds between updates (default: 0.5 on a terminal, 10 in a log).
+    """
+    return current_runner().live(stream, interval)

@@ -5,27 +5,33 @@
     fn, args, kwargs ─► encode_function, encode_arguments (``_encode``) ─► Call message
                      ─► CallFuture + CallRequest (what the broker sends and completes)
                      ─► Ticket (what the scheduler decides on: env, timeout, retries, pin)
+    a future among the arguments ─► a mark in its place; the ticket is deferred: it waits in
+                     the scheduler, and is encoded again with the values (``_inputs``)
+    merge=True (cache=True) ─► a merge key: identical pending calls run once (``_graph``)
 
 May import: the standard library, ``envrunner._actions``, ``_calls``, ``_encode``,
-``_futures``, ``_manifest``, ``_options``, ``_runtime``.
+``_futures``, ``_inputs``, ``_manifest``, ``_options``, ``_runtime``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ._actions import Ticket
 from ._calls import CallRequest
 from ._encode import encode_arguments, encode_function, pin
 from ._futures import CallFuture, Link
+from ._inputs import Inputs, watch
 
 if TYPE_CHECKING:
     from ._manifest import EnvSpec
     from ._options import Options
     from ._runtime.shm import Arena
 
-__all__ = ["make_ticket"]
+__all__ = ["make_ticket", "merge_key"]
 
 
 def make_ticket(
@@ -46,7 +52,7 @@ def make_ticket(
     """Encode ``fn(*args, **kwargs)`` for a worker of ``spec`` (Python ``version``).
 
     Args:
-        ids: Where the call's id comes from (taken once it is encoded).
+        ids: Where the call's id comes from.
         threshold: Buffers of at least this many bytes go into ``arena`` (0: none do).
 
     Raises:
@@ -54,38 +60,94 @@ def make_ticket(
     """
     import sys
 
-    from ._runtime.protocol import Call  # (msgpack: not at import)
-
     env = spec.name
     same = version[:2] == tuple(sys.version_info[:2])
     code, name = encode_function(fn, same, env, version, by_reference)
+    call_id = next(ids)
+    encode = functools.partial(
+        _encode, fn, name, code, env, args, kwargs, same, arena, threshold, max_message, call_id
+    )
+    message, blocks, pinned, pinned_what, futures = encode(options.keep, None)
+    future: CallFuture[Any] = CallFuture(env, name, link)
+    request = CallRequest(message, future, blocks)
+    ticket = Ticket(
+        call_id=call_id,
+        env=env,
+        name=name,
+        timeout=options.timeout if options.timeout is not None else spec.timeout,
+        retries=options.retries,
+        pin=pinned,
+        pinned_what=pinned_what,
+        body=request,
+    )
+    merges = options.merge or (options.cache and options.merge is None)  # (Options.merges)
+    if merges and not options.keep:
+        ticket.merge_key = merge_key(ticket, message, blocks, futures)
+    if futures:
+        request.deferred = Inputs(futures, functools.partial(encode, options.keep), same)
+        ticket.deferred = True
+        watch(ticket, futures, link.input_done)
+    return ticket
+
+
+def _encode(
+    fn: Callable[..., Any],
+    name: str,
+    code: bytes,
+    env: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    same: bool,
+    arena: Arena | None,
+    threshold: int,
+    max_message: int,
+    call_id: int,
+    keep: bool,
+    fill: dict[int, Any] | None,
+) -> tuple[Any, list[list[Any]], bytes | None, str, list[Future[Any]]]:
+    """The call's message with these values in place of its futures (the others, or all with
+    ``fill=None``, leave marks), its arena blocks, the worker it is pinned to, and the futures
+    that left marks (in the order of their marks' indices)."""
+    from ._runtime.protocol import Call  # (msgpack: not at import)
+
     body, frames, encoder = encode_arguments(
-        fn, name, env, args, kwargs, same, arena, threshold, max_message
+        fn, name, env, args, kwargs, same, arena, threshold, max_message, fill
     )
     try:
         pinned, pinned_what = pin(encoder.refs, env, name)
-        call_id = next(ids)
         message = Call(
             call_id=call_id,
             name=name,
             code=code,
             payload=body,
             segments=list(encoder.segments),
-            keep=options.keep,
+            keep=keep,
             buffers=frames,
         )
-        future: CallFuture[Any] = CallFuture(env, name, link)
-        request = CallRequest(message, future, [list(b) for b in encoder.blocks])
-        return Ticket(
-            call_id=call_id,
-            env=env,
-            name=name,
-            timeout=options.timeout if options.timeout is not None else spec.timeout,
-            retries=options.retries,
-            pin=pinned,
-            pinned_what=pinned_what,
-            body=request,
-        )
+        futures = encoder.futures or []
+        if futures and fill is None:
+            encoder.release()  # its blocks: encoded again once its inputs are done
+            return message, [], None, "", futures
+        return message, [list(b) for b in encoder.blocks], pinned, pinned_what, futures
     except BaseException:
         encoder.release()
         raise
+
+
+def merge_key(
+    ticket: Ticket, message: Any, blocks: list[list[Any]], futures: list[Future[Any]]
+) -> bytes | None:
+    """What makes two calls the same (``docs/workflows.md``): the environment, the encoded
+    function and arguments (their bytes; a future counts as itself), timeout and retries.
+    None for a call that cannot merge: one whose arguments went through shared memory (the
+    bytes there are not compared) or that uses objects a worker keeps."""
+    if blocks or ticket.pin is not None:
+        return None
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=20)
+    for part in (ticket.env.encode(), message.code, message.payload, *message.buffers):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    digest.update(repr((ticket.timeout, ticket.retries, [id(f) for f in futures])).encode())
+    return digest.digest()

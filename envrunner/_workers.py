@@ -13,7 +13,7 @@ It decides nothing: the scheduler does. Only the broker's thread (or a calling t
 the broker's lock, for a worker it let go of) uses it.
 
 May import: the standard library, zmq, ``envrunner._actions``, ``_calls``, ``_channels``,
-``_process``, ``_runtime``.
+``_gate``, ``_process``, ``_runtime``.
 
 Workers elsewhere (a launcher that is not ``local``) get the tcp door's address and router
 instead of the ipc socket, and no direct channel or started-call record.
@@ -32,6 +32,7 @@ import zmq
 from ._actions import CallState
 from ._calls import CallRequest, Prepared
 from ._channels import DirectChannel, Output, WorkerIO
+from ._gate import DOMAIN
 from ._process import Launcher, LaunchRequest, worker_environ
 from ._runtime.protocol import Verifier, scope
 from ._runtime.shm import Arena, Mapper, unlink_owned
@@ -90,14 +91,18 @@ class Workers:
         launcher = self._launchers.get(env, self._launcher)
         if not launcher.local:
             return self._launch_elsewhere(launcher, env, ident, prepared)
-        direct = DirectChannel(
-            self._context,
-            f"ipc://{self._rundir / ('d' + number)}",
-            self._key,
-            ident,
-            self._max_message,
-        )
         started = self._rundir / f"s{number}"
+        try:
+            direct = DirectChannel(
+                self._context,
+                f"ipc://{self._rundir / ('d' + number)}",
+                self._key,
+                ident,
+                self._max_message,
+                DOMAIN,  # only this process's children may connect (``_gate.py``)
+            )
+        except zmq.ZMQError as exc:  # no room for the socket: the broker's thread lives on
+            raise self._no_room(exc.errno, self._rundir / ("d" + number)) from exc
         request = LaunchRequest(
             env=env,
             python=prepared.python,
@@ -114,7 +119,10 @@ class Workers:
             started_path=str(started),
         )
         try:
-            started.write_bytes(bytes(8))
+            try:
+                started.write_bytes(bytes(8))
+            except OSError as exc:
+                raise self._no_room(exc.errno, started) from exc
             process = launcher.launch(request)
         except OSError:
             direct.close()
@@ -126,6 +134,16 @@ class Workers:
         self.add(io)
         log.debug("started %r", io)
         return io
+
+    def _no_room(self, code: int | None, path: Path) -> OSError:
+        """The error of a worker whose files cannot be made in the run folder (a full disk)."""
+        code = code or 0
+        return OSError(
+            code,
+            f"{os.strerror(code)}: cannot make {path} in the runner's folder. Free space (and "
+            f"inodes: df -i) in {self._rundir.parent}, or start the program with "
+            "ENVRUNNER_RUNDIR (or TMPDIR) set to a folder with room",
+        )
 
     def _launch_elsewhere(
         self, launcher: Launcher, env: str, ident: bytes, prepared: Prepared

@@ -313,3 +313,23 @@ def initialize(path: str, label: str) -> None:
 
 def initialized() -> list[str]:
     return list(_INITIALIZED)
+
+
+def total(values: Any, extra: int = 0) -> int:
+    """The sum of numbers found in lists, tuples and dict values, plus ``extra``."""
+    if isinstance(values, dict):
+        values = list(values.values())
+    if isinstance(values, (list, tuple)):
+        return sum(total(v) for v in values) + extra
+    return int(values) + extra
+
+
+def gated_value(path: str, value: Any) -> Any:
+    """Wait for the gate at ``path``, then return ``value``."""
+    gate(path)
+    return value
+
+
+def module_of(value: Any) -> str:
+    """The module of ``value``'s class, as this worker loaded it."""
+    return type(value).__module__

@@ -81,12 +81,25 @@ def test_quick_run_writes_markdown_and_json_with_numbers(quick_run: tuple[str, P
     assert any(s.startswith("envrunner (") for s in systems)
     cases = {row["case"] for row in calls}
     assert {"sync call, tiny argument", "pipelined, 1 worker", "pipelined, 2 workers"} <= cases
+    assert {  # the cases of issue 14
+        "pipelined, task sleeps 1 ms",
+        "map over 100,000 items, chunksize 1000",
+        "sync call over tcp + CurveZMQ",
+        "pipelined over tcp + CurveZMQ, 1 worker",
+    } <= cases
+    assert "raw pyzmq (tcp, Curve)" in systems
+    assert "multiprocessing.Pool.map" in systems
     for row in calls:
         if not row["baseline"]:
             assert row["ratio"] > 0, row
     start = document["sections"]["start"]["rows"]
     assert any(row["system"] == "envrunner: first call, new Runner" for row in start)
     verdicts = {target["verdict"] for target in document["targets"]}
+    named = " ".join(target["target"] for target in document["targets"])
+    for target in ("at least multiprocessing.Pool's", "2 workers at least 1.7x 1 worker"):
+        assert target in named
+    assert "at least multiprocessing.Pool.map's" in named
+    assert "raw pyzmq over tcp with Curve" in named
     assert verdicts <= {"PASS", "MISS"} and verdicts
 
 
@@ -102,3 +115,24 @@ def test_missing_alternatives_are_skipped_with_a_note(quick_run: tuple[str, Path
             assert system not in systems
         else:
             assert system in systems
+
+
+@pytest.mark.slow
+def test_the_workflow_benchmark_runs_a_small_graph_and_says_why_it_skips(tmp_path: Path) -> None:
+    environ = dict(os.environ, ENVRUNNER_HOME=str(tmp_path / "home"))
+    result = subprocess.run(
+        [sys.executable, "benchmarks/workflow_bench.py", "--tasks", "200", "--length", "10"],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "202 tasks: 20 chains of 10, fan-ins of 100" in result.stdout
+    assert "(reference) envrunner, independent calls" in result.stdout
+    graph = next(
+        line for line in result.stdout.splitlines() if "envrunner, futures as arguments" in line
+    )
+    assert "µs/task" in graph or ("skipped" in graph and "refuses a future" in graph)

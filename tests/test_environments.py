@@ -303,3 +303,23 @@ def test_a_missing_interpreter_names_the_manifest_line(write_manifest: WriteMani
     message = str(caught.value)
     assert "environments.yaml:4" in message and "3.99" in message
     assert "3.12" in message  # it lists what it found
+
+
+def test_a_built_environment_whose_interpreter_is_gone_is_built_again(
+    write_manifest: WriteManifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its record says built, but its python was deleted (or the Python it links to removed):
+    a worker could never start; the next prepare builds it again, saying why (issue 20)."""
+    import io
+
+    monkeypatch.setenv("ENVRUNNER_HOME", str(tmp_path / "home"))  # this build alone is touched
+    path = write_manifest("version: 1\nenvironments:\n  env:\n    requirements: []\n")
+    resolved = resolve(spec_of(path))
+    build(resolved)
+    resolved.python.unlink()
+    assert state(resolved) == "built"  # the record alone cannot tell
+    stream = io.StringIO()
+    with envrunner.Runner(path, progress=LogProgress(stream)) as runner:
+        assert runner.call("env", sum, [1, 2]) == 3
+    assert f"its interpreter {resolved.python} is gone" in stream.getvalue()
+    assert resolved.python.exists()

@@ -53,6 +53,14 @@ def test_map_spreads_over_the_workers_and_keeps_the_order() -> None:
     assert "on 2 workers" in out
 
 
+def test_the_workflow_fits_two_models_in_parallel_and_compares_them() -> None:
+    """The run-twice, edit-one-step and kill-one-branch cases: tests/test_workflows.py."""
+    out = run_example("workflow.py")
+    assert "line: y = 3.000 x + 2.002" in out and "mean: y = 0.000 x + 3.465" in out
+    assert "model    six        mse" in out  # compare's table, made where tabulate is
+    assert "line     1.15.0" in out and "mean     1.16.0" in out
+
+
 @pytest.mark.frameworks
 def test_torch_trains_and_tensorflow_evaluates_in_one_script() -> None:
     """Real frameworks: a large first download. Run with ENVRUNNER_TEST_FRAMEWORKS=1 .ci/run,

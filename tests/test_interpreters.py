@@ -419,3 +419,17 @@ def test_a_tie_goes_to_the_place_searched_first(
     monkeypatch.setenv("ENVRUNNER_PYTHONS", str(folder))
     found = find_interpreter(".".join(map(str, inspect_interpreter(originals[-1]).version)))
     assert found.path == copy and found.source == "ENVRUNNER_PYTHONS"
+
+
+def test_a_minor_version_runs_only_the_candidates_that_may_be_it(_private_home: Path) -> None:
+    pyenv_python("3.12")
+    found = find_interpreter("3.12")
+    ran = json.loads((_private_home / "interpreters.json").read_text())["interpreters"]
+    named = [Path(path).name for path in ran if re.fullmatch(r"python3\.\d+", Path(path).name)]
+    assert named and set(named) == {"python3.12"}  # python3.11 and the others never ran
+    # the same choice as from every interpreter on the machine
+    everything = [i for i in discover() if i.implementation == "cpython" and i.minor == "3.12"]
+    ranked = sorted(
+        enumerate(everything), key=lambda item: (not item[1].is_venv, item[1].version, -item[0])
+    )
+    assert found.path == ranked[-1][1].path

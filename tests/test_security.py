@@ -169,7 +169,7 @@ def test_an_intruder_on_a_workers_direct_channel_is_ignored(
     context = zmq.Context()
     peer = context.socket(zmq.PAIR)
     peer.setsockopt(zmq.LINGER, 1000)
-    peer.connect(f"ipc://{attacked.rundir / 'd1'}")
+    peer.connect(f"ipc://{attacked.rundir / 'dw1'}")
     peer.send_multipart(result_frames(trap, os.urandom(32)))
     peer.close()
     context.term()

@@ -5,7 +5,8 @@ The caller sends the user's function encoded (``code.encode_function``: by refer
 or as source for another Python version) as an argument of these helpers, so a chunk or an
 initialized call carries the same function a plain call would::
 
-    map_chunk(code, [(1,), (2,), (3,)])     ─► [fn(1), fn(2), fn(3)]   one message, one answer
+    map_chunk(code, [[1, 2, 3]])            ─► [fn(1), fn(2), fn(3)]   one message, one answer
+    map_chunk(code, [[1, 2], [5, 6]])       ─► [fn(1, 5), fn(2, 6)]    a column per iterable
     run_calls([(code, args, kwargs), ...])  ─► a joblib batch, each call its own function
     run_with_init(key, init, initargs, code, args, kwargs)
         ─► init(*initargs) the first time this process sees ``key`` ─► fn(*args, **kwargs)
@@ -44,11 +45,17 @@ def _function(code: bytes) -> Callable[..., Any]:
     return fn
 
 
-def map_chunk(code: bytes, chunk: Sequence[Tuple[Any, ...]]) -> List[Any]:
-    """``[fn(*args) for args in chunk]``; an error fails the whole chunk (as the standard
-    library's process pool does)."""
+def map_chunk(code: bytes, columns: Sequence[Sequence[Any]]) -> List[Any]:
+    """``[fn(*args) for args in zip(*columns)]``; an error fails the whole chunk (as the
+    standard library's process pool does).
+
+    The arguments travel as columns, one list per iterable of the ``map``, so that a chunk of
+    plain items is one msgpack list and no tuple per item has to be encoded and decoded.
+    """
     fn = _function(code)
-    return [fn(*args) for args in chunk]
+    if len(columns) == 1:
+        return [fn(item) for item in columns[0]]
+    return [fn(*args) for args in zip(*columns)]
 
 
 def run_with_init(

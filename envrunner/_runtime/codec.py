@@ -25,6 +25,8 @@ code  payload
 31    cloudpickle (same Python minor version only): as 30
 40    a reference the caller passes back to the worker that holds the object: [id]
 41    a reference to an object kept in the worker: [id, type name, repr]
+42    a future among a call's arguments: [its index]; the caller's own mark, never sent (the
+      call waits for the future and is encoded again with its value in that place)
 50    the whole body, out of band: [buffer] (a body above ``max_body`` bytes)
 ====  ==============================================================
 

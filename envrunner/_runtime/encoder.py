@@ -18,7 +18,8 @@ import datetime as _dt
 import pickle
 import sys
 import types
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from concurrent.futures import Future as _Future
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import msgpack
 
@@ -34,6 +35,7 @@ from .formats import (
     DATETIME,
     DECIMAL,
     FROZENSET,
+    FUTURE,
     KEPT,
     MAX_BODY,
     MAX_FRAME,
@@ -95,6 +97,11 @@ class Encoder:
         self.blocks: List[List[Any]] = []
         #: Objects with ``__envrunner_ref__`` found in the last value.
         self.refs: List[Any] = []
+        #: Futures found in the last value, each once (None: futures are not looked for, and
+        #: travel as any object would); each leaves a mark (extension 42) in its place.
+        self.futures: Optional[List[Any]] = None
+        #: Values to put in place of futures, by ``id(future)`` (the others leave marks).
+        self.fill: Optional[Dict[int, Any]] = None
 
     def encode(self, obj: Any) -> Tuple[bytes, List[Any]]:
         """Encode ``obj``.
@@ -107,6 +114,8 @@ class Encoder:
             EncodeError: Some part of ``obj`` cannot be sent; the message names its type.
         """
         self._buffers, self.segments, self.blocks, self.refs = [], [], [], []
+        if self.futures is not None:
+            self.futures = []
         self.shm_full = False
         try:
             body = self._pack(obj)
@@ -170,6 +179,16 @@ class Encoder:
 
     def _default(self, obj: Any) -> Any:
         cls = type(obj)
+        if self.futures is not None and isinstance(obj, _Future):
+            fill = self.fill
+            if fill is not None and id(obj) in fill:
+                value = fill[id(obj)]  # msgpack calls this once per object: not again
+                return value if _packs_as_is(value) else self._default(value)
+            index = next((i for i, f in enumerate(self.futures) if f is obj), None)
+            if index is None:
+                index = len(self.futures)
+                self.futures.append(obj)
+            return msgpack.ExtType(FUTURE, self._pack([index]))
         ref = getattr(obj, "__envrunner_ref__", None)
         if ref is not None:
             self.refs.append(obj)
@@ -287,6 +306,16 @@ class Encoder:
             plain = self._pack(base(obj))
         return msgpack.ExtType(code, self._pack([type_name(obj), data, refs, plain]))
 
+
+def _packs_as_is(value: Any) -> bool:
+    """Whether msgpack packs ``value`` itself (items of a list or dict come back here)."""
+    kind = type(value)
+    if kind is int:
+        return bool(-(1 << 63) <= value < (1 << 64))
+    return kind in _AS_IS
+
+
+_AS_IS = (type(None), bool, float, str, bytes, list, dict)
 
 #: Built-in types whose subclasses' instances also travel as the built-in value, as a fallback.
 _PLAIN_BASES = (str, bytes, bool, int, float, complex, list, tuple, dict, set, frozenset)

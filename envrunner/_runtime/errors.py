@@ -17,6 +17,7 @@
     ├── SerializationError (TypeError)
     │   ├── EncodeError                          an argument or result cannot be sent
     │   └── DecodeError                          a value cannot be loaded where it landed
+    ├── DependencyError                          a call's input (a future it was given) failed
     ├── ProtocolError                            the two sides do not speak the same protocol
     └── RunnerClosedError (RuntimeError)         work was handed to a runner that was shut down
 
@@ -39,6 +40,7 @@ from .exits import describe_exit
 __all__ = [
     "BuildError",
     "DecodeError",
+    "DependencyError",
     "EncodeError",
     "EnvrunnerError",
     "InterpreterNotFoundError",
@@ -473,6 +475,22 @@ class DecodeError(SerializationError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (str(self), self.module, self.env))
+
+
+class DependencyError(EnvrunnerError):
+    """A call did not run: a call it depends on (a future among its arguments, or theirs)
+    failed. ``ancestor`` names that call, ``error`` its error in words; ``__cause__`` is its
+    error itself (set where the future's error is asked for)."""
+
+    def __init__(self, task: str, env: str, ancestor: str, error: str, via: str = "") -> None:
+        through = f" (through {via})" if via else ""
+        super().__init__(
+            f"{task} in environment {env!r} did not run: its input {ancestor}{through} failed "
+            f"with {error}; calls that do not depend on it ran as usual. Fix {ancestor} (its "
+            "error is this one's cause) and run again"
+        )
+        self.task, self.env, self.ancestor, self.error, self.via = task, env, ancestor, error, via
+        self.failed: object = None  # the ancestor's future: its error becomes the cause
 
 
 class ProtocolError(EnvrunnerError):

@@ -20,6 +20,7 @@ from envrunner._runtime import __version__, current_environment
 from envrunner._runtime.errors import (
     BuildError,
     DecodeError,
+    DependencyError,
     EncodeError,
     EnvrunnerError,
     InterpreterNotFoundError,
@@ -39,6 +40,7 @@ from envrunner._runtime.errors import (
 __all__ = [
     "BuildError",
     "DecodeError",
+    "DependencyError",
     "EncodeError",
     "EnvrunnerError",
     "InterpreterNotFoundError",

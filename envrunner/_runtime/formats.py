@@ -17,6 +17,7 @@ DATETIME, DATE, TIME, TIMEDELTA, DECIMAL, UUID, PATH = 10, 11, 12, 13, 14, 15, 1
 NDARRAY, NPSCALAR = 20, 21
 PICKLE, CLOUDPICKLE = 30, 31
 REF, KEPT = 40, 41
+FUTURE = 42  # a future's place, in the caller only: its value goes there before sending
 BODY = 50
 
 #: Bodies above this many bytes travel out of band (a header holds at most 64 MiB).

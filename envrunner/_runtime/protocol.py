@@ -14,7 +14,8 @@ Three channels join a worker to its caller (arrows: who sends)::
     calling thread, PAIR   ◄── direct (ipc) ───►  main thread, PAIR (one per worker)
         CALL ──► RESULT ◄──  a synchronous call on an idle worker, no broker thread woken
         SHUTDOWN   ──►  after a direct call that reached ``max_calls``
-    broker thread, ROUTER  ◄── heartbeat ───────  heartbeat thread, DEALER (identity id.hb)
+    broker thread, ROUTER  ◄── heartbeat ───────  heartbeat thread, DEALER (identity id.hb.TAG,
+                                                  TAG made with the key: ``beat_identity``)
         HEARTBEAT  ◄──  every ``heartbeat`` seconds while the process lives
 
 Every message is a list of frames (the ROUTER adds the peer's identity in front)::
@@ -73,6 +74,7 @@ __all__ = [
     "Signer",
     "Verifier",
     "Welcome",
+    "beat_identity",
     "call_fields",
     "pack",
     "scope",
@@ -375,3 +377,16 @@ def _well_formed(calls: Any) -> bool:
         and bool(calls)
         and all(isinstance(c, list) and len(c) == _CALL_FIELDS for c in calls)
     )
+
+
+# --- issue 20: a heartbeat socket's identity nobody without the key can claim first -------------
+
+
+def beat_identity(key: bytes, worker_id: bytes) -> bytes:
+    """The routing identity of a worker's heartbeat socket: ``ID.hb.TAG``, TAG derived from the
+    session key. A ROUTER gives an identity to the first peer that claims it; a process without
+    the key cannot know this one, so it cannot take it before the worker and get the worker's
+    heartbeats dropped (and the worker killed as hung). Its messages are signed in the scope
+    ``from:ID.hb`` all the same."""
+    tag = hmac.digest(key, b"envrunner heartbeat identity " + worker_id, "sha256")[:12]
+    return worker_id + b".hb." + tag.hex().encode()

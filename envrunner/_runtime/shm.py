@@ -15,7 +15,22 @@
 
 Segments are reused, so after the first call their pages are warm in both processes and a large
 array moves at memory speed: one copy into the arena on the sending side, none on the receiving
-side. A segment's name starts with its owner's prefix, ``envrunner-<caller pid>-<owner pid>``
+side.
+
+When the receiver keeps what it got (``results.append(call(array))``), no block comes back and
+the next value needs new pages, which the kernel must allocate and map first: on a virtual
+machine that costs about twice the copy itself. So a put of at least ``SPARE_MIN`` bytes that
+found too little warm room asks the arena's thread for a *spare*: a segment of that size whose
+pages are allocated (``posix_fallocate``: ENOSPC, never SIGBUS, when the folder is full) and
+mapped in the owner (``MADV_POPULATE_WRITE``), made while the value travels and the peer works,
+until there is warm room for one more value of that size (``SPARES_AHEAD``). A put takes a warm
+block first, and waits for a spare being made rather than race it for new pages. One spare is
+made at a time, never larger than a quarter of the folder's free space; a spare is a segment
+like any other, so an arena holds at most one value's room beyond what its peers hold. A spare
+is visible to :meth:`Arena.put` only once complete, and a block is lent to one value at a time:
+its pages are reused only after the receiver gave it back.
+
+A segment's name starts with its owner's prefix, ``envrunner-<caller pid>-<owner pid>``
 (a caller's own arenas, one per runner, add ``.<n>`` to it):
 
 - the owner unlinks its segments when it closes;
@@ -48,6 +63,16 @@ __all__ = ["SHM_DIR", "Arena", "Mapper", "available", "folder", "remove_stale", 
 SHM_DIR = "/dev/shm"
 ALIGN = 64
 MIN_SEGMENT = 16 * 1024 * 1024
+#: ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14): allocate and map pages without touching them.
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+#: Pages are mapped in steps of this many bytes (``madvise`` holds the GIL while it runs).
+POPULATE_STEP = 4 * 1024 * 1024
+#: Warm room kept ahead, in values of the size of the last put that found too little.
+SPARES_AHEAD = 1
+#: Smaller values never ask for a spare: their new pages cost little, and a spare would not.
+SPARE_MIN = 4 * 1024 * 1024
+#: A put waits at most this long for a spare being made before it takes new pages itself.
+SPARE_WAIT = 2.0
 
 
 def folder() -> str:
@@ -65,6 +90,38 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def _copy(mapping: mmap.mmap, offset: int, view: memoryview) -> None:
+    """``mapping[offset:...] = view``, through numpy when loaded: it lets go of the GIL while
+    it copies, so that the process's other threads (the spares thread, a caller's broker) run."""
+    np = sys.modules.get("numpy")
+    if np is None or view.nbytes < POPULATE_STEP:
+        mapping[offset : offset + view.nbytes] = view
+        return
+    target = np.frombuffer(mapping, dtype=np.uint8, count=view.nbytes, offset=offset)
+    np.copyto(target, np.frombuffer(view, dtype=np.uint8))
+    del target  # no view of the mapping may outlive the copy (close() would fail)
+
+
+def _populate_without_gil(mapping: mmap.mmap, size: int) -> bool:
+    """``madvise(MADV_POPULATE_WRITE)`` over a whole mapping through ctypes, which lets go of
+    the GIL for the call (``mmap.madvise`` holds it); False where that is not possible."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        anchor = ctypes.c_char.from_buffer(mapping)
+    except (ImportError, OSError, TypeError, AttributeError):
+        return False
+    try:
+        address = ctypes.addressof(anchor)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return int(libc.madvise(address, size, MADV_POPULATE_WRITE)) == 0
+    except AttributeError:
+        return False
+    finally:
+        del anchor  # the mapping can be closed again
+
+
 class _Segment:
     """One shared-memory file of an arena, mapped by its owner, with a free list."""
 
@@ -79,8 +136,41 @@ class _Segment:
         self.used: Dict[int, int] = {}  # offset -> size
         self.warm = 0  # bytes below this offset have been written once: their pages exist
 
-    def allocate(self, size: int) -> Optional[int]:
+    def populate(self) -> None:
+        """Allocate every page (``OSError`` when the folder is full) and map it here."""
+        os.posix_fallocate(self.fd, 0, self.size)  # ENOSPC here, never SIGBUS below
+        if not _populate_without_gil(self.mapping, self.size):
+            self._touch()
+        self.warm = self.size
+        os.close(self.fd)  # every page is written: puts copy through the mapping, never pwrite
+        self.fd = -1
+
+    def _touch(self) -> None:
+        """Map every page of the (allocated) file, a step at a time."""
+        advise = True
+        for start in range(0, self.size, POPULATE_STEP):
+            length = min(POPULATE_STEP, self.size - start)
+            if advise:
+                try:
+                    self.mapping.madvise(MADV_POPULATE_WRITE, start, length)
+                    continue
+                except (OSError, ValueError):  # an older kernel: touch the pages instead
+                    advise = False
+            self.mapping[start : start + length] = bytes(length)
+
+    def warm_fits(self, size: int) -> int:
+        """How many blocks of ``size`` bytes fit in free space of written pages."""
+        count = 0
+        for offset, length in self.free:
+            usable = min(offset + length, self.warm) - offset
+            if usable >= size:
+                count += usable // size
+        return count
+
+    def allocate(self, size: int, warm_only: bool = False) -> Optional[int]:
         for index, (offset, length) in enumerate(self.free):
+            if warm_only and offset + size > self.warm:
+                continue
             if length >= size:
                 if length == size:
                     del self.free[index]
@@ -112,7 +202,8 @@ class _Segment:
         except BufferError:
             pass  # a view of it is still alive in this process: it goes with the last one
         try:
-            os.close(self.fd)
+            if self.fd >= 0:
+                os.close(self.fd)
         except OSError:
             pass
         try:
@@ -133,8 +224,14 @@ class Arena:
         self.prefix = prefix
         self._segments: Dict[str, _Segment] = {}
         self._lock = threading.Lock()
+        self._spare_done = threading.Condition(self._lock)
         self._count = itertools.count(1)
         self._closed = False
+        self._spare_wanted = 0  # the size of the spare asked for, 0 when none is being made
+        self._spare_for = 0  # the size of the values it is for
+        self._spares: Optional[threading.Thread] = None
+        #: Spares made so far (for tests and benchmarks).
+        self.spares_made = 0
 
     def put(self, data: Any) -> Tuple[str, int, int]:
         """Copy a contiguous buffer into the arena.
@@ -144,14 +241,30 @@ class Arena:
         """
         view = memoryview(data).cast("B")
         size = view.nbytes
+        aligned = _align(max(size, 1))
         with self._lock:
             if self._closed:
                 raise ValueError("the shared-memory arena is closed")
-            segment, offset = self._allocate(_align(max(size, 1)))
+            found = self._allocate_warm(aligned)
+            if found is None and self._spare_wanted:  # a spare is on its way: cheaper to wait
+                self._spare_done.wait_for(
+                    lambda: not self._spare_wanted or self._closed or self._warm_fits(aligned),
+                    SPARE_WAIT,
+                )
+                if self._closed:
+                    raise ValueError("the shared-memory arena is closed")
+                found = self._allocate_warm(aligned)
+            segment, offset = found if found is not None else self._allocate(aligned)
             end = offset + size
             fresh_from = min(max(offset, segment.warm), end)
+            if (
+                aligned >= SPARE_MIN
+                and not self._spare_wanted
+                and self._warm_fits(aligned) < SPARES_AHEAD
+            ):
+                self._ask_spare(aligned)  # the next values of this size find warm pages
         if fresh_from > offset:  # warm pages: a plain memory copy
-            segment.mapping[offset:fresh_from] = view[: fresh_from - offset]
+            _copy(segment.mapping, offset, view[: fresh_from - offset])
         written = fresh_from
         try:
             while written < end:  # new pages: let the kernel allocate them as it copies
@@ -164,6 +277,60 @@ class Arena:
         with self._lock:  # only now may later puts copy into these pages through the mapping
             segment.warm = max(segment.warm, end)
         return segment.name, offset, size
+
+    def _allocate_warm(self, size: int) -> Optional[Tuple[_Segment, int]]:
+        for segment in self._segments.values():
+            offset = segment.allocate(size, warm_only=True)
+            if offset is not None:
+                return segment, offset
+        return None
+
+    def _warm_fits(self, size: int) -> int:
+        return sum(segment.warm_fits(size) for segment in self._segments.values())
+
+    def _ask_spare(self, size: int) -> None:
+        """Have the spares thread make a warm segment of ``size`` bytes (lock held)."""
+        if not hasattr(os, "posix_fallocate"):
+            return
+        self._spare_wanted = max(MIN_SEGMENT, size)
+        self._spare_for = size
+        if self._spares is None:
+            self._spares = threading.Thread(
+                target=self._make_spares, name="envrunner-shm-spares", daemon=True
+            )
+            self._spares.start()
+        else:
+            self._spare_done.notify_all()
+
+    def _make_spares(self) -> None:
+        while True:
+            with self._lock:
+                self._spare_done.wait_for(lambda: self._spare_wanted or self._closed)
+                size = 0 if self._closed else self._spare_wanted
+                value = self._spare_for
+                name = f"{self.prefix}-{next(self._count)}"
+            if not size:
+                return
+            segment: Optional[_Segment] = None
+            try:
+                stat = os.statvfs(folder())
+                if size <= stat.f_bavail * stat.f_frsize // 4:
+                    segment = _Segment(name, size)
+                    segment.populate()
+            except OSError:  # the folder is (nearly) full: puts take new pages as before
+                if segment is not None:
+                    segment.close()
+                segment = None
+            with self._lock:
+                if segment is not None:
+                    if self._closed:
+                        segment.close()
+                    else:
+                        self._segments[name] = segment
+                        self.spares_made += 1
+                if segment is None or self._closed or self._warm_fits(value) >= SPARES_AHEAD:
+                    self._spare_wanted = 0  # else the same size again, at once
+                self._spare_done.notify_all()
 
     def _allocate(self, size: int) -> Tuple[_Segment, int]:
         for segment in self._segments.values():
@@ -196,8 +363,12 @@ class Arena:
         with self._lock:
             self._closed = True
             segments, self._segments = list(self._segments.values()), {}
+            self._spare_done.notify_all()
+            spares = self._spares
         for segment in segments:
             segment.close()
+        if spares is not None and spares is not threading.current_thread():
+            spares.join(5.0)  # a spare being made is closed by the thread when it is done
 
 
 class Mapper:

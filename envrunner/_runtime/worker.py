@@ -13,8 +13,9 @@ May import: the standard library, zmq and the runtime's ``exits``, ``joining``, 
     spawns `python -m envrunner.worker`
       with the session key on an  ───► read key from the inherited       ─► blocks reading the
       inherited socket, keeps the      socket, connect DEALER (and the     same socket; EOF means
-      other end open                   direct PAIR the caller bound),      the caller is gone:
-                                       send HELLO                          kill the group, exit
+      other end open                   direct PAIR the caller bound: a     the caller is gone:
+                                       HEARTBEAT on it first, proving the  kill the group, exit
+                                       key there), send HELLO
                                   ◄─── HELLO
     WELCOME (cwd, sys.path) ──────────► chdir, extend sys.path, start the heartbeat
                                         thread (a DEALER of its own)
@@ -43,7 +44,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from .exits import EXIT_NO_WELCOME
 from .joining import EXIT_NO_CALLER, Joining
 from .lifetime import end_group, read_key, read_key_file, watch_connection, watch_parent
-from .protocol import Heartbeat
+from .protocol import Heartbeat, beat_identity
 from .serving import WELCOME_TIMEOUT_MS, Channel, Worker
 
 __all__ = ["EXIT_NO_WELCOME", "Channel", "Worker", "main"]
@@ -139,6 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     if args.max_message > 0:
         worker.max_frame = args.max_message  # the broker's limit is the same as ours
+    if worker.direct is not None:  # first on it: the key proved on this channel (#20)
+        worker.direct.send(Heartbeat(pid=os.getpid()))
     if args.started:
         worker.started_fd = os.open(args.started, os.O_WRONLY)
     if joining is not None:
@@ -200,7 +203,7 @@ def _heartbeat(
 
     def beat() -> None:
         socket = context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.IDENTITY, f"{worker_id}.hb".encode())
+        socket.setsockopt(zmq.IDENTITY, beat_identity(key, worker_id.encode()))  # (#20)
         socket.setsockopt(zmq.LINGER, 0)
         if curve[0]:
             _curve(socket, *curve)

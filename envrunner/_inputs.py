@@ -1,0 +1,181 @@
+"""Futures among a call's arguments, in the caller: who tells the scheduler they are done,
+and who puts their values in.
+
+::
+
+    make_ticket: the encoder meets a future ─► a mark in its place; the call is deferred
+      watch(ticket, futures, tell)   one done-callback per future (whichever thread completes
+                                     it): input_done(ticket, Failed | None) to the scheduler
+    the scheduler: every input done, none failed ─► Resolve(ticket)
+      resolve_later(ticket, post)    on the inputs thread (never the broker's: the broker never
+                                     unpickles user data): each answer as its worker sent it
+                                     spliced in place of its mark (``_splice``: never decoded
+                                     here), or, for one that cannot travel so, its value
+                                     decoded here and encoded again
+                                     ─► Resolved(ticket) | ResolveFailed(ticket, error)
+
+A value goes from the environment that made it to the one that needs it without being loaded
+in the caller (which may lack its packages): only an answer with buffers in shared memory (large
+arrays), with by-value code bound for another Python, or a kept object's handle is decoded here
+and encoded again.
+A ``Ref`` (a result kept with ``keep=True``) is a handle, not the value: it goes back to the
+worker that keeps the object, and the call runs there (in another environment it is an
+``EncodeError`` that says to fetch it).
+
+May import: the standard library, ``envrunner._actions``, ``_calls``, ``_commands``,
+``_runtime``, ``_splice``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from ._actions import Failed, Ticket
+from ._calls import RawResult, SameAs, UndecodedError
+from ._commands import Command, Resolved, ResolveFailed
+from ._runtime.errors import DependencyError
+
+__all__ = ["Inputs", "failure_of", "resolve_later", "watch"]
+
+#: Makes the call again with values in place of some of its futures (the others leave marks):
+#: message, blocks, pin, pinned what, the futures that left marks.
+Remake = Callable[[dict[int, Any]], tuple[Any, list[list[Any]], "bytes | None", str, list[Any]]]
+
+
+@dataclass(eq=False)
+class Inputs:
+    """The futures a call was given, how to encode it again once they are done, and whether
+    its environment runs the caller's Python (``same``)."""
+
+    futures: list[Future[Any]]
+    remake: Remake
+    same: bool
+
+
+def watch(ticket: Ticket, futures: list[Future[Any]], tell: Callable[[Ticket, Any], None]) -> None:
+    """Tell ``tell(ticket, Failed | None)`` as each future is done (at once for one done).
+
+    The callbacks hold the ticket weakly (the scheduler holds it while it waits): a done future
+    the caller keeps does not keep every call it fed, and their messages, alive."""
+    ticket.inputs_left = len(futures)
+    held = weakref.ref(ticket)
+
+    def done(future: Future[Any]) -> None:
+        waiting = held()
+        if waiting is not None:
+            tell(waiting, failure_of(future))
+
+    for future in futures:
+        future.add_done_callback(done)
+
+
+def failure_of(future: Future[Any]) -> Failed | None:
+    """How a done input failed, in words (its error is not decoded: a task's error is read
+    only as far as its type and message), or None if it has a value."""
+    name = _label(future)
+    if future.cancelled():
+        return Failed(name, "cancelled", future, cancelled=True)
+    error = Future.exception(future, 0)  # the stand-in as it is: not decoded here
+    if error is None:
+        return None
+    if isinstance(error, DependencyError):  # it did not run either: name the one that failed
+        # (and only the input it came through: a chain of 100,000 calls stays one line)
+        return Failed(error.ancestor, error.error, error.failed, via=error.task)
+    if isinstance(error, UndecodedError):
+        return Failed(name, _words(error), future)
+    text = str(error).split("\n", 1)[0]  # its first line (the whole error is the cause)
+    return Failed(name, f"{type(error).__name__}: {text}" if text else type(error).__name__, future)
+
+
+def resolve_later(ticket: Ticket, post: Callable[[Command], bool]) -> None:
+    """Put the inputs' values in the call, on the inputs thread; report to the broker."""
+    with _lock:
+        global _thread
+        _todo.append((ticket, post))
+        _wake.set()
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_serve, name="envrunner-inputs", daemon=True)
+            _thread.start()
+
+
+# --------------------------------------------------------------------------- the inputs thread
+
+_lock = threading.Lock()
+_wake = threading.Event()
+_todo: list[tuple[Ticket, Callable[[Command], bool]]] = []
+_thread: threading.Thread | None = None
+
+
+def _serve() -> None:
+    while True:
+        _wake.wait()
+        with _lock:
+            todo = list(_todo)
+            _todo.clear()
+            _wake.clear()
+        for ticket, post in todo:
+            post(_resolve(ticket))
+
+
+def _resolve(ticket: Ticket) -> Command:
+    from ._splice import splice  # (msgpack: not at import)
+
+    request = ticket.body
+    inputs: Inputs = request.deferred
+    try:
+        answers = {id(f): a for f in inputs.futures if (a := _answer(f, inputs.same))}
+        values = {id(f): f.result() for f in inputs.futures if id(f) not in answers}
+        message, blocks, pin, what, marked = inputs.remake(values)
+        if marked:  # the answers as their workers sent them, in place of the marks
+            payload, frames = splice(
+                message.payload, message.buffers, [answers[id(f)] for f in marked], inputs.same
+            )
+            message = dataclasses.replace(message, payload=payload, buffers=frames)
+    except BaseException as exc:  # a value that cannot be loaded here or sent on
+        return ResolveFailed(ticket, exc)
+    request.message, request.blocks, request.deferred = message, blocks, None
+    ticket.pin, ticket.pinned_what = pin, what
+    return Resolved(ticket)
+
+
+def _answer(future: Future[Any], same: bool) -> tuple[bytes, Any] | None:
+    """A done input's answer as its worker sent it, if it can go on undecoded (``_splice``);
+    else None (its value is decoded here, and encoded again)."""
+    from ._splice import UnspliceableError, check
+
+    raw = Future.result(future, 0)  # the raw answer: not decoded
+    while isinstance(raw, SameAs):  # merged: the answer of the call it was merged into
+        raw = Future.result(raw.ticket.body.future, 0)
+    if not isinstance(raw, RawResult):  # decoded already (its frames are gone), or not ours
+        return None
+    try:
+        check(raw.payload, raw.buffers, same)
+    except UnspliceableError:
+        return None
+    return raw.payload, raw.buffers
+
+
+def _label(future: Future[Any]) -> str:
+    name, env = getattr(future, "name", None), getattr(future, "env", None)
+    if name is None:
+        return repr(future)
+    return f"{name} in environment {env!r}"
+
+
+def _words(failure: UndecodedError) -> str:
+    """``ValueError: bad row``: the type and message of a task's error, from its encoded
+    header (plain msgpack: the pickled exception itself is not loaded)."""
+    from ._runtime.codec import Decoder
+
+    try:
+        type_name, message = Decoder(where="the caller").decode(failure.payload)[:2]
+    except Exception:
+        return "an error that could not be read"
+    short = str(type_name).rpartition(".")[2]
+    return f"{short}: {message}" if message else short

@@ -1,0 +1,137 @@
+"""A finished call's encoded answer put into another call's arguments, never decoded here.
+
+::
+
+    call given futures, encoded with marks      [arg, FUTURE[0], {"k": FUTURE[1]}] + frames
+    each input's answer, as its worker sent it  body₀ + buffers₀, body₁ + buffers₁
+    splice ─► [arg, body₀, {"k": body₁}] + frames + buffers₀ + buffers₁   (buffer indices moved)
+
+The walk reads msgpack only: extension types stay opaque (``ExtType``), so no pickle is loaded
+and no user module imported in the caller; the environment that needs the value decodes it, as
+the caller would have (it may have packages the caller lacks). An answer that cannot travel
+this way raises :class:`UnspliceableError` (the caller then decodes it and encodes the value
+again): one that holds a kept object's handle, buffers in shared memory (their blocks are lent
+to the caller alone), or a ``cloudpickle`` bound for another Python than the caller's (a worker
+uses cloudpickle only when it runs the caller's Python, and by-value code loaded by another
+Python version crashes it).
+
+May import: the standard library, msgpack, ``envrunner._runtime``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from ._runtime import codec
+from ._runtime.formats import FUTURE
+
+__all__ = ["UnspliceableError", "check", "splice"]
+
+
+class UnspliceableError(Exception):
+    """This answer must be decoded and encoded again (see the module)."""
+
+
+def check(body: bytes, buffers: Sequence[Any], same: bool) -> None:
+    """Whether an answer can go on undecoded to an environment (``same``: on the caller's
+    Python).
+
+    Raises:
+        UnspliceableError: It cannot (see the module).
+    """
+    _Walk(list(buffers), (), 0, same, lent=False).value(body)
+
+
+def splice(
+    body: bytes, frames: Sequence[Any], answers: Sequence[tuple[bytes, Sequence[Any]]], same: bool
+) -> tuple[bytes, list[Any]]:
+    """``body`` with its future marks replaced by ``answers`` (mark ``i``: ``answers[i]``, a
+    body and its buffers, each passed by :func:`check`), and the frames the result needs.
+
+    Raises:
+        UnspliceableError: An answer cannot travel undecoded.
+    """
+    walk = _Walk(list(frames), answers, 0, same)
+    return walk.body(body), walk.frames
+
+
+class _Walk:
+    """Rewrites one body: its buffer references moved by ``offset`` (the place of its buffers
+    among ``frames``), future marks replaced (only in the outer body: ``answers``)."""
+
+    def __init__(
+        self,
+        frames: list[Any],
+        answers: Sequence[tuple[bytes, Sequence[Any]]],
+        offset: int,
+        same: bool,
+        lent: bool = True,
+    ) -> None:
+        self.frames = frames
+        self.answers = answers
+        self.offset = offset
+        self.same = same
+        self.lent = lent  # blocks of shared memory may be in it (the call's own, outermost)
+
+    def body(self, data: Any) -> bytes:
+        return _pack(self.value(data))
+
+    def value(self, data: Any) -> Any:
+        return msgpack.unpackb(
+            data,
+            ext_hook=self._ext,
+            raw=False,
+            strict_map_key=False,
+            unicode_errors="surrogatepass",
+        )
+
+    def _frame(self, ref: Any) -> Any:
+        if isinstance(ref, int):
+            return ref + self.offset
+        if self.offset or not self.lent:  # an answer's block: lent to the caller only
+            raise UnspliceableError("shared memory")
+        return ref  # the call's own arena block, as it was
+
+    def _ext(self, code: int, data: bytes) -> Any:
+        if code == FUTURE:
+            if self.offset:
+                raise UnspliceableError("a mark inside an answer")
+            (index,) = _plain(data)
+            body, buffers = self.answers[index]
+            inner = _Walk(self.frames, (), len(self.frames), self.same)
+            self.frames.extend(buffers)
+            return inner.value(body)  # the answer's value, in place of the mark
+        if code in (codec.KEPT, codec.REF) or (code == codec.CLOUDPICKLE and not self.same):
+            raise UnspliceableError("a kept object, or by-value code for another Python")
+        if code == codec.NDARRAY:
+            dtype, shape, order, ref = _plain(data)
+            return msgpack.ExtType(code, _pack([dtype, shape, order, self._frame(ref)]))
+        if code in (codec.PICKLE, codec.CLOUDPICKLE):
+            name, pickled, refs, plain = _plain(data)
+            if plain is not None:
+                plain = self.body(plain)
+            refs = [self._frame(ref) for ref in refs]
+            return msgpack.ExtType(code, _pack([name, pickled, refs, plain]))
+        if code == codec.BODY:
+            (ref,) = _plain(data)
+            index = self._frame(ref)
+            if not isinstance(index, int):
+                raise UnspliceableError("a body in shared memory")
+            self.frames[index] = self.body(self.frames[index])
+            return msgpack.ExtType(code, _pack([index]))
+        if code in (codec.TUPLE, codec.SET, codec.FROZENSET):
+            return msgpack.ExtType(code, self.body(data))
+        return msgpack.ExtType(code, data)  # no buffer and no mark inside
+
+
+def _plain(data: Any) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors="surrogatepass")
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        value, use_bin_type=True, strict_types=True, unicode_errors="surrogatepass"
+    )
