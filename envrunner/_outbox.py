@@ -42,7 +42,7 @@ from ._runtime import wire
 from ._runtime.errors import EncodeError, WorkerStartError
 from ._runtime.protocol import Call, Calls, Shutdown, Signer, call_fields, pack, scope
 from ._scheduler import Scheduler
-from ._workers import Workers
+from ._workers import RunFolderFullError, Workers
 
 log = logging.getLogger("envrunner.broker")
 
@@ -132,6 +132,11 @@ class Outbox:
         prepared = self.prepared[action.env]
         try:
             io = self._workers.launch(action.env, action.ident, prepared)
+        except (
+            RunFolderFullError
+        ) as exc:  # the run folder is full: the message says which file, and why
+            error = WorkerStartError(action.env, 0, exc.strerror or str(exc))
+            return self.scheduler.start_failed(action.ident, error, time.monotonic())
         except OSError as exc:
             error = WorkerStartError(action.env, 0, f"cannot run {prepared.python}: {exc}")
             return self.scheduler.start_failed(action.ident, error, time.monotonic())

@@ -37,9 +37,14 @@ from ._process import Launcher, LaunchRequest, worker_environ
 from ._runtime.protocol import Verifier, scope
 from ._runtime.shm import Arena, Mapper, unlink_owned
 
-__all__ = ["Workers"]
+__all__ = ["RunFolderFullError", "Workers"]
 
 log = logging.getLogger("envrunner.broker")
+
+
+class RunFolderFullError(OSError):
+    """A worker's files cannot be made in the run folder (a full disk, no inodes left): its
+    message names the file and the fix."""
 
 
 class Workers:
@@ -138,7 +143,7 @@ class Workers:
     def _no_room(self, code: int | None, path: Path) -> OSError:
         """The error of a worker whose files cannot be made in the run folder (a full disk)."""
         code = code or 0
-        return OSError(
+        return RunFolderFullError(
             code,
             f"{os.strerror(code)}: cannot make {path} in the runner's folder. Free space (and "
             f"inodes: df -i) in {self._rundir.parent}, or start the program with "
@@ -200,15 +205,18 @@ class Workers:
             self._close_stream(io, kind)
         return None
 
-    def drain_output(self, io: WorkerIO) -> None:
-        """Forward what the worker wrote so far (before its result: output comes first)."""
+    def drain_output(self, io: WorkerIO, to_the_end: bool = False) -> None:
+        """Forward what the worker wrote so far (before its result: output comes first); one
+        poll(2) says whether there is any, unless ``to_the_end`` (it exited: read to EOF)."""
+        if not to_the_end and not io.output.pending():
+            return
         for kind, open_ in list(io.output.open.items()):
             if open_ and not io.output.read(kind):
                 self._close_stream(io, kind)
 
     def unwatch(self, io: WorkerIO) -> None:
         """It exited: read the last of its output, and stop watching it."""
-        self.drain_output(io)
+        self.drain_output(io, to_the_end=True)
         for kind in ("out", "err"):
             self._close_stream(io, kind)
         self._unwatch(io.process.pidfd)

@@ -316,6 +316,7 @@ def test_a_full_run_folder_fails_calls_clearly_and_the_runner_recovers(
     out = caller.stdout
     assert "ERROR WorkerStartError" in out, out
     assert "No space left on device: cannot make" in out and str(mount) in out
+    assert "cannot run" not in out  # the interpreter is fine: the message says what is not
     made = "/dw" if what == "inodes" else "/sw"  # the direct socket, or the started record
     assert made in out.split("cannot make", 1)[1].split()[0]
     assert "ENVRUNNER_RUNDIR" in out
