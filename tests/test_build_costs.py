@@ -70,32 +70,26 @@ def test_killing_the_caller_kills_the_installer_it_started(tmp_path: Path) -> No
 def test_a_step_reports_the_installers_exit_code_and_output(tmp_path: Path) -> None:
     from envrunner._build_steps import _WATCHER
 
-    for argv, code in (([sys.executable, "-c", "import sys; sys.exit(3)"], 3), (["true"], 0)):
+    def watch(*argv: str) -> subprocess.CompletedProcess[str]:
         read_fd, write_fd = os.pipe()
-        done = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _WATCHER, str(read_fd), *argv],
-            pass_fds=(read_fd,),
-            start_new_session=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        os.close(read_fd)
-        os.close(write_fd)
+        try:
+            return subprocess.run(
+                [sys.executable, "-I", "-S", "-c", _WATCHER, str(read_fd), *argv],
+                pass_fds=(read_fd,),
+                start_new_session=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.close(read_fd)
+            os.close(write_fd)
+
+    for argv, code in (([sys.executable, "-c", "import sys; sys.exit(3)"], 3), (["true"], 0)):
+        done = watch(*argv)
         assert done.returncode == code, done.stderr
-    read_fd, write_fd = os.pipe()
-    missing = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", _WATCHER, str(read_fd), "no-such-installer-here"],
-        pass_fds=(read_fd,),
-        start_new_session=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    os.close(read_fd)
-    os.close(write_fd)
+    missing = watch("no-such-installer-here")
     assert missing.returncode == 127
     assert "error: cannot run no-such-installer-here" in missing.stderr
 
