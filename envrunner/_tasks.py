@@ -173,6 +173,7 @@ class Task(Generic[P, R]):
         Raises:
             EncodeError: The function or an argument cannot be saved (the message says which).
             ValueError: The task has ``keep=True``.
+            EnvrunnerError: The file cannot be written (missing folders are made).
         """
         from ._saved import save_call
 
