@@ -17,7 +17,7 @@ kills it), the broker reaps it and the scheduler fails the call with the error t
 and the calling thread raises that. While a thread holds a worker, only that thread uses its
 channel; the worker's I/O is freed only after the thread let go.
 
-May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_output``,
+May import: the standard library, ``envrunner._calls``, ``_channels``, ``_output``,
 ``_actions``, ``_scheduler``, ``_runtime``.
 """
 
