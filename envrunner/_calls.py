@@ -16,14 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._runtime.errors import EnvrunnerError, RemoteError, RemoteTraceback
+from ._runtime.errors import DecodeError, EnvrunnerError, RemoteError, RemoteTraceback
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._runtime.protocol import Call
 
-__all__ = ["CallRequest", "Prepared", "RawResult", "SameAs", "UndecodedError", "decode_error"]
+__all__ = [
+    "CallRequest",
+    "Prepared",
+    "RawResult",
+    "SameAs",
+    "UndecodedError",
+    "decode_error",
+    "unmapped",
+]
 
 
 @dataclass(frozen=True)
@@ -111,3 +119,15 @@ def decode_error(failure: UndecodedError) -> BaseException:
         error = RemoteError(type_name, message, failure.env)
     error.__cause__ = RemoteTraceback(text)
     return error
+
+
+def unmapped(name: str, env: str, exc: BaseException) -> DecodeError:
+    """The error of a call whose answer's shared memory cannot be mapped here: the call fails,
+    the broker (or the calling thread) goes on."""
+    return DecodeError(
+        f"cannot map the shared memory that holds the result of {name} from environment "
+        f"{env!r} ({exc}): was the shared-memory folder cleaned, or is this process out of file "
+        "descriptors? Run it again, or pass shm_threshold=0 to the Runner to send values in "
+        "frames instead",
+        env=env,
+    )

@@ -28,7 +28,7 @@ import time
 from typing import Protocol
 
 from . import _actions as sch
-from ._calls import CallRequest, RawResult, UndecodedError
+from ._calls import CallRequest, RawResult, UndecodedError, unmapped
 from ._channels import DirectChannel, WorkerIO
 from ._output import WRITER
 from ._runtime import wire
@@ -166,5 +166,8 @@ class DirectPath:
         if not result.ok:
             raise UndecodedError(result.payload, io.env, ticket.name)
         if result.segments and host.mapper is not None:
-            host.mapper.attach(result.segments)
+            try:
+                host.mapper.attach(result.segments)
+            except (OSError, ValueError) as exc:
+                raise unmapped(ticket.name, io.env, exc) from None
         return RawResult(result.payload, list(result.buffers), io.ident, io.pid, result.kept)
