@@ -61,6 +61,9 @@ class CallRequest:
     #: A call given futures among its arguments: puts their values in, once they are done
     #: (``_inputs.Deferred``; it replaces ``message`` and ``blocks``).
     deferred: Any = None
+    #: The futures a merge key names by ``id``, kept alive as long as the call is: a freed
+    #: future's id is reused by a new one, whose call would merge into this one.
+    inputs: list[Future[Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

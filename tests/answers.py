@@ -22,3 +22,18 @@ def array_whose_segment_vanishes(size: int) -> Any:
             return (int, (0,))
 
     return [numpy.ones(size, dtype=numpy.uint8), Vanish()]
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def wait_for(path: str) -> str:
+    """Hold a worker until ``path`` exists (the test makes it)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "went on"
