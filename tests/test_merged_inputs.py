@@ -12,6 +12,7 @@ from answers import echo, wait_for
 
 import envrunner
 from envrunner._actions import CallState
+from envrunner._futures import CallFuture
 
 ECHO = envrunner.task(env="modern", merge=True)(echo)
 MAKE = envrunner.task(env="same")(echo)
@@ -28,6 +29,7 @@ def test_a_pending_merged_call_keeps_its_input_futures_alive(
         made.result()
         alive = weakref.ref(made)
         del made
+        assert isinstance(queued, CallFuture)
         ticket = queued._ticket()  # (the scheduler's record of the call, while it holds it)
         deadline = time.monotonic() + 30
         resolving = (CallState.WAITING, CallState.RESOLVING)
