@@ -1,7 +1,7 @@
 """Call records: what ran, where, with what code and packages, and how it ended. Opt-in.
 
 May import: the standard library, ``envrunner._home``, ``envrunner._identity``,
-``envrunner._digest``, ``envrunner._callkey``.
+``envrunner._callkey``.
 
 Records live in one SQLite database (``$ENVRUNNER_RECORDS``, default
 ``<ENVRUNNER_HOME>/runs.sqlite``) in WAL mode, so that several scripts (and their threads) write

@@ -16,14 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._runtime.errors import EnvrunnerError, RemoteError, RemoteTraceback
+from ._runtime.errors import DecodeError, EnvrunnerError, RemoteError, RemoteTraceback
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._runtime.protocol import Call
 
-__all__ = ["CallRequest", "Prepared", "RawResult", "SameAs", "UndecodedError", "decode_error"]
+__all__ = [
+    "CallRequest",
+    "Prepared",
+    "RawResult",
+    "SameAs",
+    "UndecodedError",
+    "decode_error",
+    "unmapped",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,9 @@ class CallRequest:
     #: A call given futures among its arguments: puts their values in, once they are done
     #: (``_inputs.Deferred``; it replaces ``message`` and ``blocks``).
     deferred: Any = None
+    #: The futures a merge key names by ``id``, kept alive as long as the call is: a freed
+    #: future's id is reused by a new one, whose call would merge into this one.
+    inputs: list[Future[Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -111,3 +122,15 @@ def decode_error(failure: UndecodedError) -> BaseException:
         error = RemoteError(type_name, message, failure.env)
     error.__cause__ = RemoteTraceback(text)
     return error
+
+
+def unmapped(name: str, env: str, exc: BaseException) -> DecodeError:
+    """The error of a call whose answer's shared memory cannot be mapped here: the call fails,
+    the broker (or the calling thread) goes on."""
+    return DecodeError(
+        f"cannot map the shared memory that holds the result of {name} from environment "
+        f"{env!r} ({exc}): was the shared-memory folder cleaned, or is this process out of file "
+        "descriptors? Run it again, or pass shm_threshold=0 to the Runner to send values in "
+        "frames instead",
+        env=env,
+    )

@@ -17,7 +17,7 @@ kills it), the broker reaps it and the scheduler fails the call with the error t
 and the calling thread raises that. While a thread holds a worker, only that thread uses its
 channel; the worker's I/O is freed only after the thread let go.
 
-May import: the standard library, zmq, ``envrunner._calls``, ``_channels``, ``_output``,
+May import: the standard library, ``envrunner._calls``, ``_channels``, ``_output``,
 ``_actions``, ``_scheduler``, ``_runtime``.
 """
 
@@ -28,7 +28,7 @@ import time
 from typing import Protocol
 
 from . import _actions as sch
-from ._calls import CallRequest, RawResult, UndecodedError
+from ._calls import CallRequest, RawResult, UndecodedError, unmapped
 from ._channels import DirectChannel, WorkerIO
 from ._output import WRITER
 from ._runtime import wire
@@ -166,5 +166,8 @@ class DirectPath:
         if not result.ok:
             raise UndecodedError(result.payload, io.env, ticket.name)
         if result.segments and host.mapper is not None:
-            host.mapper.attach(result.segments)
+            try:
+                host.mapper.attach(result.segments)
+            except (OSError, ValueError) as exc:
+                raise unmapped(ticket.name, io.env, exc) from None
         return RawResult(result.payload, list(result.buffers), io.ident, io.pid, result.kept)

@@ -1,7 +1,7 @@
 """``envrunner gc``: what the cache and the manifests' folders hold that nothing asks for.
 
-May import: the standard library, filelock, and ``envrunner._home``, ``_build``, ``_envkey``,
-``_locks``, ``_manifest``, ``_records``.
+May import: the standard library, filelock, and ``envrunner._home``, ``_envkey``, ``_manifest``,
+``_records``.
 
 ::
 

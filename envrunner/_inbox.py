@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from . import _actions as sch
-from ._calls import RawResult, UndecodedError
+from ._calls import RawResult, UndecodedError, unmapped
 from ._channels import Output, WorkerIO
 from ._process import RemoteProcess
 from ._remote import RemoteDoor
@@ -212,17 +212,26 @@ class Inbox:
         self.book(io, result)
         outcome: Any
         if result.ok:
-            if result.segments and self.mapper is not None:
-                self.mapper.attach(result.segments)  # before the worker can go and unlink them
-            buffers = list(result.buffers)
-            fence = io.output.fence  # its output is written before the value is given out
-            outcome = RawResult(result.payload, buffers, io.ident, io.pid, result.kept, fence)
+            outcome = self._mapped(io, result)
         else:
             name = next((t.name for t in io.given if t.call_id == result.call_id), "a call")
             outcome = UndecodedError(result.payload, io.env, name, io.output.fence)
         self._carry(self.scheduler.result(io.ident, result.call_id, outcome, time.monotonic()))
         while io.given and io.given[0].state is sch.CallState.DONE:
             io.given.popleft()
+
+    def _mapped(self, io: WorkerIO, result: Result) -> Any:
+        """A value's answer, its shared memory mapped first (before the worker can go and
+        unlink it); an error for the call if it cannot be (the broker goes on)."""
+        if result.segments and self.mapper is not None:
+            try:
+                self.mapper.attach(result.segments)
+            except (OSError, ValueError) as exc:
+                name = next((t.name for t in io.given if t.call_id == result.call_id), "a call")
+                return unmapped(name, io.env, exc)
+        fence = io.output.fence  # its output is written before the value is given out
+        buffers = list(result.buffers)
+        return RawResult(result.payload, buffers, io.ident, io.pid, result.kept, fence)
 
     # ------------------------------------------------------------------ processes
 

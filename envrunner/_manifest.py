@@ -410,7 +410,10 @@ class _ManifestReader:
                 hint = "use letters, digits and '_', not starting with a digit"
                 self.nodes.problem(item.line, item.path, f"invalid variable name {name!r}", hint)
             value = self.nodes.raw(item)
-            if value is not None and isinstance(item.node, yaml.ScalarNode):
+            if value is not None and "\0" in value:  # (Popen: "embedded null byte")
+                message = "a value cannot hold a NUL byte (\\0): no process can be given it"
+                self.nodes.problem(item.line, item.path, message, "remove it")
+            elif value is not None and isinstance(item.node, yaml.ScalarNode):
                 result[name] = value
             elif item.is_null:
                 hint = f"write '{name}: \"\"' for an empty value, or remove the line"

@@ -12,7 +12,7 @@ The broker knows workers only through :class:`Process`: a local child (:class:`W
 started by :class:`LocalLauncher`) and a worker that joined from another machine
 (:class:`RemoteProcess`) are two implementations; launchers for other places are more.
 
-May import: the standard library, filelock, ``envrunner._home``, ``envrunner._runtime``.
+May import: the standard library, ``envrunner._home``, ``envrunner._runtime``.
 
 A worker is ``python -m envrunner.worker`` run by its environment's interpreter, in a new session
 (so a Ctrl-C in the caller's terminal reaches the caller alone), with:

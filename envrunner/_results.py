@@ -1,7 +1,7 @@
 """A runner's side of cached results and call records: what the core calls around each call.
 
 May import: the standard library, ``envrunner._cache``, ``envrunner._callkey``,
-``envrunner._digest``, ``envrunner._callrecords``, ``envrunner._home``.
+``envrunner._digest``, ``envrunner._callrecords``.
 
 One :class:`CallResults` per runner; each call goes through it twice::
 

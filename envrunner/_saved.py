@@ -110,6 +110,8 @@ def save_call(
             ``Ref`` among the arguments (it lives in one worker, which a later run has not); a
             future among them (a saved call has no call to wait for).
         ValueError: The task keeps its results (``keep=True``): a result file needs the value.
+        EnvrunnerError: The file cannot be written (the message names it); missing folders
+            on its path are made.
     """
     from ._process import caller_project_paths
 
@@ -155,11 +157,24 @@ def save_call(
     target = Path(path)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # ("calls/x.call": calls/ is made)
+    except OSError as exc:
+        raise _unwritable(name, target, exc) from exc
+    try:
         temporary.write_bytes(MAGIC + json.dumps(header).encode() + b"\n" + blob)
         os.replace(temporary, target)
+    except OSError as exc:
+        raise _unwritable(name, target, exc) from exc
     finally:
         temporary.unlink(missing_ok=True)
     return target
+
+
+def _unwritable(name: str, target: Path, exc: OSError) -> EnvrunnerError:
+    return EnvrunnerError(
+        f"cannot save the call of {name} to {target}: {exc.strerror or exc} "
+        f"({exc.filename or target}); save it to a folder you can write to"
+    )
 
 
 def read_saved(path: str | os.PathLike[str]) -> SavedCall:

@@ -1,6 +1,6 @@
 """A JSON Schema of the manifest, for editors (``envrunner schema``).
 
-May import: the standard library, ``envrunner._manifest`` (for the keys it reads).
+May import: the standard library.
 
 The loader (``_manifest.py``) is the authority: it checks more than a schema can (files that
 exist, interpreters, line numbers in messages). This schema lets an editor complete keys and flag

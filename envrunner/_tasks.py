@@ -14,7 +14,7 @@ A task carries its options as one :class:`~envrunner._options.Options` record
 (``__envrunner_options__``), which the runner reads; the runner never needs this module.
 
 May import: the standard library, ``envrunner._encode``, ``_executor``, ``_options``,
-``_futures``, ``_live``, ``_runner``, ``_saved``, ``_runtime``.
+``_futures``, ``_live``, ``_runner``, ``_saved``.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ class Task(Generic[P, R]):
         Raises:
             EncodeError: The function or an argument cannot be saved (the message says which).
             ValueError: The task has ``keep=True``.
+            EnvrunnerError: The file cannot be written (missing folders are made).
         """
         from ._saved import save_call
 

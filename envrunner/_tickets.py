@@ -83,6 +83,8 @@ def make_ticket(
     merges = options.merge or (options.cache and options.merge is None)  # (Options.merges)
     if merges and not options.keep:
         ticket.merge_key = merge_key(ticket, message, blocks, futures)
+        if ticket.merge_key is not None:
+            request.inputs = futures  # their ids are in the key: none is reused meanwhile
     if futures:
         request.deferred = Inputs(futures, functools.partial(encode, options.keep), same)
         ticket.deferred = True

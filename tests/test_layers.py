@@ -87,6 +87,27 @@ def test_a_module_imports_only_what_its_docstring_allows(name: str) -> None:
     assert not extra, f"envrunner/{name}.py imports {sorted(extra)}, beyond its May import line"
 
 
+@pytest.mark.parametrize("name", modules())
+def test_a_module_imports_everything_its_docstring_names(name: str) -> None:
+    """A "May import:" line that names a module the code does not import is stale: it hides
+    what the module really leans on (a name after "never" is a prohibition, not a claim)."""
+    allowed, _ = allowed_by(name)
+    doc = ast.get_docstring(ast.parse((PACKAGE / f"{name}.py").read_text())) or ""
+    line = " ".join(re.search(r"May import:(.*?)(?:\n\n|$)", doc, re.S).group(1).split())  # type: ignore[union-attr]
+    forbidden = {
+        f"envrunner.{t}" if t.startswith("_") else t
+        for t in re.findall(r"never ``([\w.]+)``", line)
+    }
+    found = imports_of(PACKAGE / f"{name}.py")
+    stale = {
+        claim
+        for claim in allowed - forbidden
+        if not any(m == claim or m.startswith(claim + ".") for m in found)
+        and not (claim in THIRD_PARTY and any(m.split(".")[0] == claim for m in found))
+    }
+    assert not stale, f"envrunner/{name}.py's May import line names {sorted(stale)}, unused"
+
+
 def test_no_module_imports_another_that_imports_it_back() -> None:
     graph: dict[str, set[str]] = {}
     for name in modules():

@@ -843,6 +843,17 @@ ERRORS = [
         version: 1
         environments:
           torch:
+            env: {FOO: "a\\0b"}
+        """,
+        "environments.yaml:4: environments.torch.env.FOO: a value cannot hold a NUL byte "
+        "(\\0): no process can be given it (remove it)",
+        id="env-value-nul",
+    ),
+    pytest.param(
+        """
+        version: 1
+        environments:
+          torch:
             env: [A=1]
         """,
         "environments.yaml:4: environments.torch.env: expected a mapping of variable names to "

@@ -188,6 +188,21 @@ def saved_call(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         return steps.double.save(tmp_path / "double.call", 3)  # type: ignore[no-any-return]
 
 
+def test_save_makes_missing_folders_and_names_a_path_it_cannot_write(
+    saved_call: Path, project: Path, tmp_path: Path
+) -> None:
+    import steps
+
+    with envrunner.Runner(project / "environments.yaml", progress=False):
+        made = steps.double.save(tmp_path / "calls" / "lr0.1" / "double.call", 4)
+        assert made.read_bytes().startswith(b"#envrunner-call ")
+        blocked = tmp_path / "a-file"
+        blocked.write_text("not a folder")
+        with pytest.raises(envrunner.EnvrunnerError, match=r"cannot save the call of .*a-file"):
+            steps.double.save(blocked / "double.call", 4)
+    assert sorted(p.name for p in (tmp_path / "calls" / "lr0.1").iterdir()) == ["double.call"]
+
+
 def test_a_file_from_a_newer_format_says_upgrade(
     saved_call: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
