@@ -103,7 +103,7 @@ class Outbox:
             sch.Complete: self._do_complete,
             sch.Shutdown: self._do_shutdown,
             sch.Kill: self._do_kill,
-            sch.Forget: lambda a: self._workers.forget(a.ident),
+            sch.Forget: self._do_forget,
             sch.Ignored: lambda a: log.warning("dropped %s from worker %r", a.why, a.ident),
         }
 
@@ -132,13 +132,15 @@ class Outbox:
         prepared = self.prepared[action.env]
         try:
             io = self._workers.launch(action.env, action.ident, prepared)
-        except (
-            RunFolderFullError
-        ) as exc:  # the run folder is full: the message says which file, and why
+        except RunFolderFullError as exc:  # the message says which file, and what to do
             error = WorkerStartError(action.env, 0, exc.strerror or str(exc))
             return self.scheduler.start_failed(action.ident, error, time.monotonic())
         except OSError as exc:
             error = WorkerStartError(action.env, 0, f"cannot run {prepared.python}: {exc}")
+            return self.scheduler.start_failed(action.ident, error, time.monotonic())
+        except Exception as exc:  # what starts it refused (a launcher's own check): not fatal
+            log.exception("starting a worker for environment %r failed", action.env)
+            error = WorkerStartError(action.env, 0, f"cannot start it: {exc!r}")
             return self.scheduler.start_failed(action.ident, error, time.monotonic())
         self.scheduler.launched(action.ident, io.pid, io.process.pending)
         return None
@@ -219,6 +221,12 @@ class Outbox:
         if io is not None:
             self.send(io, Shutdown())
             io.process.told_to_go()
+
+    def _do_forget(self, action: sch.Forget) -> None:
+        """A worker is gone: calls held for it were never sent (the scheduler has put them
+        back in the queue), so they must never be sent to its identity."""
+        self._held.pop(action.ident, None)
+        self._workers.forget(action.ident)
 
     def _do_kill(self, action: sch.Kill) -> None:
         self._held.pop(action.ident, None)  # never sent: the worker started none of them

@@ -129,7 +129,7 @@ class Workers:
             except OSError as exc:
                 raise self._no_room(exc.errno, started) from exc
             process = launcher.launch(request)
-        except OSError:
+        except Exception:  # (any: the outbox turns it into a failed start)
             direct.close()
             started.unlink(missing_ok=True)
             raise
