@@ -1,5 +1,5 @@
-"""What several test modules need: the command line run as a user runs it, and waiting on real
-state with a deadline (never a fixed sleep)."""
+"""What several test modules need: the command line run as a user runs it, waiting on real
+state with a deadline (never a fixed sleep), and a small real filesystem to fill."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -72,3 +73,23 @@ def make_keys(folder: Path, client: str) -> subprocess.CompletedProcess[str]:
     result = run_cli("keys", str(folder), "--client", client)
     assert result.returncode == 0, result.stderr
     return result
+
+
+@contextmanager
+def small_tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted on ``folder`` (made here) with mount ``options`` (``size=1M``), for a
+    disk that really fills; skips the test where it cannot be mounted (not root)."""
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -23,7 +23,7 @@ from typing import Any
 
 import faults
 import pytest
-from support import WriteManifest, alive, wait_for
+from support import WriteManifest, alive, small_tmpfs, wait_for
 
 import envrunner
 
@@ -358,16 +358,7 @@ def test_a_hanging_build_stops_at_its_timeout_and_leaves_nothing(tmp_path: Path)
 
 
 def test_a_full_disk_fails_the_build_clearly_and_leaves_nothing(tmp_path: Path) -> None:
-    mount = tmp_path / "small-home"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-home", "size=12m") as mount:
         manifest = tmp_path / "environments.yaml"
         manifest.write_text('version: 1\nenvironments:\n  big:\n    requirements: ["numpy"]\n')
         environ = dict(os.environ, ENVRUNNER_HOME=str(mount))
@@ -384,8 +375,6 @@ def test_a_full_disk_fails_the_build_clearly_and_leaves_nothing(tmp_path: Path) 
         assert "environment 'big'" in run.stderr
         leftovers = [p for p in (mount / "envs").iterdir() if p.is_dir()]
         assert leftovers == []
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # --------------------------------------------------------------------------- the broker

@@ -21,7 +21,7 @@ from typing import Any
 import faults
 import pytest
 import tasks
-from support import WriteManifest, wait_for
+from support import WriteManifest, small_tmpfs, wait_for
 
 import envrunner
 from envrunner._keys import create_keys
@@ -214,18 +214,9 @@ def test_a_frame_over_2_gib_is_signed_and_verified() -> None:
 @pytest.fixture
 def tiny_shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A 1 MiB tmpfs as the shared-memory folder (the test runs as root)."""
-    folder = tmp_path / "shm"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(folder)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    monkeypatch.setenv("ENVRUNNER_SHM_DIR", str(folder))
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    with small_tmpfs(tmp_path / "shm", "size=1M") as folder:
+        monkeypatch.setenv("ENVRUNNER_SHM_DIR", str(folder))
+        yield folder
 
 
 def test_a_full_shared_memory_folder_falls_back_to_frames(

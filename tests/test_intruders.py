@@ -21,7 +21,7 @@ from typing import Any
 
 import faults
 import pytest
-from support import wait_for
+from support import small_tmpfs, wait_for
 
 import envrunner
 
@@ -290,15 +290,7 @@ def test_a_full_run_folder_fails_calls_clearly_and_the_runner_recovers(
     its calls fail with the path and the fix, the broker lives on, and once there is room
     again a new worker starts."""
     mount = tmp_path / "rundir"
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1M,nr_inodes=64,mode=700", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(mount, "size=1M,nr_inodes=64,mode=700"):
         script = FULL_SCRIPT.format(
             tests=str(TESTS), manifest=str(manifest_path), mount=str(mount), what=what
         )
@@ -310,8 +302,6 @@ def test_a_full_run_folder_fails_calls_clearly_and_the_runner_recovers(
             timeout=300,
             check=False,
         )
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
     assert caller.returncode == 0, caller.stdout + caller.stderr[-3000:]
     out = caller.stdout
     assert "ERROR WorkerStartError" in out, out
