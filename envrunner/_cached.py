@@ -25,7 +25,7 @@ is imported by ``_runner``, so it cannot import it back).
 
 May import: the standard library, msgpack, ``envrunner._broker`` (types), ``_callkey``, ``_calls``,
 ``_environments``, ``_futures``, ``_manifest``, ``_options``, ``_prepare``, ``_progress``,
-``_results``, ``_runtime``, ``_actions``.
+``_results``, ``_runtime``, ``_splice``, ``_actions``.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ from ._calls import RawResult, UndecodedError
 from ._futures import CallFuture, Link
 from ._options import Options
 from ._results import CallResults, PendingCall
-from ._runtime import codec
+from ._runtime import codec, formats
 from ._runtime.errors import EnvrunnerError, RunnerClosedError
+from ._splice import Rewrite
 
 if TYPE_CHECKING:
     from ._actions import Ticket
@@ -303,68 +304,27 @@ def _out_of_band(payload: bytes) -> bool:
     if len(payload) > 64:
         return False
     try:
-        return bool(msgpack.unpackb(payload, ext_hook=lambda code, data: code == codec.BODY))
+        return bool(msgpack.unpackb(payload, ext_hook=lambda code, data: code == formats.BODY))
     except Exception:
         return False
 
 
-class _Detach:
+class _Detach(Rewrite):
     """Rewrites a body's buffer references, recursively, so that none is in shared memory."""
 
     def __init__(self, buffers: Sequence[Any], mapper: Mapper | None) -> None:
-        self.buffers = list(buffers)
+        super().__init__(list(buffers))
         self.mapper = mapper
 
     def answer(self, payload: bytes) -> tuple[bytes, list[Any]]:
-        return self._body(payload), self.buffers
+        return self.body(payload), self.frames
 
-    def _body(self, data: Any) -> bytes:
-        value = msgpack.unpackb(
-            data,
-            ext_hook=self._ext,
-            raw=False,
-            strict_map_key=False,
-            unicode_errors="surrogatepass",
-        )
-        return msgpack.packb(  # type: ignore[no-any-return]
-            value, use_bin_type=True, strict_types=True, unicode_errors="surrogatepass"
-        )
-
-    def _plain(self, data: Any) -> Any:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=False, unicode_errors="surrogatepass"
-        )
-
-    def _pack(self, value: Any) -> bytes:
-        return msgpack.packb(  # type: ignore[no-any-return]
-            value, use_bin_type=True, strict_types=True, unicode_errors="surrogatepass"
-        )
-
-    def _frame(self, ref: Any) -> Any:
+    def frame(self, ref: Any) -> Any:
         """A frame's index for a buffer reference (a block is copied into a new frame)."""
         if not isinstance(ref, list):
             return ref
         if self.mapper is None:
             raise EnvrunnerError("an answer points to shared memory, and this runner has none")
         name, offset, size = ref
-        self.buffers.append(bytes(self.mapper.block(name, offset, size)))
-        return len(self.buffers) - 1
-
-    def _ext(self, code: int, data: bytes) -> msgpack.ExtType:
-        if code == codec.NDARRAY:
-            dtype, shape, order, ref = self._plain(data)
-            return msgpack.ExtType(code, self._pack([dtype, shape, order, self._frame(ref)]))
-        if code in (codec.PICKLE, codec.CLOUDPICKLE):
-            name, pickled, refs, plain = self._plain(data)
-            if plain is not None:
-                plain = self._body(plain)
-            refs = [self._frame(ref) for ref in refs]
-            return msgpack.ExtType(code, self._pack([name, pickled, refs, plain]))
-        if code == codec.BODY:
-            (ref,) = self._plain(data)
-            index = self._frame(ref)
-            self.buffers[index] = self._body(self.buffers[index])
-            return msgpack.ExtType(code, self._pack([index]))
-        if code in (codec.TUPLE, codec.SET, codec.FROZENSET):
-            return msgpack.ExtType(code, self._body(data))
-        return msgpack.ExtType(code, data)  # no buffer inside
+        self.frames.append(bytes(self.mapper.block(name, offset, size)))
+        return len(self.frames) - 1

@@ -186,19 +186,7 @@ class SshLauncher:
             os.write(stdin_fd, self._keys_line())
         except OSError:
             pass  # ssh is gone already: its exit says why
-        stdout_fd = os.dup(popen.stdout.fileno())
-        stderr_fd = os.dup(popen.stderr.fileno())
-        for stream in (popen.stdin, popen.stdout, popen.stderr):
-            stream.close()
-        for fd in (stdout_fd, stderr_fd):
-            os.set_blocking(fd, False)
-        pidfd = -1
-        if hasattr(os, "pidfd_open"):
-            try:
-                pidfd = os.pidfd_open(popen.pid)
-            except OSError:
-                pidfd = -1
-        return WorkerProcess(popen, stdin_fd, stdout_fd, stderr_fd, pidfd)
+        return WorkerProcess.of(popen, stdin_fd)
 
     def _keys_line(self) -> bytes:
         names = ("session.key", "broker.key", f"{CLIENT}.key_secret")

@@ -6,7 +6,7 @@
     launcher: slurm            each worker is a Slurm job (submitit), with ``slurm: {...}``
     launcher: ssh              each worker runs on one of ``hosts: [...]`` through ``ssh``
 
-May import: the standard library, yaml, ``envrunner._yaml``.
+May import: the standard library, yaml, ``envrunner._runtime.hints``, ``envrunner._yaml``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from ._yaml import Entry, NodeReader, closest
+from ._runtime.hints import closest
+from ._yaml import Entry, NodeReader
 
 __all__ = ["LAUNCHERS", "LAUNCH_KEYS", "SLURM_KEYS", "LaunchSpec", "read_launch"]
 

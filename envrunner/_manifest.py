@@ -4,8 +4,8 @@
 key, hint) into one ``ManifestError``; the records it returns live in ``_specs`` and the search
 for the file in ``_discovery`` (both re-exported here, where callers import them).
 
-May import: the standard library, yaml, ``envrunner._runtime.errors``, ``envrunner._yaml``,
-``envrunner._discovery``, ``envrunner._launchspec``, ``envrunner._specs``.
+May import: the standard library, yaml, ``envrunner._runtime.errors``, ``envrunner._runtime.hints``,
+``envrunner._yaml``, ``envrunner._discovery``, ``envrunner._launchspec``, ``envrunner._specs``.
 
 CONTRACT (fixed):
 
@@ -28,8 +28,9 @@ import yaml
 from ._discovery import MANIFEST_ENV, find_manifest, missing_file
 from ._launchspec import LAUNCH_KEYS, read_launch
 from ._runtime.errors import ManifestError, Problem
+from ._runtime.hints import closest
 from ._specs import EnvSpec, Installer, Location, Manifest, PipOptions, SmokeCheck
-from ._yaml import Entry, NodeReader, closest, line_of, read_requirement_files, shown_path
+from ._yaml import Entry, NodeReader, line_of, read_requirement_files, shown_path
 
 __all__ = [
     "ENV_KEYS",

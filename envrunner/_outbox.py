@@ -140,7 +140,12 @@ class Outbox:
             return self.scheduler.start_failed(action.ident, error, time.monotonic())
         except Exception as exc:  # what starts it refused (a launcher's own check): not fatal
             log.exception("starting a worker for environment %r failed", action.env)
-            error = WorkerStartError(action.env, 0, f"cannot start it: {exc!r}")
+            error = WorkerStartError(
+                action.env,
+                0,
+                f"cannot start it: {exc!r}; check the environment's launcher settings in the "
+                "manifest (the traceback is logged by envrunner.broker)",
+            )
             return self.scheduler.start_failed(action.ident, error, time.monotonic())
         self.scheduler.launched(action.ident, io.pid, io.process.pending)
         return None

@@ -140,6 +140,27 @@ class WorkerProcess:
     pending: ClassVar[bool] = False
     reason: ClassVar[str] = ""
 
+    @classmethod
+    def of(cls, popen: subprocess.Popen[bytes], key_fd: int) -> WorkerProcess:
+        """A process just started with piped stdout and stderr: the caller keeps its own
+        non-blocking copies of them (the Popen's streams closed) and, where Linux has one, a
+        pidfd to see it exit."""
+        assert popen.stdout is not None and popen.stderr is not None
+        stdout_fd = os.dup(popen.stdout.fileno())
+        stderr_fd = os.dup(popen.stderr.fileno())
+        for stream in (popen.stdin, popen.stdout, popen.stderr):
+            if stream is not None:
+                stream.close()
+        for fd in (stdout_fd, stderr_fd):
+            os.set_blocking(fd, False)
+        pidfd = -1
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(popen.pid)
+            except OSError:
+                pidfd = -1
+        return cls(popen, key_fd, stdout_fd, stderr_fd, pidfd)
+
     @property
     def pid(self) -> int:
         return self.popen.pid
@@ -301,20 +322,7 @@ class LocalLauncher:
             raise
         finally:
             os.close(read_fd)
-        assert popen.stdout is not None and popen.stderr is not None
-        stdout_fd = os.dup(popen.stdout.fileno())
-        stderr_fd = os.dup(popen.stderr.fileno())
-        popen.stdout.close()
-        popen.stderr.close()
-        for fd in (stdout_fd, stderr_fd):
-            os.set_blocking(fd, False)
-        pidfd = -1
-        if hasattr(os, "pidfd_open"):
-            try:
-                pidfd = os.pidfd_open(popen.pid)
-            except OSError:
-                pidfd = -1
-        return WorkerProcess(popen, write_fd, stdout_fd, stderr_fd, pidfd)
+        return WorkerProcess.of(popen, write_fd)
 
 
 def worker_environ(

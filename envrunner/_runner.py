@@ -10,21 +10,19 @@
                   (``_prepare.Environments``)
     shutdown ─► the scheduler drains or cancels; every process and socket file goes
 
-The atexit hook (wait for running calls) and the fork hook (a child forgets its parent's
-runners) are installed when the first runner is made, not at import.
+The runners of the process (the ``with`` stack, the default one, the exit and fork hooks)
+are kept by ``_registry``.
 
 May import: the standard library, and the caller-side ``envrunner`` modules below the API
 (``_actions``, ``_assembly``, ``_broker``, ``_cached``, ``_calls``, ``_environments``,
 ``_executor``, ``_futures``, ``_link``, ``_live``, ``_manifest``, ``_options``, ``_prepare``,
-``_progress``, ``_results``, ``_tickets``, ``_runtime``).
+``_progress``, ``_registry``, ``_results``, ``_tickets``, ``_runtime``).
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +30,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
+from . import _registry
 from ._actions import Ticket
 from ._assembly import check_listen, make_broker
 from ._calls import UndecodedError
@@ -58,12 +57,7 @@ T = TypeVar("T")
 DEFAULT_SHM_THRESHOLD = 256 * 1024
 _NO_OPTIONS = Options()
 
-_runners: weakref.WeakSet[Runner] = weakref.WeakSet()
 _arena_numbers = itertools.count(1)  # one arena per runner: their segment names differ
-_active: list[Runner] = []
-_default: Runner | None = None
-_global_lock = threading.RLock()
-_hooks_installed = False
 
 
 def current_runner() -> Runner:
@@ -73,13 +67,7 @@ def current_runner() -> Runner:
     (``ENVRUNNER_MANIFEST``, else ``environments.yaml`` here or in a parent folder) and shut
     down when the interpreter exits.
     """
-    global _default
-    with _global_lock:
-        if _active:
-            return _active[-1]
-        if _default is None or _default._closed:
-            _default = Runner()
-        return _default
+    return _registry.current(Runner)
 
 
 class Runner:
@@ -185,8 +173,7 @@ class Runner:
         self.records = records if records is not None else self.manifest.records
         self._results: CallResults | None = None  # the result cache and records, on first use
         self._tally: Tally | None = None  # calls counted for live views (live())
-        _install_hooks()
-        _runners.add(self)
+        _registry.register(self)
         if listen is not None:
             self._ensure_broker()  # workers on other machines may connect before any call
 
@@ -312,14 +299,14 @@ class Runner:
 
     def env_of(self, task: Any) -> str:
         """The environment a task runs in: its own, or the manifest's only one."""
-        from ._runtime.code import describe
-
-        options: Options = getattr(task, "__envrunner_options__", Options())
-        if options.env is not None:
-            return options.env
+        env: str | None = getattr(task, "__envrunner_options__", _NO_OPTIONS).env
+        if env is not None:  # (every task call comes here: nothing more on this path)
+            return env
         names = list(self.manifest.environments)
         if len(names) == 1:
             return names[0]
+        from ._runtime.code import describe
+
         raise EnvrunnerError(
             f"task {describe(getattr(task, 'fn', task))} names no environment and "
             f"{self.manifest.path} declares {len(names)} ({', '.join(names)}): write "
@@ -340,14 +327,11 @@ class Runner:
         return self._broker.remote_address if self._broker else ""
 
     def __enter__(self) -> Runner:
-        with _global_lock:
-            _active.append(self)
+        _registry.enter(self)
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        with _global_lock:
-            if self in _active:
-                _active.remove(self)
+        _registry.leave(self)
         failed = exc_type is not None  # the block failed: stop what runs too
         self.shutdown(cancel_futures=failed, kill=failed)
 
@@ -484,34 +468,3 @@ class Runner:
                     insecure=self.insecure,
                 )
             return self._broker
-
-
-def _install_hooks() -> None:
-    """At the first runner: shut runners down at exit; make a forked child forget them."""
-    global _hooks_installed
-    with _global_lock:
-        if _hooks_installed:
-            return
-        _hooks_installed = True
-    atexit.register(_shutdown_all)
-    os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-def _shutdown_all() -> None:
-    """At exit: wait for running calls, unless the program is dying of an error or Ctrl-C."""
-    failing = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    for runner in list(_runners):
-        try:
-            runner.shutdown(wait=True, cancel_futures=failing is not None, kill=failing is not None)
-        except (Exception, KeyboardInterrupt):
-            pass
-
-
-def _forget_after_fork() -> None:
-    """A forked child has no broker thread: it must not use its parent's runners."""
-    global _default
-    _default = None
-    _active.clear()
-    for runner in list(_runners):
-        runner._closed = True
-        runner._broker = None

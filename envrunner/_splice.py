@@ -25,10 +25,10 @@ from typing import Any
 
 import msgpack
 
-from ._runtime import codec
+from ._runtime import formats
 from ._runtime.formats import FUTURE
 
-__all__ = ["UnspliceableError", "check", "splice"]
+__all__ = ["Rewrite", "UnspliceableError", "check", "splice"]
 
 
 class UnspliceableError(Exception):
@@ -58,23 +58,16 @@ def splice(
     return walk.body(body), walk.frames
 
 
-class _Walk:
-    """Rewrites one body: its buffer references moved by ``offset`` (the place of its buffers
-    among ``frames``), future marks replaced (only in the outer body: ``answers``)."""
+class Rewrite:
+    """Rewrites an encoded body without decoding it: every buffer reference goes through
+    :meth:`frame`, and the bodies nested in it (a pickle's plain value, an out-of-band body,
+    a tuple's items) are rewritten the same way. ``frames`` are the buffers the result needs.
 
-    def __init__(
-        self,
-        frames: list[Any],
-        answers: Sequence[tuple[bytes, Sequence[Any]]],
-        offset: int,
-        same: bool,
-        lent: bool = True,
-    ) -> None:
+    A subclass says what a reference becomes (``frame``), and may take over an extension code
+    first (``special``: return None to leave it to the common walk)."""
+
+    def __init__(self, frames: list[Any]) -> None:
         self.frames = frames
-        self.answers = answers
-        self.offset = offset
-        self.same = same
-        self.lent = lent  # blocks of shared memory may be in it (the call's own, outermost)
 
     def body(self, data: Any) -> bytes:
         return _pack(self.value(data))
@@ -88,14 +81,63 @@ class _Walk:
             unicode_errors="surrogatepass",
         )
 
-    def _frame(self, ref: Any) -> Any:
+    def frame(self, ref: Any) -> Any:
+        """What a buffer reference (a frame's index, or a block ``[segment, offset, size]``)
+        becomes."""
+        raise NotImplementedError
+
+    def special(self, code: int, data: bytes) -> Any:
+        return None
+
+    def _ext(self, code: int, data: bytes) -> Any:
+        special = self.special(code, data)
+        if special is not None:
+            return special
+        if code == formats.NDARRAY:
+            dtype, shape, order, ref = _plain(data)
+            return msgpack.ExtType(code, _pack([dtype, shape, order, self.frame(ref)]))
+        if code in (formats.PICKLE, formats.CLOUDPICKLE):
+            name, pickled, refs, plain = _plain(data)
+            if plain is not None:
+                plain = self.body(plain)
+            refs = [self.frame(ref) for ref in refs]
+            return msgpack.ExtType(code, _pack([name, pickled, refs, plain]))
+        if code == formats.BODY:
+            (ref,) = _plain(data)
+            index = self.frame(ref)
+            self.frames[index] = self.body(self.frames[index])
+            return msgpack.ExtType(code, _pack([index]))
+        if code in (formats.TUPLE, formats.SET, formats.FROZENSET):
+            return msgpack.ExtType(code, self.body(data))
+        return msgpack.ExtType(code, data)  # no buffer inside
+
+
+class _Walk(Rewrite):
+    """Splices one body: its buffer references moved by ``offset`` (the place of its buffers
+    among ``frames``), future marks replaced (only in the outer body: ``answers``)."""
+
+    def __init__(
+        self,
+        frames: list[Any],
+        answers: Sequence[tuple[bytes, Sequence[Any]]],
+        offset: int,
+        same: bool,
+        lent: bool = True,
+    ) -> None:
+        super().__init__(frames)
+        self.answers = answers
+        self.offset = offset
+        self.same = same
+        self.lent = lent  # blocks of shared memory may be in it (the call's own, outermost)
+
+    def frame(self, ref: Any) -> Any:
         if isinstance(ref, int):
             return ref + self.offset
         if self.offset or not self.lent:  # an answer's block: lent to the caller only
             raise UnspliceableError("shared memory")
         return ref  # the call's own arena block, as it was
 
-    def _ext(self, code: int, data: bytes) -> Any:
+    def special(self, code: int, data: bytes) -> Any:
         if code == FUTURE:
             if self.offset:
                 raise UnspliceableError("a mark inside an answer")
@@ -104,27 +146,11 @@ class _Walk:
             inner = _Walk(self.frames, (), len(self.frames), self.same)
             self.frames.extend(buffers)
             return inner.value(body)  # the answer's value, in place of the mark
-        if code in (codec.KEPT, codec.REF) or (code == codec.CLOUDPICKLE and not self.same):
+        if code in (formats.KEPT, formats.REF) or (code == formats.CLOUDPICKLE and not self.same):
             raise UnspliceableError("a kept object, or by-value code for another Python")
-        if code == codec.NDARRAY:
-            dtype, shape, order, ref = _plain(data)
-            return msgpack.ExtType(code, _pack([dtype, shape, order, self._frame(ref)]))
-        if code in (codec.PICKLE, codec.CLOUDPICKLE):
-            name, pickled, refs, plain = _plain(data)
-            if plain is not None:
-                plain = self.body(plain)
-            refs = [self._frame(ref) for ref in refs]
-            return msgpack.ExtType(code, _pack([name, pickled, refs, plain]))
-        if code == codec.BODY:
-            (ref,) = _plain(data)
-            index = self._frame(ref)
-            if not isinstance(index, int):
-                raise UnspliceableError("a body in shared memory")
-            self.frames[index] = self.body(self.frames[index])
-            return msgpack.ExtType(code, _pack([index]))
-        if code in (codec.TUPLE, codec.SET, codec.FROZENSET):
-            return msgpack.ExtType(code, self.body(data))
-        return msgpack.ExtType(code, data)  # no buffer and no mark inside
+        if code == formats.BODY and not isinstance(_plain(data)[0], int):
+            raise UnspliceableError("a body in shared memory")
+        return None
 
 
 def _plain(data: Any) -> Any:

@@ -16,6 +16,7 @@ May import: the standard library, ``envrunner._actions``, ``_calls``, ``_encode`
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -58,8 +59,6 @@ def make_ticket(
     Raises:
         EncodeError: ``fn`` or an argument cannot be sent (the message names which).
     """
-    import sys
-
     env = spec.name
     same = version[:2] == tuple(sys.version_info[:2])
     code, name = encode_function(fn, same, env, version, by_reference)

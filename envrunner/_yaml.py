@@ -1,6 +1,7 @@
 """The files a manifest is made of, read with line numbers: YAML, and pip requirements files.
 
-May import: the standard library, yaml, ``envrunner._requirements``, ``envrunner._runtime.errors``.
+May import: the standard library, yaml, ``envrunner._requirements``, ``envrunner._runtime.errors``,
+``envrunner._runtime.hints``.
 
 PyYAML's ``safe_load`` forgets where each value was written and silently keeps the last of two
 duplicate keys. The manifest needs both, so :class:`NodeReader` composes the node graph with a
@@ -12,9 +13,8 @@ for the requirements files a manifest names, following their ``-r``/``-c`` inclu
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import yaml
 
 from ._requirements import include_of, logical_lines
 from ._runtime.errors import Problem
+from ._runtime.hints import closest
 
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
@@ -79,12 +80,6 @@ class Entry:
 def line_of(node: yaml.Node) -> int:
     """The 1-based line a node starts on."""
     return int(node.start_mark.line) + 1
-
-
-def closest(word: str, candidates: Iterable[str]) -> str:
-    """The candidate nearest to ``word`` (difflib), or an empty string."""
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return match[0] if match else ""
 
 
 class NodeReader:

@@ -149,7 +149,7 @@ def test_no_module_imports_another_that_imports_it_back() -> None:
 
 
 #: Past this many lines a module is split by concept (STYLE.md: about 500).
-MOST_LINES = 520
+MOST_LINES = 500
 #: Modules allowed past it, at most at this size, each with its reason: none may grow, and one
 #: split under the limit leaves this list.
 LARGER: dict[str, int] = {}

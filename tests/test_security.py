@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import envrunner
-from envrunner._runtime.codec import CLOUDPICKLE, Decoder
+from envrunner._runtime.codec import Decoder
 from envrunner._runtime.errors import DecodeError, ProtocolError
+from envrunner._runtime.formats import CLOUDPICKLE
 from envrunner._runtime.protocol import (
     PROTOCOL_VERSION,
     Call,

@@ -11,7 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from envrunner._runtime import codec
+from envrunner._runtime import formats
 from envrunner._runtime.codec import Decoder, Encoder
 from envrunner._splice import UnspliceableError, check, splice
 
@@ -89,7 +89,7 @@ def test_a_block_of_shared_memory_in_an_answer_is_not_spliced() -> None:
     """An answer's array that came through shared memory points to [segment, offset, size]: a
     block lent to the caller alone, so the caller decodes that answer instead."""
     header = msgpack.packb(["<f8", [2], "C", ["envrunner-1-w1-0", 0, 16]], use_bin_type=True)
-    body = msgpack.packb(msgpack.ExtType(codec.NDARRAY, header), use_bin_type=True)
+    body = msgpack.packb(msgpack.ExtType(formats.NDARRAY, header), use_bin_type=True)
     with pytest.raises(UnspliceableError):
         check(body, [], True)
 

@@ -55,8 +55,9 @@ or, from ``threshold`` bytes up when the two ends share a machine, through a sha
 (protocol 5, its buffers out of band too), or by cloudpickle when both ends run the same Python
 minor version.
 
-The encoder is ``encoder.py``, the decoder ``decoder.py``, the codes and limits ``formats.py``;
-this module is their face, and what the rest of the package imports.
+The encoder is ``encoder.py``, the decoder ``decoder.py``, the codes and limits ``formats.py``
+(import the codes from there); this module is the face of the first two, and what the rest of
+the package imports.
 
 May import: the runtime's ``decoder``, ``encoder``, ``formats``.
 
@@ -68,55 +69,6 @@ from __future__ import annotations
 
 from .decoder import Decoder
 from .encoder import Encoder, encode_kept
-from .formats import (
-    BIGINT,
-    BODY,
-    CLOUDPICKLE,
-    COMPLEX,
-    DATE,
-    DATETIME,
-    DECIMAL,
-    FROZENSET,
-    KEPT,
-    MAX_BODY,
-    MAX_FRAME,
-    NDARRAY,
-    NPSCALAR,
-    PATH,
-    PICKLE,
-    REF,
-    SET,
-    TIME,
-    TIMEDELTA,
-    TUPLE,
-    UUID,
-    type_name,
-)
+from .formats import type_name
 
-__all__ = [
-    "BIGINT",
-    "BODY",
-    "CLOUDPICKLE",
-    "COMPLEX",
-    "DATE",
-    "DATETIME",
-    "DECIMAL",
-    "FROZENSET",
-    "KEPT",
-    "MAX_BODY",
-    "MAX_FRAME",
-    "NDARRAY",
-    "NPSCALAR",
-    "PATH",
-    "PICKLE",
-    "REF",
-    "SET",
-    "TIME",
-    "TIMEDELTA",
-    "TUPLE",
-    "UUID",
-    "Decoder",
-    "Encoder",
-    "encode_kept",
-    "type_name",
-]
+__all__ = ["Decoder", "Encoder", "encode_kept", "type_name"]

@@ -24,8 +24,9 @@
 Every message names the object it is about (an environment, a manifest file:line, a worker pid),
 the cause, and what fixes it; the object also rides along as an attribute.
 
-``describe_exit`` (an exit in words) lives in ``exits.py``, re-exported here. May import: the
-standard library and the runtime's ``exits`` (and its package, for ``RUNTIME_REQUIREMENTS``).
+``describe_exit`` (an exit in words) lives in ``exits.py``, re-exported here; the words of
+hints (a close name, a clash with the runtime's requirements, stderr's tail) in ``hints.py``.
+May import: the standard library and the runtime's ``exits`` and ``hints``.
 
 This module is part of the sealed worker runtime: standard library only, parses on Python 3.9.
 """
@@ -33,9 +34,12 @@ This module is part of the sealed worker runtime: standard library only, parses 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from .exits import describe_exit
+from .hints import closest as _closest
+from .hints import runtime_clashes as _runtime_clashes
+from .hints import tail_block as _tail_block
 
 __all__ = [
     "BuildError",
@@ -254,34 +258,7 @@ class BuildError(EnvrunnerError):
         )
 
 
-def _runtime_clashes(tail: Sequence[str]) -> List[str]:
-    """Lines naming the worker-runtime requirements an installer's output blames.
-
-    The installer reports ``pyzmq>=25`` as if the user had asked for it ("Because you require
-    pyzmq<20 and pyzmq>=25"); the message says where it comes from and what to loosen.
-    """
-    from . import RUNTIME_REQUIREMENTS
-
-    text = "\n".join(tail)
-    lines = []
-    for requirement in RUNTIME_REQUIREMENTS:
-        if requirement in text:
-            name = requirement.split(">")[0]
-            lines.append(
-                f"{requirement} is not from your requirements: envrunner's worker runtime "
-                f"({', '.join(RUNTIME_REQUIREMENTS)}) is installed into every environment with "
-                f"them; loosen your {name} requirement to allow {requirement}."
-            )
-    return lines
-
-
 # --------------------------------------------------------------------------- workers
-
-
-def _tail_block(stderr_tail: Sequence[str]) -> str:
-    if not stderr_tail:
-        return "\nthe worker wrote nothing to stderr"
-    return "\nlast lines of the worker's stderr:\n" + "\n".join(f"  | {s}" for s in stderr_tail)
 
 
 class WorkerStartError(EnvrunnerError):
@@ -499,13 +476,6 @@ class ProtocolError(EnvrunnerError):
 
 class RunnerClosedError(EnvrunnerError, RuntimeError):
     """Work was handed to a runner after it was shut down."""
-
-
-def _closest(word: str, candidates: Sequence[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return match[0] if match else ""
 
 
 # Tracebacks and pickles name them as users import them: envrunner.WorkerCrashed, not the
