@@ -351,11 +351,16 @@ class Broker:
             self._complete()
 
     def _loop(self) -> None:
+        self._mailbox.owner = threading.get_ident()
         while True:
             with self.lock:
                 timeout = self._next_timeout(time.monotonic())
+            if self._mailbox.waiting():  # put by this thread (done-callbacks): no wake-up
+                timeout = 0
             events = self._poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
             with self.lock:
+                if self._mailbox.waiting():
+                    self._drain_commands()
                 for target, _ in events:
                     if target is self._router:
                         self._inbox.drain(self._router)

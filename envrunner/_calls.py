@@ -63,7 +63,7 @@ class CallRequest:
     deferred: Any = None
     #: The futures a merge key names by ``id``, kept alive as long as the call is: a freed
     #: future's id is reused by a new one, whose call would merge into this one.
-    inputs: list[Future[Any]] = field(default_factory=list)
+    inputs: list[Future[Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,9 @@ class Mailbox:
         self._commands: collections.deque[Command] = collections.deque()
         self.fd, self._wake = os.pipe()  # the broker polls ``fd``
         self._lock = threading.Lock()
+        #: The thread that takes the commands: what it puts needs no wake-up (it takes what
+        #: waits before it polls again: :meth:`waiting`).
+        self.owner: int | None = None
         os.set_blocking(self.fd, False)
         os.set_blocking(self._wake, False)
 
@@ -137,15 +140,21 @@ class Mailbox:
             if self._wake < 0:
                 return False  # the runner refuses calls before that happens
             self._commands.append(command)
-            if len(self._commands) > 1:
+            if len(self._commands) > 1 or threading.get_ident() == self.owner:
                 # Not the first waiting: whoever queued the first woke the broker, which takes
                 # commands until the deque is empty (a write here costs ~15 us per submit).
+                # Or the broker's own thread (a future's done-callback): it looks before it
+                # polls again.
                 return True
             try:
                 os.write(self._wake, b"\0")
             except BlockingIOError:
                 pass  # the pipe is full of wake-ups already: the broker will drain the deque
             return True
+
+    def waiting(self) -> bool:
+        """Whether commands wait (the broker's thread, before it polls)."""
+        return bool(self._commands)
 
     def take(self) -> Iterator[Command]:
         """The commands waiting now, in order (the broker's thread)."""

@@ -41,7 +41,7 @@ from ._calls import RawResult, SameAs, UndecodedError
 from ._commands import Command, Resolved, ResolveFailed
 from ._runtime.errors import DependencyError
 
-__all__ = ["Inputs", "failure_of", "resolve_later", "watch"]
+__all__ = ["Inputs", "failure_of", "resolve_later", "resolve_now", "watch"]
 
 #: Makes the call again with values in place of some of its futures (the others leave marks):
 #: message, blocks, pin, pinned what, the futures that left marks.
@@ -50,29 +50,42 @@ Remake = Callable[[dict[int, Any]], tuple[Any, list[list[Any]], "bytes | None", 
 
 @dataclass(eq=False)
 class Inputs:
-    """The futures a call was given, how to encode it again once they are done, and whether
-    its environment runs the caller's Python (``same``)."""
+    """The futures a call was given, how to encode it again once they are done, whether its
+    environment runs the caller's Python (``same``), and whether the call as encoded at submit
+    can take its inputs' answers in place of its marks (``ready``: it holds no shared memory
+    and no kept object's handle)."""
 
     futures: list[Future[Any]]
     remake: Remake
     same: bool
+    ready: bool = False
 
 
 def watch(ticket: Ticket, futures: list[Future[Any]], tell: Callable[[Ticket, Any], None]) -> None:
     """Tell ``tell(ticket, Failed | None)`` as each future is done (at once for one done).
 
-    The callbacks hold the ticket weakly (the scheduler holds it while it waits): a done future
+    The callback holds the ticket weakly (the scheduler holds it while it waits): a done future
     the caller keeps does not keep every call it fed, and their messages, alive."""
     ticket.inputs_left = len(futures)
-    held = weakref.ref(ticket)
-
-    def done(future: Future[Any]) -> None:
-        waiting = held()
-        if waiting is not None:
-            tell(waiting, failure_of(future))
-
+    done = _Told(weakref.ref(ticket), tell)
     for future in futures:
         future.add_done_callback(done)
+
+
+class _Told:
+    """One waiting call's done-callback, for each of its futures (two objects per call, not a
+    closure's five: a graph of 100,000 pending calls is walked by the garbage collector)."""
+
+    __slots__ = ("held", "tell")
+
+    def __init__(self, held: weakref.ref[Ticket], tell: Callable[[Ticket, Any], None]) -> None:
+        self.held = held
+        self.tell = tell
+
+    def __call__(self, future: Future[Any]) -> None:
+        waiting = self.held()
+        if waiting is not None:
+            self.tell(waiting, failure_of(future))
 
 
 def failure_of(future: Future[Any]) -> Failed | None:
@@ -91,6 +104,32 @@ def failure_of(future: Future[Any]) -> Failed | None:
         return Failed(name, _words(error), future)
     text = str(error).split("\n", 1)[0]  # its first line (the whole error is the cause)
     return Failed(name, f"{type(error).__name__}: {text}" if text else type(error).__name__, future)
+
+
+def resolve_now(ticket: Ticket) -> bool:
+    """Put the inputs' answers in the call as their workers sent them, on the broker's thread,
+    if every one can go so and the call needs no other change (``Inputs.ready``); False if not
+    (then :func:`resolve_later`). Reads msgpack only (``_splice``): nothing is unpickled."""
+    from ._splice import UnspliceableError, splice
+
+    request = ticket.body
+    inputs: Inputs = request.deferred
+    if not inputs.ready:
+        return False
+    answers = []
+    for future in inputs.futures:
+        raw = _raw(future)
+        if raw is None:
+            return False
+        answers.append(raw)
+    message = request.message
+    try:
+        payload, frames = splice(message.payload, message.buffers, answers, inputs.same)
+    except UnspliceableError:
+        return False
+    request.message = dataclasses.replace(message, payload=payload, buffers=frames)
+    request.deferred = None
+    return True
 
 
 def resolve_later(ticket: Ticket, post: Callable[[Command], bool]) -> None:
@@ -149,14 +188,23 @@ def _answer(future: Future[Any], same: bool) -> tuple[bytes, Any] | None:
     else None (its value is decoded here, and encoded again)."""
     from ._splice import UnspliceableError, check
 
+    raw = _raw(future)
+    if raw is None:
+        return None
+    try:
+        check(raw[0], raw[1], same)
+    except UnspliceableError:
+        return None
+    return raw
+
+
+def _raw(future: Future[Any]) -> tuple[bytes, Any] | None:
+    """A done input's answer as its worker sent it (body, buffers), or None if it is not at
+    hand so (decoded already: its frames are gone; or not one of ours)."""
     raw = Future.result(future, 0)  # the raw answer: not decoded
     while isinstance(raw, SameAs):  # merged: the answer of the call it was merged into
         raw = Future.result(raw.ticket.body.future, 0)
-    if not isinstance(raw, RawResult):  # decoded already (its frames are gone), or not ours
-        return None
-    try:
-        check(raw.payload, raw.buffers, same)
-    except UnspliceableError:
+    if not isinstance(raw, RawResult):
         return None
     return raw.payload, raw.buffers
 

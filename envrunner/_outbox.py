@@ -37,7 +37,7 @@ from . import _actions as sch
 from ._calls import CallRequest, Prepared
 from ._channels import WorkerIO
 from ._commands import Command, PrepareFailed, Ready
-from ._inputs import resolve_later
+from ._inputs import resolve_later, resolve_now
 from ._runtime import wire
 from ._runtime.errors import EncodeError, WorkerStartError
 from ._runtime.protocol import Call, Calls, Shutdown, Signer, call_fields, pack, scope
@@ -99,7 +99,7 @@ class Outbox:
             sch.Start: self._do_start,
             sch.Dispatch: self._do_dispatch,
             sch.Pump: lambda a: self.scheduler.pump(a.env, time.monotonic()),
-            sch.Resolve: lambda a: resolve_later(a.ticket, self._command),
+            sch.Resolve: self._do_resolve,
             sch.Complete: self._do_complete,
             sch.Shutdown: self._do_shutdown,
             sch.Kill: self._do_kill,
@@ -214,6 +214,14 @@ class Outbox:
             wire.send(io.router, frames, (io.ident,))
         except zmq.ZMQError as exc:
             log.debug("cannot send to %r: %s", io, exc)  # gone: its exit fails the call
+
+    def _do_resolve(self, action: sch.Resolve) -> list[sch.Action] | None:
+        """Every input of a call is done: their answers go in here if they can as they are
+        (msgpack only), else on the inputs thread (``_inputs``)."""
+        if resolve_now(action.ticket):
+            return self.scheduler.resolved(action.ticket, time.monotonic())
+        resolve_later(action.ticket, self._command)
+        return None
 
     def _do_complete(self, action: sch.Complete) -> None:
         request: CallRequest = action.ticket.body

@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from ._runtime import formats
+from ._runtime.encoder import pack_small
 from ._runtime.formats import FUTURE
 
 __all__ = ["Rewrite", "UnspliceableError", "check", "splice"]
@@ -128,22 +129,24 @@ class _Walk(Rewrite):
         self.answers = answers
         self.offset = offset
         self.same = same
-        self.lent = lent  # blocks of shared memory may be in it (the call's own, outermost)
+        #: Whether it is the call's own body (which may hold blocks of shared memory the call
+        #: was lent), not an answer's.
+        self.lent = lent
 
     def frame(self, ref: Any) -> Any:
         if isinstance(ref, int):
             return ref + self.offset
-        if self.offset or not self.lent:  # an answer's block: lent to the caller only
+        if not self.lent:  # an answer's block: lent to the caller only
             raise UnspliceableError("shared memory")
         return ref  # the call's own arena block, as it was
 
     def special(self, code: int, data: bytes) -> Any:
         if code == FUTURE:
-            if self.offset:
+            if not self.lent:
                 raise UnspliceableError("a mark inside an answer")
             (index,) = _plain(data)
             body, buffers = self.answers[index]
-            inner = _Walk(self.frames, (), len(self.frames), self.same)
+            inner = _Walk(self.frames, (), len(self.frames), self.same, lent=False)
             self.frames.extend(buffers)
             return inner.value(body)  # the answer's value, in place of the mark
         if code in (formats.KEPT, formats.REF) or (code == formats.CLOUDPICKLE and not self.same):
@@ -158,6 +161,4 @@ def _plain(data: Any) -> Any:
 
 
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(  # type: ignore[no-any-return]
-        value, use_bin_type=True, strict_types=True, unicode_errors="surrogatepass"
-    )
+    return pack_small(value)

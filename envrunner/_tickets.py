@@ -15,10 +15,10 @@ May import: the standard library, ``envrunner._actions``, ``_calls``, ``_encode`
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._actions import Ticket
@@ -63,10 +63,25 @@ def make_ticket(
     same = version[:2] == tuple(sys.version_info[:2])
     code, name = encode_function(fn, same, env, version, by_reference)
     call_id = next(ids)
-    encode = functools.partial(
-        _encode, fn, name, code, env, args, kwargs, same, arena, threshold, max_message, call_id
+    encode = _Encoding(
+        fn,
+        name,
+        code,
+        env,
+        args,
+        kwargs,
+        same,
+        arena,
+        threshold,
+        max_message,
+        call_id,
+        options.keep,
     )
-    message, blocks, pinned, pinned_what, futures = encode(options.keep, None)
+    message, blocks, pinned, pinned_what, futures = encode(None)
+    # A call given futures is sent once they are done: as encoded now, their answers spliced
+    # in place of its marks (``ready``), unless it holds blocks of shared memory or a kept
+    # object's handle (then it is encoded again with the values, and its blocks go back now).
+    ready = not blocks and pinned is None
     future: CallFuture[Any] = CallFuture(env, name, link)
     request = CallRequest(message, future, blocks)
     ticket = Ticket(
@@ -85,54 +100,71 @@ def make_ticket(
         if ticket.merge_key is not None:
             request.inputs = futures  # their ids are in the key: none is reused meanwhile
     if futures:
-        request.deferred = Inputs(futures, functools.partial(encode, options.keep), same)
+        if not ready:
+            request.blocks, ticket.pin, ticket.pinned_what = [], None, ""
+            if arena is not None:
+                for segment, offset in blocks:
+                    arena.free(segment, offset)
+        request.deferred = Inputs(futures, encode, same, ready)
         ticket.deferred = True
         watch(ticket, futures, link.input_done)
     return ticket
 
 
-def _encode(
-    fn: Callable[..., Any],
-    name: str,
-    code: bytes,
-    env: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    same: bool,
-    arena: Arena | None,
-    threshold: int,
-    max_message: int,
-    call_id: int,
-    keep: bool,
-    fill: dict[int, Any] | None,
-) -> tuple[Any, list[list[Any]], bytes | None, str, list[Future[Any]]]:
-    """The call's message with these values in place of its futures (the others, or all with
-    ``fill=None``, leave marks), its arena blocks, the worker it is pinned to, and the futures
-    that left marks (in the order of their marks' indices)."""
-    from ._runtime.protocol import Call  # (msgpack: not at import)
+@dataclass(slots=True, eq=False)
+class _Encoding:
+    """What encodes a call: once at submit, and again with its inputs' values if it must be
+    (``Inputs.remake``). One object per pending call (a partial would be four)."""
 
-    body, frames, encoder = encode_arguments(
-        fn, name, env, args, kwargs, same, arena, threshold, max_message, fill
-    )
-    try:
-        pinned, pinned_what = pin(encoder.refs, env, name)
-        message = Call(
-            call_id=call_id,
-            name=name,
-            code=code,
-            payload=body,
-            segments=list(encoder.segments),
-            keep=keep,
-            buffers=frames,
+    fn: Callable[..., Any]
+    name: str
+    code: bytes
+    env: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    same: bool
+    arena: Arena | None
+    threshold: int
+    max_message: int
+    call_id: int
+    keep: bool
+
+    def __call__(
+        self, fill: dict[int, Any] | None
+    ) -> tuple[Any, list[list[Any]], bytes | None, str, list[Future[Any]]]:
+        """The call's message with these values in place of its futures (the others, or all with
+        ``fill=None``, leave marks), its arena blocks, the worker it is pinned to, and the futures
+        that left marks (in the order of their marks' indices)."""
+        from ._runtime.protocol import Call  # (msgpack: not at import)
+
+        body, frames, encoder = encode_arguments(
+            self.fn,
+            self.name,
+            self.env,
+            self.args,
+            self.kwargs,
+            self.same,
+            self.arena,
+            self.threshold,
+            self.max_message,
+            fill,
         )
-        futures = encoder.futures or []
-        if futures and fill is None:
-            encoder.release()  # its blocks: encoded again once its inputs are done
-            return message, [], None, "", futures
-        return message, [list(b) for b in encoder.blocks], pinned, pinned_what, futures
-    except BaseException:
-        encoder.release()
-        raise
+        try:
+            pinned, pinned_what = pin(encoder.refs, self.env, self.name)
+            message = Call(
+                call_id=self.call_id,
+                name=self.name,
+                code=self.code,
+                payload=body,
+                segments=list(encoder.segments),
+                keep=self.keep,
+                buffers=frames,
+            )
+            futures = encoder.futures or []
+            return message, [list(b) for b in encoder.blocks], pinned, pinned_what, futures
+        except BaseException:
+            encoder.release()
+            raise
 
 
 def merge_key(

@@ -345,3 +345,33 @@ def test_module_level_executor_uses_the_current_runner(runner: envrunner.Runner,
     assert envrunner.current_runner() is runner
     with envrunner.executor(env) as executor:
         assert executor.submit(os.getpid).result(60) in runner.worker_pids(env)
+
+
+def test_a_call_future_is_a_whole_future_with_its_lighter_condition() -> None:
+    """``CallFuture`` sets Future's state itself, with a condition that binds no methods per
+    instance (fewer objects per pending call): every attribute Future sets on this Python is
+    there, and a waiter in ``result``, ``wait`` and ``as_completed`` wakes when another thread
+    completes it. No process."""
+    import threading
+
+    from envrunner._futures import CallFuture
+
+    assert set(vars(cf.Future())) <= set(vars(CallFuture("env", "f()")))
+    waits: list[Any] = [
+        lambda f: f.result(60),
+        lambda f: cf.wait([f], 60).done.pop().result(),
+        lambda f: next(cf.as_completed([f], 60)).result(),
+    ]
+    for wait in waits:
+        future: CallFuture[int] = CallFuture("env", "f()")
+
+        def complete(future: CallFuture[int] = future) -> None:
+            # once the waiter sleeps on the condition (result) or has put its waiter in
+            condition: Any = future._condition
+            wait_for(lambda: condition._waiters or future._waiters, what="a waiter")
+            future.set_result(7)
+
+        thread = threading.Thread(target=complete)
+        thread.start()
+        assert wait(future) == 7
+        thread.join()

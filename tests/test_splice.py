@@ -99,3 +99,22 @@ def test_a_kept_objects_handle_is_not_spliced() -> None:
 
     with pytest.raises(UnspliceableError):
         check(encode_kept(7, "tasks.Model", "Model()"), [], True)
+
+
+def test_an_answers_block_is_refused_in_a_call_with_no_frames_of_its_own() -> None:
+    """The broker thread splices without checking each answer first: the walk itself refuses
+    an answer's block of shared memory, also where the call has no frames (so the answer's
+    references are not moved, and would pass for the call's own blocks)."""
+    header = msgpack.packb(["<f8", [2], "C", ["envrunner-1-w1-0", 0, 16]], use_bin_type=True)
+    body = msgpack.packb(msgpack.ExtType(formats.NDARRAY, header), use_bin_type=True)
+    a = Future[Any]()
+    call, frames, futures = marked([a])
+    assert frames == [] and futures == [a]
+    with pytest.raises(UnspliceableError):
+        splice(call, frames, [(body, [])], True)
+
+
+def test_a_mark_inside_an_answer_is_refused() -> None:
+    call, _frames, _futures = marked([Future[Any]()])
+    with pytest.raises(UnspliceableError):
+        check(call, [], True)

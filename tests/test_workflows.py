@@ -58,6 +58,62 @@ def test_a_value_the_caller_cannot_load_goes_on_to_where_it_can_be(
         made.result()  # (here it cannot be loaded)
 
 
+@pytest.mark.parametrize("env", ["same", "other"])
+def test_shared_memory_on_either_side_of_an_edge(runner: envrunner.Runner, env: str) -> None:
+    """An answer that came through shared memory, and a call given a future with an array of
+    its own large enough for shared memory: neither can take its inputs' answers as they are
+    (that is for plain calls), so both are encoded again with the values, and both get them."""
+    import numpy
+
+    rows = 300_000  # 4.8 MB of float64: over the shared-memory threshold
+    made = runner.submit(env, tasks.make_array, rows * 2)
+    stats = runner.submit(env, tasks.array_stats, made).result(TIMEOUT)
+    assert stats["shape"] == [rows, 2] and stats["sum"] == float(sum(range(rows * 2)))
+
+    own = numpy.ones(rows * 2)
+    ten = runner.submit(env, tasks.add, 4, 6)
+    summed: Any = runner.submit(env, tasks.add, own, ten).result(TIMEOUT)
+    assert summed.shape == own.shape and float(summed.sum()) == 11.0 * own.size
+
+
+def test_a_plain_chain_needs_no_inputs_thread(tmp_path: Path, manifest_path: Path) -> None:
+    """Plain answers go into the calls that wait for them on the broker's thread, as their
+    workers sent them: the thread that decodes and encodes values again is never started. A
+    call whose own array went to shared memory starts it (it must be encoded again)."""
+    script = tmp_path / "chain.py"
+    script.write_text(
+        "import sys, threading\n"
+        "import numpy\n"
+        "import envrunner, tasks\n"
+        f"with envrunner.Runner({str(manifest_path)!r}, progress=False) as runner:\n"
+        "    x = runner.submit('same', tasks.add, 0, 1)\n"
+        "    for _ in range(50):\n"
+        "        x = runner.submit('same', tasks.add, x, 1)\n"
+        "    assert x.result(120) == 51\n"
+        "    names = {t.name for t in threading.enumerate()}\n"
+        "    print('inputs thread after the chain:', 'envrunner-inputs' in names)\n"
+        "    y = runner.submit('same', tasks.add, numpy.ones(100_000), x)\n"
+        "    assert float(y.result(120).sum()) == 52 * 100_000\n"
+        "    names = {t.name for t in threading.enumerate()}\n"
+        "    print('inputs thread after the array:', 'envrunner-inputs' in names)\n"
+    )
+    here = Path(__file__).resolve().parent
+    environ = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), str(here.parent)]))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environ,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "inputs thread after the chain: False",
+        "inputs thread after the array: True",
+    ]
+
+
 def test_a_sync_call_given_a_future_waits_for_it(runner: envrunner.Runner) -> None:
     assert runner.call("other", tasks.add, runner.submit("same", tasks.add, 2, 3), 1) == 6
 

@@ -56,7 +56,7 @@ from .formats import (
 if TYPE_CHECKING:
     from .shm import Arena
 
-__all__ = ["Encoder", "encode_kept"]
+__all__ = ["Encoder", "encode_kept", "pack_small"]
 
 
 class Encoder:
@@ -143,13 +143,7 @@ class Encoder:
     # ------------------------------------------------------------------ internals
 
     def _pack(self, obj: Any) -> bytes:
-        return msgpack.packb(  # type: ignore[no-any-return]
-            obj,
-            default=self._default,
-            use_bin_type=True,
-            strict_types=True,
-            unicode_errors="surrogatepass",
-        )
+        return pack_small(obj, self._default)
 
     def _buffer(self, data: Any, what: str = "buffer") -> Any:
         size = memoryview(data).nbytes
@@ -319,6 +313,24 @@ _AS_IS = (type(None), bool, float, str, bytes, list, dict)
 
 #: Built-in types whose subclasses' instances also travel as the built-in value, as a fallback.
 _PLAIN_BASES = (str, bytes, bool, int, float, complex, list, tuple, dict, set, frozenset)
+
+
+#: A packer's first buffer. ``msgpack.packb`` allocates 256 KiB (1 MiB before msgpack 1.1) per
+#: call, and freeing it trims the heap: system calls for every small value. It grows as needed.
+_SMALL_BUFFER: Dict[str, Any] = {"buf_size": 1024} if msgpack.version >= (1, 1, 0) else {}
+
+
+def pack_small(obj: Any, default: Optional[Any] = None) -> bytes:
+    """``msgpack.packb`` as the codec packs (strict types, bin type, lone surrogates kept), with
+    a small first buffer (``_SMALL_BUFFER``)."""
+    packer = msgpack.Packer(
+        default=default,
+        use_bin_type=True,
+        strict_types=True,
+        unicode_errors="surrogatepass",
+        **_SMALL_BUFFER,
+    )
+    return packer.pack(obj)  # type: ignore[no-any-return]
 
 
 def encode_kept(ident: int, name: str, text: str) -> bytes:
