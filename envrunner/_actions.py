@@ -64,10 +64,9 @@ class WorkerState(enum.Enum):
 
     @property
     def live(self) -> bool:
-        return self in _LIVE
-
-
-_LIVE = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY, WorkerState.DIRECT})
+        # (identity, not a set: an enum member's hash is Python code, and this is asked for
+        # every worker of a pool on every call)
+        return self is not WorkerState.STOPPING and self is not WorkerState.DEAD
 
 
 class CallState(enum.Enum):

@@ -91,12 +91,12 @@ class _Told:
 def failure_of(future: Future[Any]) -> Failed | None:
     """How a done input failed, in words (its error is not decoded: a task's error is read
     only as far as its type and message), or None if it has a value."""
-    name = _label(future)
     if future.cancelled():
-        return Failed(name, "cancelled", future, cancelled=True)
+        return Failed(_label(future), "cancelled", future, cancelled=True)
     error = Future.exception(future, 0)  # the stand-in as it is: not decoded here
     if error is None:
         return None
+    name = _label(future)
     if isinstance(error, DependencyError):  # it did not run either: name the one that failed
         # (and only the input it came through: a chain of 100,000 calls stays one line)
         return Failed(error.ancestor, error.error, error.failed, via=error.task)
@@ -110,6 +110,7 @@ def resolve_now(ticket: Ticket) -> bool:
     """Put the inputs' answers in the call as their workers sent them, on the broker's thread,
     if every one can go so and the call needs no other change (``Inputs.ready``); False if not
     (then :func:`resolve_later`). Reads msgpack only (``_splice``): nothing is unpickled."""
+    from ._runtime.protocol import Call
     from ._splice import UnspliceableError, splice
 
     request = ticket.body
@@ -127,7 +128,15 @@ def resolve_now(ticket: Ticket) -> bool:
         payload, frames = splice(message.payload, message.buffers, answers, inputs.same)
     except UnspliceableError:
         return False
-    request.message = dataclasses.replace(message, payload=payload, buffers=frames)
+    request.message = Call(  # (not dataclasses.replace: that reads the fields every time)
+        call_id=message.call_id,
+        name=message.name,
+        code=message.code,
+        payload=payload,
+        segments=message.segments,
+        keep=message.keep,
+        buffers=frames,
+    )
     request.deferred = None
     return True
 

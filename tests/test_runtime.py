@@ -544,3 +544,17 @@ def test_errors_are_named_as_users_import_them() -> None:
     error = envrunner.TaskTimeoutError("e", "f()", 1.5, 7)
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is envrunner.TaskTimeoutError and str(again) == str(error)
+
+
+def test_the_wire_s_plain_int_flags_are_zmq_s() -> None:
+    """``wire`` spells zmq's flags as ints (pyzmq's enums cost Python code per ``|``)."""
+    import zmq
+
+    from envrunner._runtime import wire
+
+    assert (wire.SNDMORE, wire.RCVMORE, wire.EVENTS, wire.POLLIN) == (
+        zmq.SNDMORE,
+        zmq.RCVMORE,
+        zmq.EVENTS,
+        zmq.POLLIN,
+    )

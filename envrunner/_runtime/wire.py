@@ -14,21 +14,29 @@ from typing import Any, List, Sequence
 __all__ = ["receive", "send"]
 
 
+#: zmq's flags and options as plain ints: pyzmq's are enums, and ``|``, ``&`` on them (as
+#: ``send_multipart`` does per frame) go through ``enum``'s Python code.
+SNDMORE = 2  # zmq.SNDMORE
+RCVMORE = 13  # zmq.RCVMORE
+EVENTS = 15  # zmq.EVENTS
+POLLIN = 1  # zmq.POLLIN
+
+
 def send(socket: Any, frames: Sequence[Any], prefix: Sequence[bytes] = ()) -> None:
     """Send ``prefix`` (a ROUTER's identity) and the frames of one message."""
-    if not prefix and len(frames) == 1:
+    for part in prefix:
+        socket.send(part, SNDMORE)
+    if len(frames) == 1:
         socket.send(frames[0])
-    elif len(frames) == 1:
-        socket.send_multipart([*prefix, frames[0]])
-    else:
-        socket.send_multipart([*prefix, *frames], copy=False)
+        return
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        socket.send(frame, 0 if index == last else SNDMORE, copy=False)
 
 
 def receive(socket: Any, flags: int = 0) -> List[Any]:
     """Receive one message's frames: the first as bytes, buffer frames as memoryviews."""
-    import zmq
-
     frames: List[Any] = [socket.recv(flags)]
-    while socket.getsockopt(zmq.RCVMORE):
+    while socket.getsockopt(RCVMORE):
         frames.append(socket.recv(copy=False).buffer)
     return frames
