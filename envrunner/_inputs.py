@@ -7,11 +7,15 @@ and who puts their values in.
       watch(ticket, futures, tell)   one done-callback per future (whichever thread completes
                                      it): input_done(ticket, Failed | None) to the scheduler
     the scheduler: every input done, none failed ─► Resolve(ticket)
-      resolve_later(ticket, post)    on the inputs thread (never the broker's: the broker never
-                                     unpickles user data): each answer as its worker sent it
-                                     spliced in place of its mark (``_splice``: never decoded
-                                     here), or, for one that cannot travel so, its value
-                                     decoded here and encoded again
+      resolve_now(ticket)            on the broker's thread, in the same pass: every answer as
+                                     its worker sent it spliced into the call as encoded at
+                                     submit (``_splice``: msgpack only, nothing unpickled), if
+                                     all can go so and the call needs no other change
+                                     (``Inputs.ready``) ─► the scheduler's ``resolved``
+      resolve_later(ticket, post)    else, on the inputs thread (the broker never unpickles
+                                     user data): the call encoded again, each answer that can
+                                     travel as it is spliced in, the others' values decoded
+                                     here and encoded again
                                      ─► Resolved(ticket) | ResolveFailed(ticket, error)
 
 A value goes from the environment that made it to the one that needs it without being loaded

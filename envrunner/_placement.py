@@ -337,5 +337,6 @@ class Placement:
         return True
 
 
-_BEATING = frozenset({WorkerState.IDLE, WorkerState.BUSY, WorkerState.DIRECT})
+# (tuples: membership by identity; an enum member's hash is Python code, asked on every pass)
+_BEATING = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DIRECT)
 _FINAL = frozenset({KillReason.TIMEOUT, KillReason.INTERRUPTED, KillReason.SHUTDOWN})

@@ -245,6 +245,24 @@ def test_merge_on_and_off(runner: envrunner.Runner, tmp_path: Path) -> None:
     assert runs(tmp_path / "each.txt") == 3
 
 
+def test_calls_given_futures_and_different_arrays_never_merge(
+    runner: envrunner.Runner, tmp_path: Path
+) -> None:
+    """Two merge-on calls given the same future and different arrays large enough for shared
+    memory: the bytes there are not compared, so neither merges. (The first call's block went
+    back to the arena at submit, the second's array took the same block, and the two encoded
+    calls were byte for byte the same: the second got the first's result.)"""
+    import numpy
+
+    gate = tmp_path / "gate"
+    blocker = runner.submit("same", tasks.gated_value, str(gate), 1)
+    merged: Any = envrunner.task(env="same", merge=True)(tasks.add)
+    rows = 100_000  # 800 kB: over the shared-memory threshold
+    sums = [merged.submit(numpy.full(rows, float(k)), blocker) for k in range(3)]
+    gate.touch()
+    assert [float(f.result(TIMEOUT).sum()) for f in sums] == [(k + 1.0) * rows for k in range(3)]
+
+
 def test_a_merged_leader_cancelled_still_runs_for_its_followers(
     runner: envrunner.Runner, tmp_path: Path
 ) -> None:
