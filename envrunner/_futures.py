@@ -66,9 +66,15 @@ class _Condition(threading.Condition):
 
     def __init__(self) -> None:  # (not Condition's own: it binds the five methods)
         self._lock = threading.RLock()
-        # A list, not Condition's deque (760 bytes): it takes the same few operations (append,
-        # remove, [0], len, islice) on every Python we run on, and rarely holds more than one.
-        self._waiters: list[Any] = []
+        # Condition's deque is 760 bytes: no list until a thread waits (``wait`` holds the
+        # lock), then a list; both take the few operations Condition asks of them (append,
+        # remove, [0], len, islice) on every Python we run on.
+        self._waiters: list[Any] | tuple[()] = ()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if type(self._waiters) is tuple:
+            self._waiters = []
+        return super().wait(timeout)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         return self._lock.acquire(blocking, timeout)

@@ -4,7 +4,7 @@ and who puts their values in.
 ::
 
     make_ticket: the encoder meets a future ─► a mark in its place; the call is deferred
-      watch(ticket, futures, tell)   one done-callback per future (whichever thread completes
+      watch(ticket, futures, link)   one done-callback per future (whichever thread completes
                                      it): input_done(ticket, Failed | None) to the scheduler
     the scheduler: every input done, none failed ─► Resolve(ticket)
       resolve_now(ticket)            on the broker's thread, in the same pass: every answer as
@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ._actions import Failed, Ticket
 from ._calls import RawResult, SameAs, UndecodedError
@@ -65,13 +65,20 @@ class Inputs:
     ready: bool = False
 
 
-def watch(ticket: Ticket, futures: list[Future[Any]], tell: Callable[[Ticket, Any], None]) -> None:
-    """Tell ``tell(ticket, Failed | None)`` as each future is done (at once for one done).
+class Listener(Protocol):
+    """Who hears that an input of a waiting call is done (the runner's link)."""
+
+    def input_done(self, ticket: Ticket, failed: Any) -> None: ...
+
+
+def watch(ticket: Ticket, futures: list[Future[Any]], listener: Listener) -> None:
+    """Tell ``listener.input_done(ticket, Failed | None)`` as each future is done (at once for
+    one done).
 
     The callback holds the ticket weakly (the scheduler holds it while it waits): a done future
     the caller keeps does not keep every call it fed, and their messages, alive."""
     ticket.inputs_left = len(futures)
-    done = _Told(weakref.ref(ticket), tell)
+    done = _Told(weakref.ref(ticket), listener)
     for future in futures:
         future.add_done_callback(done)
 
@@ -80,16 +87,16 @@ class _Told:
     """One waiting call's done-callback, for each of its futures (two objects per call, not a
     closure's five: a graph of 100,000 pending calls is walked by the garbage collector)."""
 
-    __slots__ = ("held", "tell")
+    __slots__ = ("held", "listener")
 
-    def __init__(self, held: weakref.ref[Ticket], tell: Callable[[Ticket, Any], None]) -> None:
+    def __init__(self, held: weakref.ref[Ticket], listener: Listener) -> None:
         self.held = held
-        self.tell = tell
+        self.listener = listener
 
     def __call__(self, future: Future[Any]) -> None:
         waiting = self.held()
         if waiting is not None:
-            self.tell(waiting, failure_of(future))
+            self.listener.input_done(waiting, failure_of(future))
 
 
 def failure_of(future: Future[Any]) -> Failed | None:

@@ -107,7 +107,7 @@ def make_ticket(
                     arena.free(segment, offset)
         request.deferred = Inputs(futures, encode, same, ready)
         ticket.deferred = True
-        watch(ticket, futures, link.input_done)
+        watch(ticket, futures, link)
     return ticket
 
 
