@@ -122,23 +122,23 @@ def resolve_now(ticket: Ticket) -> bool:
     if every one can go so and the call needs no other change (``Inputs.ready``); False if not
     (then :func:`resolve_later`). Reads msgpack only (``_splice``): nothing is unpickled."""
     from ._runtime.protocol import Call
-    from ._splice import UnspliceableError, splice
+    from ._splice import splice
 
     request = ticket.body
     inputs: Inputs = request.deferred
     if not inputs.ready:
         return False
-    answers = []
-    for future in inputs.futures:
-        raw = _raw(future)
-        if raw is None:
-            return False
-        answers.append(raw)
     message = request.message
     try:
+        answers = []
+        for future in inputs.futures:
+            raw = _raw(future)
+            if raw is None:
+                return False
+            answers.append(raw)
         payload, frames = splice(message.payload, message.buffers, answers, inputs.same)
-    except UnspliceableError:
-        return False
+    except Exception:  # UnspliceableError, or what else splicing met (msgpack's depth limit):
+        return False  # the inputs thread tries, and fails this call alone (not the broker)
     request.message = Call(  # (not dataclasses.replace: that reads the fields every time)
         call_id=message.call_id,
         name=message.name,

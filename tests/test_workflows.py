@@ -372,3 +372,24 @@ def test_killing_one_branchs_worker_fails_only_that_branch(tmp_path: Path) -> No
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_an_answer_too_deep_to_splice_fails_only_the_call_it_feeds(
+    manifest_path: Path, tmp_path: Path
+) -> None:
+    """Splicing on the broker's thread meets an answer it cannot put in as it is for a reason
+    other than those it checks (here: nested deeper than msgpack packs, once inside the
+    call's own lists): that call fails, as it did on the inputs thread; the broker goes on."""
+    deep: Any = []
+    for _ in range(1015):  # the first call (two lists around it) packs and unpacks
+        deep = [deep]
+    count = str(tmp_path / "count")
+    with envrunner.Runner(manifest_path, progress=False) as own:
+        made = own.submit("same", tasks.counted, count, deep)
+        nested: Any = made
+        for _ in range(10):  # the mark ten lists further in: too deep once spliced
+            nested = [nested]
+        fed = own.submit("same", tasks.counted, count, nested)
+        with pytest.raises(ValueError, match="recursion limit"):
+            fed.result(TIMEOUT)
+        assert own.submit("same", tasks.add, 2, 3).result(TIMEOUT) == 5
