@@ -552,8 +552,9 @@ def test_the_wire_s_plain_int_flags_are_zmq_s() -> None:
 
     from envrunner._runtime import wire
 
-    assert (wire.SNDMORE, wire.EVENTS, wire.POLLIN) == (
+    assert (wire.SNDMORE, wire.RCVMORE, wire.EVENTS, wire.POLLIN) == (
         zmq.SNDMORE,
+        zmq.RCVMORE,
         zmq.EVENTS,
         zmq.POLLIN,
     )

@@ -76,10 +76,26 @@ def test_shared_memory_on_either_side_of_an_edge(runner: envrunner.Runner, env: 
     assert summed.shape == own.shape and float(summed.sum()) == 11.0 * own.size
 
 
-def test_a_plain_chain_needs_no_inputs_thread(tmp_path: Path, manifest_path: Path) -> None:
+@pytest.mark.parametrize(
+    "step",
+    [
+        # the call's own array went to shared memory: it must be encoded again
+        "tasks.add, numpy.ones(100_000), x)\n    assert float(y.sum()) == 52 * 100_000",
+        # an answer too large to walk on the broker's thread (a body of about 90 kB: over
+        # 64 KiB, under the shared-memory threshold)
+        "tasks.total, runner.submit('same', tasks.plain_list, 30_000), x)\n"
+        "    assert y == sum(range(30_000)) + 51",
+    ],
+    ids=["shared-memory", "large-answer"],
+)
+def test_a_plain_chain_needs_no_inputs_thread(
+    tmp_path: Path, manifest_path: Path, step: str
+) -> None:
     """Plain answers go into the calls that wait for them on the broker's thread, as their
     workers sent them: the thread that decodes and encodes values again is never started. A
-    call whose own array went to shared memory starts it (it must be encoded again)."""
+    call that must be encoded again, or an answer too large for the broker's thread, starts it
+    (and gets its value)."""
+    call, check = step.split("\n", 1)
     script = tmp_path / "chain.py"
     script.write_text(
         "import sys, threading\n"
@@ -92,10 +108,11 @@ def test_a_plain_chain_needs_no_inputs_thread(tmp_path: Path, manifest_path: Pat
         "    assert x.result(120) == 51\n"
         "    names = {t.name for t in threading.enumerate()}\n"
         "    print('inputs thread after the chain:', 'envrunner-inputs' in names)\n"
-        "    y = runner.submit('same', tasks.add, numpy.ones(100_000), x)\n"
-        "    assert float(y.result(120).sum()) == 52 * 100_000\n"
+        "    x = runner.submit('same', tasks.add, 50, 1)  # (51, its answer not decoded here)\n"
+        f"    y = runner.submit('same', {call}.result(120)\n"
+        f"{check}\n"
         "    names = {t.name for t in threading.enumerate()}\n"
-        "    print('inputs thread after the array:', 'envrunner-inputs' in names)\n"
+        "    print('inputs thread after the step:', 'envrunner-inputs' in names)\n"
     )
     here = Path(__file__).resolve().parent
     environ = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), str(here.parent)]))
@@ -110,7 +127,7 @@ def test_a_plain_chain_needs_no_inputs_thread(tmp_path: Path, manifest_path: Pat
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines() == [
         "inputs thread after the chain: False",
-        "inputs thread after the array: True",
+        "inputs thread after the step: True",
     ]
 
 
