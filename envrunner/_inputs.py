@@ -32,7 +32,6 @@ May import: the standard library, ``envrunner._actions``, ``_calls``, ``_command
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import weakref
 from collections.abc import Callable
@@ -128,9 +127,6 @@ def resolve_now(ticket: Ticket) -> bool:
     """Put the inputs' answers in the call as their workers sent them, on the broker's thread,
     if every one can go so and the call needs no other change (``Inputs.ready``); False if not
     (then :func:`resolve_later`). Reads msgpack only (``_splice``): nothing is unpickled."""
-    from ._runtime.protocol import Call
-    from ._splice import splice
-
     request = ticket.body
     inputs: Inputs = request.deferred
     message = request.message
@@ -143,10 +139,20 @@ def resolve_now(ticket: Ticket) -> bool:
             if raw is None or len(raw[0]) > HERE_BYTES:
                 return False
             answers.append(raw)
-        payload, frames = splice(message.payload, message.buffers, answers, inputs.same)
+        request.message = _spliced(message, answers, inputs.same)
     except Exception:  # UnspliceableError, or what else splicing met (msgpack's depth limit):
         return False  # the inputs thread tries, and fails this call alone (not the broker)
-    request.message = Call(  # (not dataclasses.replace: that reads the fields every time)
+    request.deferred = None
+    return True
+
+
+def _spliced(message: Any, answers: list[tuple[bytes, Any]], same: bool) -> Any:
+    """The call ``message`` with ``answers`` in place of its marks (``_splice.splice``)."""
+    from ._runtime.protocol import Call
+    from ._splice import splice  # (msgpack: not at import)
+
+    payload, frames = splice(message.payload, message.buffers, answers, same)
+    return Call(  # (not dataclasses.replace: that reads the fields every time)
         call_id=message.call_id,
         name=message.name,
         code=message.code,
@@ -155,8 +161,6 @@ def resolve_now(ticket: Ticket) -> bool:
         keep=message.keep,
         buffers=frames,
     )
-    request.deferred = None
-    return True
 
 
 def resolve_later(ticket: Ticket, post: Callable[[Command], bool]) -> None:
@@ -190,8 +194,6 @@ def _serve() -> None:
 
 
 def _resolve(ticket: Ticket) -> Command:
-    from ._splice import splice  # (msgpack: not at import)
-
     request = ticket.body
     inputs: Inputs = request.deferred
     try:
@@ -199,10 +201,14 @@ def _resolve(ticket: Ticket) -> Command:
         values = {id(f): f.result() for f in inputs.futures if id(f) not in answers}
         message, blocks, pin, what, marked = inputs.remake(values)
         if marked:  # the answers as their workers sent them, in place of the marks
-            payload, frames = splice(
-                message.payload, message.buffers, [answers[id(f)] for f in marked], inputs.same
-            )
-            message = dataclasses.replace(message, payload=payload, buffers=frames)
+            try:
+                message = _spliced(message, [answers[id(f)] for f in marked], inputs.same)
+            except ValueError as exc:  # msgpack's limits: what it cannot pack, say what to do
+                raise ValueError(
+                    f"{ticket.name} in environment {ticket.env!r} cannot be given its inputs' "
+                    f"values: {exc} (msgpack takes values nested at most about 1,000 levels deep, "
+                    "the arguments' own lists included): return a flatter value"
+                ) from exc
     except BaseException as exc:  # a value that cannot be loaded here or sent on
         return ResolveFailed(ticket, exc)
     request.message, request.blocks, request.deferred = message, blocks, None

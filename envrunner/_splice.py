@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from ._runtime import formats
+from ._runtime.decoder import unpack_plain
 from ._runtime.encoder import pack_small
 from ._runtime.formats import FUTURE
 
@@ -71,16 +72,10 @@ class Rewrite:
         self.frames = frames
 
     def body(self, data: Any) -> bytes:
-        return _pack(self.value(data))
+        return pack_small(self.value(data))
 
     def value(self, data: Any) -> Any:
-        return msgpack.unpackb(
-            data,
-            ext_hook=self._ext,
-            raw=False,
-            strict_map_key=False,
-            unicode_errors="surrogatepass",
-        )
+        return unpack_plain(data, self._ext)
 
     def frame(self, ref: Any) -> Any:
         """What a buffer reference (a frame's index, or a block ``[segment, offset, size]``)
@@ -95,19 +90,19 @@ class Rewrite:
         if special is not None:
             return special
         if code == formats.NDARRAY:
-            dtype, shape, order, ref = _plain(data)
-            return msgpack.ExtType(code, _pack([dtype, shape, order, self.frame(ref)]))
+            dtype, shape, order, ref = unpack_plain(data)
+            return msgpack.ExtType(code, pack_small([dtype, shape, order, self.frame(ref)]))
         if code in (formats.PICKLE, formats.CLOUDPICKLE):
-            name, pickled, refs, plain = _plain(data)
+            name, pickled, refs, plain = unpack_plain(data)
             if plain is not None:
                 plain = self.body(plain)
             refs = [self.frame(ref) for ref in refs]
-            return msgpack.ExtType(code, _pack([name, pickled, refs, plain]))
+            return msgpack.ExtType(code, pack_small([name, pickled, refs, plain]))
         if code == formats.BODY:
-            (ref,) = _plain(data)
+            (ref,) = unpack_plain(data)
             index = self.frame(ref)
             self.frames[index] = self.body(self.frames[index])
-            return msgpack.ExtType(code, _pack([index]))
+            return msgpack.ExtType(code, pack_small([index]))
         if code in (formats.TUPLE, formats.SET, formats.FROZENSET):
             return msgpack.ExtType(code, self.body(data))
         return msgpack.ExtType(code, data)  # no buffer inside
@@ -144,21 +139,13 @@ class _Walk(Rewrite):
         if code == FUTURE:
             if not self.lent:
                 raise UnspliceableError("a mark inside an answer")
-            (index,) = _plain(data)
+            (index,) = unpack_plain(data)
             body, buffers = self.answers[index]
             inner = _Walk(self.frames, (), len(self.frames), self.same, lent=False)
             self.frames.extend(buffers)
             return inner.value(body)  # the answer's value, in place of the mark
         if code in (formats.KEPT, formats.REF) or (code == formats.CLOUDPICKLE and not self.same):
             raise UnspliceableError("a kept object, or by-value code for another Python")
-        if code == formats.BODY and not isinstance(_plain(data)[0], int):
+        if code == formats.BODY and not isinstance(unpack_plain(data)[0], int):
             raise UnspliceableError("a body in shared memory")
         return None
-
-
-def _plain(data: Any) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors="surrogatepass")
-
-
-def _pack(value: Any) -> bytes:
-    return pack_small(value)

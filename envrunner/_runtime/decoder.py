@@ -46,7 +46,19 @@ from .formats import (
 if TYPE_CHECKING:
     from .shm import Mapper
 
-__all__ = ["Decoder"]
+__all__ = ["Decoder", "unpack_plain"]
+
+
+def unpack_plain(data: Any, ext_hook: Any = msgpack.ExtType) -> Any:
+    """``msgpack.unpackb`` as the codec reads (str as str, any map key, lone surrogates kept);
+    extension types go to ``ext_hook`` (left as ``ExtType`` by default)."""
+    return msgpack.unpackb(
+        data,
+        ext_hook=ext_hook,
+        raw=False,
+        strict_map_key=False,
+        unicode_errors="surrogatepass",
+    )
 
 
 def _tz_in(value: Any) -> Optional[_dt.tzinfo]:
@@ -120,13 +132,7 @@ class Decoder:
             self._buffers = ()
 
     def _unpack(self, data: Any) -> Any:
-        return msgpack.unpackb(
-            data,
-            ext_hook=self._ext,
-            raw=False,
-            strict_map_key=False,
-            unicode_errors="surrogatepass",
-        )
+        return unpack_plain(data, self._ext)
 
     def _ext(self, code: int, data: bytes) -> Any:
         handler = self._handlers.get(code)
