@@ -208,9 +208,7 @@ class Broker:
             InputDone: lambda c: self._outbox.carry(
                 self.scheduler.input_done(c.ticket, c.failed, time.monotonic())
             ),
-            Resolved: lambda c: self._outbox.carry(
-                self.scheduler.resolved(c.ticket, time.monotonic())
-            ),
+            Resolved: self._on_resolved,
             ResolveFailed: lambda c: self._outbox.carry(
                 self.scheduler.resolve_failed(c.ticket, c.error, time.monotonic())
             ),
@@ -420,6 +418,12 @@ class Broker:
     def _on_ready(self, command: Ready) -> None:
         self._outbox.prepared[command.env] = command.prepared
         self._outbox.carry(self.scheduler.prepared(command.env, time.monotonic()))
+
+    def _on_resolved(self, command: Resolved) -> None:
+        ticket, request = command.ticket, command.ticket.body
+        request.message, request.blocks, request.deferred = command.message, command.blocks, None
+        ticket.pin, ticket.pinned_what = command.pin, command.pinned_what
+        self._outbox.carry(self.scheduler.resolved(ticket, time.monotonic()))
 
     def _on_release(self, command: ReleaseHeld) -> None:
         target = command.target

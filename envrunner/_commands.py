@@ -89,9 +89,14 @@ class InputDone:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A call's inputs' values are in its arguments (``_inputs.py``): it can be sent."""
+    """A call made again with its inputs' values (``_inputs.py``): its message, the arena blocks
+    it lends, the worker it is pinned to; it can be sent."""
 
     ticket: Ticket
+    message: Any
+    blocks: list[list[Any]]
+    pin: bytes | None
+    pinned_what: str
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,17 @@ from ._runtime.errors import DependencyError
 
 __all__ = ["Inputs", "failure_of", "resolve_later", "resolve_now", "watch"]
 
-#: Makes the call again with values in place of some of its futures (the others leave marks):
-#: message, blocks, pin, pinned what, the futures that left marks.
-Remake = Callable[[dict[int, Any]], tuple[Any, list[list[Any]], "bytes | None", str, list[Any]]]
+
+class Remake(Protocol):
+    """Makes the call again with values in place of some of its futures (the others leave
+    marks): message, arena blocks, pin, pinned what, the futures that left marks; and gives
+    back blocks it took (a call that will not be sent)."""
+
+    def __call__(
+        self, fill: dict[int, Any]
+    ) -> tuple[Any, list[list[Any]], bytes | None, str, list[Future[Any]]]: ...
+
+    def release(self, blocks: list[list[Any]]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -200,20 +208,23 @@ def _resolve(ticket: Ticket) -> Command:
         answers = {id(f): a for f in inputs.futures if (a := _answer(f, inputs.same))}
         values = {id(f): f.result() for f in inputs.futures if id(f) not in answers}
         message, blocks, pin, what, marked = inputs.remake(values)
-        if marked:  # the answers as their workers sent them, in place of the marks
-            try:
-                message = _spliced(message, [answers[id(f)] for f in marked], inputs.same)
-            except ValueError as exc:  # msgpack's limits: what it cannot pack, say what to do
-                raise ValueError(
-                    f"{ticket.name} in environment {ticket.env!r} cannot be given its inputs' "
-                    f"values: {exc} (msgpack takes values nested at most about 1,000 levels deep, "
-                    "the arguments' own lists included): return a flatter value"
-                ) from exc
     except BaseException as exc:  # a value that cannot be loaded here or sent on
         return ResolveFailed(ticket, exc)
-    request.message, request.blocks, request.deferred = message, blocks, None
-    ticket.pin, ticket.pinned_what = pin, what
-    return Resolved(ticket)
+    if marked:  # the answers as their workers sent them, in place of the marks
+        try:
+            message = _spliced(message, [answers[id(f)] for f in marked], inputs.same)
+        except BaseException as exc:
+            inputs.remake.release(blocks)  # never sent: its blocks go back
+            if isinstance(exc, ValueError):  # msgpack's limits: say what to do
+                flat = ValueError(
+                    f"{ticket.name} in environment {ticket.env!r} cannot be given its inputs' "
+                    f"values: {exc} (msgpack takes values nested at most about 1,000 levels "
+                    "deep, the arguments' own lists included): return a flatter value"
+                )
+                flat.__cause__, exc = exc, flat
+            return ResolveFailed(ticket, exc)
+    # (the broker's thread puts them in the call: it may be freeing a cancelled call's blocks)
+    return Resolved(ticket, message, blocks, pin, what)
 
 
 def _answer(future: Future[Any], same: bool) -> tuple[bytes, Any] | None:

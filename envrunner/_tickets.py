@@ -102,9 +102,7 @@ def make_ticket(
     if futures:
         if not ready:
             request.blocks, ticket.pin, ticket.pinned_what = [], None, ""
-            if arena is not None:
-                for segment, offset in blocks:
-                    arena.free(segment, offset)
+            encode.release(blocks)
         request.deferred = Inputs(futures, encode, same, ready)
         ticket.deferred = True
         watch(ticket, futures, link)
@@ -165,6 +163,12 @@ class _Encoding:
         except BaseException:
             encoder.release()
             raise
+
+    def release(self, blocks: list[list[Any]]) -> None:
+        """Give back arena blocks this encoding took, for a call that will not be sent."""
+        if self.arena is not None:
+            for segment, offset in blocks:
+                self.arena.free(segment, offset)
 
 
 def merge_key(

@@ -410,3 +410,10 @@ def test_an_answer_too_deep_to_splice_fails_only_the_call_it_feeds(
         with pytest.raises(ValueError, match="recursion limit"):
             fed.result(TIMEOUT)
         assert own.submit("same", tasks.add, 2, 3).result(TIMEOUT) == 5
+        # with an array of its own, encoded again into shared memory first: its block goes back
+        import numpy
+
+        with_array = own.submit("same", tasks.counted, count, [nested, numpy.ones(100_000)])
+        with pytest.raises(ValueError, match="return a flatter value"):
+            with_array.result(TIMEOUT)
+        assert own._arena is not None and own._arena.in_use() == 0
