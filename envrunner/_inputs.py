@@ -16,7 +16,8 @@ and who puts their values in.
                                      user data): the call encoded again, each answer that can
                                      travel as it is spliced in, the others' values decoded
                                      here and encoded again
-                                     ─► Resolved(ticket) | ResolveFailed(ticket, error)
+                                     ─► Resolved(ticket, message, blocks, pin) (the broker's
+                                     thread puts them in the call) | ResolveFailed(ticket, error)
 
 A value goes from the environment that made it to the one that needs it without being loaded
 in the caller (which may lack its packages): only an answer with buffers in shared memory (large
